@@ -1,0 +1,48 @@
+# Every check is one command, the same here and in CI (.ci/run calls `make test`).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PYTHON  ?= python3
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all install system-deps lint format test demo bench clean lock
+
+all: test
+
+# Debian packages the tests use as real services. Installed only where missing.
+system-deps:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+
+# The virtualenv, pinned to exactly what CI tested (requirements.lock).
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	touch $@
+
+install: system-deps $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
+	$(PY) -m pytest
+
+demo: install
+	$(VENV)/bin/labeler demo
+
+bench: install
+	$(PY) -m bench.run_all
+
+# Re-pin after changing dependencies in pyproject.toml.
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^labeler' > requirements.lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,254 @@
+"""All configuration, from the environment (prefix ``LABELER_``), validated once at start-up.
+
+Only this package reads the environment; everything else gets plain values through constructors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage import Area, InvalidStoreUri, S3Options, check_store_uri, join_uri
+
+ENV_PREFIX = "LABELER_"
+
+
+def _store_uri(value: str) -> str:
+    try:
+        return check_store_uri(value)
+    except InvalidStoreUri as exc:
+        raise ValueError(str(exc)) from None
+
+
+StoreUri = Annotated[str, AfterValidator(_store_uri)]
+
+
+class ConfigError(Exception):
+    """Settings that cannot work; the message names each variable and what is allowed."""
+
+
+class Settings(BaseSettings):
+    """labeler's settings. Each field is ``LABELER_<FIELD NAME IN CAPITALS>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, frozen=True
+    )
+
+    # --- broker -----------------------------------------------------------------------------
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for the task queues: redis://host:port/db or rediss:// for TLS.",
+    )
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password (kept out of the URL so it never reaches a log)."
+    )
+    result_backend: str | None = Field(
+        None, description="Where task results live; defaults to the broker's Redis."
+    )
+
+    # --- storage ----------------------------------------------------------------------------
+    data_dir: Path = Field(
+        Path("data"), description="Root of the embedded local store and of `labeler up`'s state."
+    )
+    storage_uri: StoreUri | None = Field(
+        None,
+        description="Root of every area: s3://bucket/prefix or file:///dir. Default: DATA_DIR.",
+    )
+    incoming_uri: StoreUri | None = Field(None, description="Override: where images are dropped.")
+    labels_uri: StoreUri | None = Field(None, description="Override: where label records go.")
+    training_uri: StoreUri | None = Field(None, description="Override: training/<class>/<file>.")
+    models_uri: StoreUri | None = Field(None, description="Override: the model registry.")
+    reports_uri: StoreUri | None = Field(None, description="Override: evaluation reports.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint for MinIO/moto, e.g. http://minio:9000. Unset: AWS."
+    )
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_access_key_id: SecretStr | None = Field(None, description="S3 access key id.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key.")
+    s3_max_attempts: int = Field(5, ge=1, le=20, description="Total tries per S3 request.")
+    s3_connect_timeout: float = Field(5.0, gt=0, le=120, description="S3 connect timeout (s).")
+    s3_read_timeout: float = Field(30.0, gt=0, le=600, description="S3 read timeout (s).")
+    s3_max_pool_connections: int = Field(
+        32, ge=1, le=512, description="S3 connection pool size (>= concurrent GETs)."
+    )
+
+    # --- inference --------------------------------------------------------------------------
+    model_name: str = Field(
+        "default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Registry model name."
+    )
+    batch_max_images: int = Field(
+        64, ge=1, le=1024, description="Images per classify_batch task (dispatcher flushes here)."
+    )
+    batch_max_wait_ms: int = Field(
+        500, ge=0, le=600_000, description="Longest a partial batch waits before it is sent."
+    )
+    inference_batch_size: int = Field(
+        32, ge=1, le=512, description="Images per model call (the compiled input signature)."
+    )
+    io_threads: int = Field(16, ge=1, le=256, description="Concurrent GETs and writes per task.")
+    decode_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 2,
+        ge=1,
+        le=64,
+        description="Decoding threads per worker process. Default: the number of CPUs.",
+    )
+    max_object_bytes: int = Field(
+        50 * 1024 * 1024, ge=1, description="Larger objects get `too_large` without a download."
+    )
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="More pixels than this is a `decompression_bomb`."
+    )
+    model_reload_seconds: float = Field(
+        5.0, ge=0, le=3600, description="How often a worker checks the production alias."
+    )
+
+    # --- retraining -------------------------------------------------------------------------
+    retrain_cron: str = Field(
+        "0 2 * * *", description="When beat queues a retrain: 5-field cron, UTC."
+    )
+
+    # --- monitoring -------------------------------------------------------------------------
+    metrics_port: int = Field(
+        9100, ge=0, le=65535, description="Prometheus /metrics port of this process (0: off)."
+    )
+    log_level: str = Field(
+        "INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="Log level."
+    )
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError("must be redis://host:port/db or rediss://host:port/db (TLS)")
+        if not parts.hostname:
+            raise ValueError("must name a host, e.g. redis://127.0.0.1:6379/0")
+        if parts.password:
+            raise ValueError(
+                "must not contain a password: set LABELER_REDIS_PASSWORD instead "
+                "(URLs end up in logs)"
+            )
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:9000")
+        return value
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5:
+            raise ValueError("must have 5 fields: minute hour day-of-month month day-of-week")
+        from celery.schedules import crontab
+
+        try:
+            crontab(*fields)
+        except ValueError as exc:
+            raise ValueError(f"is not a valid cron expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _s3_needs_credentials_together(self) -> Settings:
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(
+                "set both LABELER_S3_ACCESS_KEY_ID and LABELER_S3_SECRET_ACCESS_KEY, or neither"
+            )
+        return self
+
+    # --- derived values -----------------------------------------------------------------------
+    def area_uri(self, area: Area) -> str:
+        """The URI of one storage area: its override, else ``<storage_uri>/<area>``."""
+        override: str | None = getattr(self, f"{area.value}_uri")
+        root = self.storage_uri or self.data_dir.resolve().as_uri()
+        return override or join_uri(root, area.value)
+
+    def uses_s3(self) -> bool:
+        return any(self.area_uri(area).startswith("s3://") for area in Area)
+
+    def broker_connection_url(self) -> str:
+        """The broker URL with the password put back in: for connecting, never for printing."""
+        return _with_password(self.broker_url, self.redis_password)
+
+    def result_backend_url(self) -> str:
+        return _with_password(self.result_backend or self.broker_url, self.redis_password)
+
+    def s3_options(self) -> S3Options:
+        return S3Options(
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            access_key_id=_reveal(self.s3_access_key_id),
+            secret_access_key=_reveal(self.s3_secret_access_key),
+            max_attempts=self.s3_max_attempts,
+            connect_timeout=self.s3_connect_timeout,
+            read_timeout=self.s3_read_timeout,
+            max_pool_connections=self.s3_max_pool_connections,
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the environment; raise :class:`ConfigError` saying what to fix."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+_SECRET_FIELDS = frozenset({"redis_password", "s3_access_key_id", "s3_secret_access_key"})
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = env_name(field) if field else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        shown = ""
+        if field and field not in _SECRET_FIELDS and error["type"] != "missing":
+            shown = f" (got {mask_url(str(error['input']))!r})"
+        lines.append(f"  {where}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def mask_url(value: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``; anything else unchanged."""
+    parts = urlsplit(value)
+    if not parts.password:
+        return value
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+def _with_password(url: str, password: SecretStr | None) -> str:
+    if password is None:
+        return url
+    parts = urlsplit(url)
+    user = parts.username or ""
+    netloc = f"{user}:{password.get_secret_value()}@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

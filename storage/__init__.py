@@ -1,0 +1,48 @@
+"""Object stores (S3 and a local directory), key layout, and the records we write."""
+
+from storage.base import Blob, ObjectInfo, ObjectStore, validate_key
+from storage.errors import (
+    AccessDenied,
+    InvalidKey,
+    InvalidStoreUri,
+    ObjectNotFound,
+    ObjectTooLarge,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
+from storage.keys import Area, label_key, source_key
+from storage.local import LocalStore
+from storage.records import ErrorReason, LabelRecord, Prediction, RecordError, Timings
+from storage.s3 import S3Options, S3Store, make_s3_client
+from storage.uri import check_store_uri, join_uri, open_store
+
+__all__ = [
+    "AccessDenied",
+    "Area",
+    "Blob",
+    "ErrorReason",
+    "InvalidKey",
+    "InvalidStoreUri",
+    "LabelRecord",
+    "LocalStore",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "ObjectStore",
+    "ObjectTooLarge",
+    "PermanentStorageError",
+    "Prediction",
+    "RecordError",
+    "S3Options",
+    "S3Store",
+    "StorageError",
+    "Timings",
+    "TransientStorageError",
+    "check_store_uri",
+    "join_uri",
+    "label_key",
+    "make_s3_client",
+    "open_store",
+    "source_key",
+    "validate_key",
+]

@@ -1,0 +1,152 @@
+"""``file:///dir``: a local directory as an object store (the embedded default).
+
+Writes go through a temp file and ``os.replace`` so a reader never sees half an object. ETags
+are the MD5 of the content, as S3 computes them for single-part uploads, cached per
+(inode, size, mtime) so a rescan does not re-hash unchanged files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from storage.base import Blob, ObjectInfo, validate_key, validate_prefix
+from storage.errors import (
+    AccessDenied,
+    InvalidKey,
+    ObjectNotFound,
+    ObjectTooLarge,
+    TransientStorageError,
+)
+
+TEMP_DIR_NAME = ".labeler-tmp"  # reserved top-level folder for in-flight writes; never listed
+
+
+class LocalStore:
+    """An :class:`~storage.base.ObjectStore` over a directory."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uri = self.root.as_uri()
+        self._tmp = self.root / TEMP_DIR_NAME
+        self._etags: dict[tuple[int, int, int], str] = {}
+        self._etags_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.uri!r})"
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
+        path = self._path(key)
+        with _os_errors(key), path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise ObjectTooLarge(key, size, max_bytes)
+            data = f.read()
+            st = os.fstat(f.fileno())
+        info = ObjectInfo(key, len(data), hashlib.md5(data).hexdigest(), st.st_mtime)  # noqa: S324
+        return Blob(info, data)
+
+    def head(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        with _os_errors(key):
+            return self._info(key, path, path.stat())
+
+    def put(self, key: str, data: bytes, *, content_type: str | None = None) -> ObjectInfo:
+        path = self._path(key)
+        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        with _os_errors(key):
+            self._tmp.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with tmp.open("wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            st = path.stat()
+        etag = hashlib.md5(data).hexdigest()  # noqa: S324 - MD5 is S3's ETag, not a security hash
+        with self._etags_lock:
+            self._etags[(st.st_ino, st.st_size, st.st_mtime_ns)] = etag
+        return ObjectInfo(key, len(data), etag, st.st_mtime)
+
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        base = self.root / prefix.rpartition("/")[0]
+        found: list[tuple[str, Path, os.stat_result]] = []
+        with _os_errors(prefix):
+            for dirpath, dirnames, filenames in os.walk(base):
+                if Path(dirpath) == self.root and TEMP_DIR_NAME in dirnames:
+                    dirnames.remove(TEMP_DIR_NAME)
+                for name in filenames:
+                    path = Path(dirpath, name)
+                    key = path.relative_to(self.root).as_posix()
+                    if key.startswith(prefix) and (start_after is None or key > start_after):
+                        try:
+                            found.append((key, path, path.stat()))
+                        except FileNotFoundError:
+                            continue  # deleted while we walked: not there any more
+        # os.walk order is not key order ("a-b" sorts before "a/b"): sort like S3 does.
+        found.sort(key=lambda item: item[0])
+        for key, path, st in found:
+            yield self._info(key, path, st)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with _os_errors(key):
+            path.unlink(missing_ok=True)
+
+    def _path(self, key: str) -> Path:
+        validate_key(key)
+        if key.split("/", 1)[0] == TEMP_DIR_NAME:
+            raise InvalidKey(f"object key {key!r} uses the reserved folder {TEMP_DIR_NAME}/")
+        path = self.root / key
+        # A symlink inside the root must not lead outside it either.
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root):
+            raise InvalidKey(f"object key {key!r} resolves outside the store root")
+        return path
+
+    def _info(self, key: str, path: Path, st: os.stat_result) -> ObjectInfo:
+        if not path.is_file():
+            raise ObjectNotFound(f"no object at {key!r} in {self.uri}")
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._etags_lock:
+            etag = self._etags.get(sig)
+        if etag is None:
+            with _os_errors(key):
+                etag = _md5_file(path)
+            with self._etags_lock:
+                self._etags[sig] = etag
+        return ObjectInfo(key, st.st_size, etag, st.st_mtime)
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5()  # noqa: S324
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _os_errors(key: str) -> Iterator[None]:
+    """Translate ``OSError`` into the storage error hierarchy."""
+    try:
+        yield
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise ObjectNotFound(f"no object at {key!r}") from exc
+    except PermissionError as exc:
+        raise AccessDenied(f"permission denied for {key!r}: {exc.strerror}") from exc
+    except OSError as exc:
+        raise TransientStorageError(f"local I/O error for {key!r}: {exc}") from exc

@@ -1,0 +1,77 @@
+"""The label record: the one result every input object ends with.
+
+A record is either a label (``label``, ``score``, ``top_k``) or an error with a reason from the
+fixed set in :class:`ErrorReason`. Records are written to ``labels/<source key>.json``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorReason(StrEnum):
+    """Why an input object got an error record instead of a label. A small, fixed set."""
+
+    EMPTY = "empty"  # zero bytes
+    NOT_AN_IMAGE = "not_an_image"  # no image format recognised (text, HTML, random bytes)
+    UNSUPPORTED_FORMAT = "unsupported_format"  # a real image format outside the allow-list
+    UNREADABLE = "unreadable"  # recognised format, but the decoder failed (corrupt data)
+    TRUNCATED = "truncated"  # the data ends before the image does
+    TOO_LARGE = "too_large"  # object bigger than the byte limit; refused before downloading
+    DECOMPRESSION_BOMB = "decompression_bomb"  # more pixels than the limit
+    NOT_FOUND = "not_found"  # the object vanished between the event and the fetch
+    ACCESS_DENIED = "access_denied"
+    INVALID_KEY = "invalid_key"
+
+
+class Prediction(BaseModel):
+    """One entry of a record's top-k list."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    score: float = Field(ge=0.0, le=1.0)
+
+
+class RecordError(BaseModel):
+    """The failure half of a record."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: ErrorReason
+    detail: str
+
+
+class Timings(BaseModel):
+    """Per-image stage durations in seconds (inference is the batch's time shared out)."""
+
+    fetch: float = 0.0
+    decode: float = 0.0
+    infer: float = 0.0
+
+
+class LabelRecord(BaseModel):
+    """Exactly one per input object: a label or an error, never both."""
+
+    source_key: str
+    source_etag: str | None
+    model_name: str
+    model_version: int
+    label: str | None = None
+    score: float | None = None
+    top_k: list[Prediction] = Field(default_factory=list)
+    needs_review: bool = False
+    error: RecordError | None = None
+    batch_id: str | None = None
+    created_at: float
+    timings: Timings = Field(default_factory=Timings)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def same_work(self, etag: str | None, model_version: int) -> bool:
+        """True when this record already answers ``(etag, model_version)``: rewriting is a no-op."""
+        return self.source_etag == etag and self.model_version == model_version

@@ -1,0 +1,74 @@
+"""Session-wide real services: a private Redis and a moto S3 server, each on a free port."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from storage import S3Options, S3Store, make_s3_client
+from storage.s3 import S3Client
+from tests.support.services import MotoServer, RedisServer
+
+TEST_CREDENTIALS = {"access_key_id": "testing-key", "secret_access_key": "testing-secret"}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """A clean database for each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield redis_server.url
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+def s3_options(endpoint_url: str, **overrides: object) -> S3Options:
+    values: dict[str, object] = {"endpoint_url": endpoint_url, **TEST_CREDENTIALS}
+    values.update(overrides)
+    return S3Options(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_server: MotoServer) -> S3Client:
+    return make_s3_client(s3_options(s3_server.endpoint_url))
+
+
+@pytest.fixture
+def bucket(s3_client: S3Client) -> Iterator[str]:
+    """A fresh bucket per test, emptied and removed afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    yield name
+    paginator = s3_client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=name):
+        for item in page.get("Contents", []):
+            s3_client.delete_object(Bucket=name, Key=item["Key"])
+    s3_client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def s3_store(s3_client: S3Client, bucket: str) -> S3Store:
+    return S3Store(s3_client, bucket, "root")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

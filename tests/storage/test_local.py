@@ -1,0 +1,43 @@
+"""What only the local-directory store has to prove: the root is a wall, and writes are atomic."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from storage import InvalidKey, LocalStore
+from storage.local import TEMP_DIR_NAME
+
+
+def test_symlink_out_of_root_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x")
+    store = LocalStore(tmp_path / "root")
+    os.symlink(outside, store.root / "link")
+
+    with pytest.raises(InvalidKey, match="outside the store root"):
+        store.get("link/passwd")
+    with pytest.raises(InvalidKey):
+        store.put("link/new", b"x")
+    assert not (outside / "new").exists()
+
+
+def test_writes_leave_no_temp_files_and_temp_dir_is_private(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    for i in range(20):
+        store.put(f"k{i}", b"x" * i)
+    assert list((tmp_path / TEMP_DIR_NAME).iterdir()) == []
+    assert all(not i.key.startswith(TEMP_DIR_NAME) for i in store.list())
+    with pytest.raises(InvalidKey, match="reserved"):
+        store.put(f"{TEMP_DIR_NAME}/x", b"x")
+
+
+def test_etag_follows_changes_made_outside_the_store(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    first = store.put("a.jpg", b"one")
+    (tmp_path / "a.jpg").write_bytes(b"two, written by a user")
+    assert store.head("a.jpg").etag != first.etag
+    assert store.head("a.jpg").etag == store.get("a.jpg").info.etag
