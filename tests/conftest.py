@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 
+from labeler.sample_data import Sample
 from storage import S3Options, S3Store, make_s3_client
 from storage.s3 import S3Client
 from tests.support.services import MotoServer, RedisServer
@@ -72,3 +74,19 @@ def s3_store(s3_client: S3Client, bucket: str) -> S3Store:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsFixture:
+    """A digits CNN trained in this session, saved as .keras, and 300 held-out digit PNGs."""
+    from tests.support.digits import split_digits, train_digits_model
+
+    train, held_out = split_digits()
+    path = train_digits_model(tmp_path_factory.mktemp("model") / "digits.keras", train)
+    return DigitsFixture(path, held_out)
+
+
+@dataclass(frozen=True)
+class DigitsFixture:
+    model_path: Path
+    held_out: list[Sample]

@@ -1,0 +1,118 @@
+"""The composition root: Settings in, stores, engines and the Celery app out.
+
+Everything heavy is built lazily, in the process that uses it (after Celery forks its children),
+and at most once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from labeler.settings import Settings
+from monitoring.metrics import Metrics
+from storage import Area, ObjectStore, make_s3_client, open_store
+from storage.registry import ModelRegistry
+from storage.results import LabelStore
+from tasks.app import INFERENCE_QUEUE, CeleryConfig, LabelerCelery, create_app
+
+if TYPE_CHECKING:
+    from workers.batch import BatchClassifier
+    from workers.model_runtime import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+
+class Stores:
+    """The storage areas of one process, sharing one S3 client."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+
+    @cached_property
+    def _s3_client(self) -> Any:
+        return make_s3_client(self.settings.s3_options()) if self.settings.uses_s3() else None
+
+    def area(self, area: Area) -> ObjectStore:
+        store = open_store(self.settings.area_uri(area), s3_client=self._s3_client)
+        if self.metrics is None:
+            return store
+        from workers.metered_store import MeteredStore
+
+        return MeteredStore(store, self.metrics)
+
+    def registry(self, name: str | None = None) -> ModelRegistry:
+        return ModelRegistry(self.area(Area.MODELS), name or self.settings.model_name)
+
+
+class ProcessEngines:
+    """A worker process's engines: built on first use, after fork."""
+
+    def __init__(self, settings: Settings, queues: frozenset[str]) -> None:
+        self.settings = settings
+        self.queues = queues
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        from prometheus_client import REGISTRY
+
+        return Metrics(REGISTRY)
+
+    @cached_property
+    def stores(self) -> Stores:
+        return Stores(self.settings, self.metrics)
+
+    @cached_property
+    def runtime(self) -> ModelRuntime:
+        from workers.model_runtime import ModelRuntime
+
+        def loaded(metadata: Any) -> None:
+            self.metrics.model_version.labels(metadata.name).set(metadata.version)
+            self.metrics.model_loads.labels(metadata.name).inc()
+
+        return ModelRuntime(
+            self.stores.registry(),
+            batch_size=self.settings.inference_batch_size,
+            reload_seconds=self.settings.model_reload_seconds,
+            on_load=loaded,
+        )
+
+    @cached_property
+    def classifier(self) -> BatchClassifier:
+        from workers.batch import BatchClassifier, EngineLimits
+        from workers.decoding import configure_pillow
+
+        s = self.settings
+        configure_pillow(s.max_image_pixels)
+        limits = EngineLimits(
+            s.io_threads, s.decode_threads, s.max_object_bytes, s.max_image_pixels
+        )
+        labels = LabelStore(self.stores.area(Area.LABELS))
+        return BatchClassifier(
+            self.stores.area(Area.INCOMING), labels, self.runtime, self.metrics, limits
+        )
+
+    def warm_up(self) -> None:
+        """Load the model before the first task arrives (if there is one to load yet)."""
+        if INFERENCE_QUEUE not in self.queues:
+            return
+        from workers.errors import ModelUnavailable
+
+        try:
+            self.classifier.runtime.current()
+        except ModelUnavailable as exc:
+            log.warning("no model to warm up yet: %s", exc)
+
+
+def celery_config(settings: Settings) -> CeleryConfig:
+    return CeleryConfig(
+        broker_url=settings.broker_connection_url(),
+        result_backend=settings.result_backend_url(),
+    )
+
+
+def build_app(settings: Settings, queues: frozenset[str] = frozenset()) -> LabelerCelery:
+    """The Celery app for a producer (no queues) or a worker serving ``queues``."""
+    return create_app(celery_config(settings), lambda: ProcessEngines(settings, queues))

@@ -1,0 +1,107 @@
+"""The Celery application: JSON only, acks late, one message at a time, two queues.
+
+The app knows nothing about settings or the environment: the composition root passes a
+:class:`CeleryConfig` and a factory for the per-process engines (built after fork, because
+TensorFlow is not fork-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from celery import Celery
+from celery.signals import task_retry, worker_process_init
+from kombu import Queue
+
+from monitoring.metrics import Metrics
+from workers.batch import BatchClassifier
+
+INFERENCE_QUEUE = "inference"
+TRAINING_QUEUE = "training"
+QUEUES = (INFERENCE_QUEUE, TRAINING_QUEUE)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CeleryConfig:
+    broker_url: str
+    result_backend: str
+    # Redis re-delivers a reserved but unacknowledged message after this long: it must exceed the
+    # longest task, or a slow task would run twice at once.
+    visibility_timeout: int = 7200
+    inference_soft_time_limit: int = 240
+    inference_time_limit: int = 300
+    training_soft_time_limit: int = 6600
+    training_time_limit: int = 7000
+
+
+class Engines(Protocol):
+    """What task bodies need from their process; built once per worker process."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def classifier(self) -> BatchClassifier: ...
+
+    def warm_up(self) -> None: ...
+
+
+class LabelerCelery(Celery):  # type: ignore[misc]
+    """A Celery app that also owns this process's engines."""
+
+    def __init__(self, config: CeleryConfig, engines_factory: Callable[[], Engines]) -> None:
+        super().__init__("labeler", broker=config.broker_url, backend=config.result_backend)
+        self.labeler_config = config
+        self._engines_factory = engines_factory
+        self._engines: Engines | None = None
+
+    def engines(self) -> Engines:
+        if self._engines is None:
+            self._engines = self._engines_factory()
+        return self._engines
+
+
+def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> LabelerCelery:
+    """Build the app and register every task."""
+    from tasks.inference import register_inference
+
+    app = LabelerCelery(config, engines_factory)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],  # a pickle message is refused, never deserialized
+        result_accept_content=["json"],
+        task_acks_late=True,  # ack after the work is done: a killed worker loses nothing
+        task_reject_on_worker_lost=True,  # ...and its message goes back to the queue
+        task_acks_on_failure_or_timeout=True,  # a failed task is not re-run forever
+        worker_prefetch_multiplier=1,  # a batch is big: don't hoard messages other workers want
+        broker_transport_options={"visibility_timeout": config.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": config.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue=INFERENCE_QUEUE,
+        task_track_started=True,
+        result_expires=24 * 3600,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+        timezone="UTC",
+    )
+    register_inference(app)
+
+    @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _build_engines(**_: Any) -> None:
+        app.engines().warm_up()
+
+    @task_retry.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _count_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+        task = getattr(request, "task", "unknown")
+        error = type(reason).__name__ if isinstance(reason, BaseException) else "Retry"
+        app.engines().metrics.task_retries.labels(task, error).inc()
+
+    return app

@@ -1,0 +1,66 @@
+"""``classify_batch``: validate the payload, run the batch engine, return the counts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from storage import TransientStorageError
+from tasks.contracts import (
+    CLASSIFY_BATCH,
+    BatchResult,
+    ClassifyBatchRequest,
+    InvalidPayload,
+    parse_payload,
+)
+from workers.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    from tasks.app import LabelerCelery
+
+log = logging.getLogger(__name__)
+
+
+def register_inference(app: LabelerCelery) -> None:
+    config = app.labeler_config
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=CLASSIFY_BATCH,
+        queue="inference",
+        # Transient: storage hiccups and "no model yet". A bad image is a record, not an error,
+        # and a bad payload can never succeed: neither is retried.
+        autoretry_for=(TransientStorageError, ModelUnavailable),
+        retry_backoff=2,
+        retry_backoff_max=120,
+        retry_jitter=True,
+        max_retries=30,
+        soft_time_limit=config.inference_soft_time_limit,
+        time_limit=config.inference_time_limit,
+    )
+    def classify_batch(payload: Any) -> dict[str, Any]:
+        engines = app.engines()
+        metrics = engines.metrics
+        try:
+            request = parse_payload(ClassifyBatchRequest, payload)
+        except InvalidPayload as exc:
+            metrics.tasks_rejected.labels(CLASSIFY_BATCH, "invalid_payload").inc()
+            log.error("rejected %s message, not retried: %s", CLASSIFY_BATCH, exc)
+            raise
+        started = time.perf_counter()
+        with metrics.tasks_in_progress.labels(CLASSIFY_BATCH).track_inprogress():
+            try:
+                outcome = engines.classifier.classify(
+                    request.keys, batch_id=request.batch_id, model_version=request.model_version
+                )
+            except (TransientStorageError, ModelUnavailable):
+                metrics.batches.labels("retry").inc()
+                raise
+            except Exception:
+                metrics.batches.labels("failed").inc()
+                raise
+        metrics.batches.labels("ok").inc()
+        metrics.batch_size.observe(len(request.keys))
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+        metrics.last_batch_success.set_to_current_time()
+        return BatchResult(batch_id=request.batch_id, **vars(outcome)).model_dump()

@@ -1,0 +1,34 @@
+"""A tiny digits CNN, trained once per test session (seconds on a CPU), and its held-out set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from labeler.sample_data import Sample, digit_samples
+from workers.decoding import decode_image
+
+INPUT_SIZE = (32, 32)
+CLASSES = [str(d) for d in range(10)]
+
+
+def split_digits() -> tuple[list[Sample], list[Sample]]:
+    """(train, held_out): every sixth digit is held out, 300 in all."""
+    samples = digit_samples()
+    held_out = [s for i, s in enumerate(samples) if i % 6 == 0][:300]
+    held = {s.key for s in held_out}
+    return [s for s in samples if s.key not in held], held_out
+
+
+def train_digits_model(path: Path, train: list[Sample], *, epochs: int = 12) -> Path:
+    """Fit the small CNN on ``train`` (decoded exactly as the workers decode) and save it."""
+    from workers.architectures import make_small_cnn
+
+    x = np.stack([decode_image(s.data, INPUT_SIZE, max_pixels=10**6) for s in train])
+    y = np.array([int(s.label) for s in train])
+    model = make_small_cnn(INPUT_SIZE, len(CLASSES), seed=7)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.1, verbose=0)
+    model.save(path)
+    return path

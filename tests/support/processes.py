@@ -1,0 +1,91 @@
+"""Real labeler processes (workers, CLI commands) started the way a user starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.services import wait_until
+
+LABELER = [sys.executable, "-m", "labeler"]
+
+
+def labeler_env(**settings: object) -> dict[str, str]:
+    """The current environment without any LABELER_*, plus ``settings`` as LABELER_<NAME>."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELER_")}
+    env.update({f"LABELER_{k.upper()}": str(v) for k, v in settings.items()})
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def run_labeler(
+    env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run one CLI command to completion; fail loudly with its output if it fails."""
+    result = subprocess.run(
+        [*LABELER, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"labeler {' '.join(args)} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+class WorkerProcess:
+    """``labeler worker`` in its own process group, with its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [*LABELER, "worker", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: we can signal the prefork children
+        )
+        wait_until(
+            lambda: b"ready." in self.log_path.read_bytes() or self._died(),
+            120,
+            f"worker ready (log: {self.log_path})",
+        )
+        if self._died():
+            raise AssertionError(f"worker died at start-up:\n{self.log_tail()}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def _died(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+
+@contextmanager
+def running_worker(env: dict[str, str], log_path: Path, *args: str) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(env, log_path, *args).start()
+    try:
+        yield worker
+    finally:
+        worker.stop()

@@ -1,0 +1,237 @@
+"""The batch engine: keys in, one label record per key out.
+
+Stages overlap: a pool of I/O threads fetches images (and any existing record) and decodes them,
+with at most ``decode_threads`` decoding at once (Pillow releases the GIL); the calling thread
+runs inference whenever a full model batch is ready; records are written back by the same pool
+while the next batch is inferred. One bad image becomes an error record, never a failed batch.
+Transient storage errors abort the batch so the task can retry it; records already written are
+skipped on the retry because they match (ETag, model version).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from monitoring.metrics import Metrics
+from storage import (
+    AccessDenied,
+    ErrorReason,
+    InvalidKey,
+    LabelRecord,
+    ObjectNotFound,
+    ObjectStore,
+    ObjectTooLarge,
+    Prediction,
+    RecordError,
+    Timings,
+)
+from storage.registry import ModelMetadata
+from storage.results import LabelStore
+from workers.decoding import ImageRejected, decode_image
+from workers.model_runtime import LoadedModel, ModelRuntime
+
+log = logging.getLogger(__name__)
+
+TOP_K = 5
+_PERMANENT_REASONS: dict[type[Exception], ErrorReason] = {
+    ObjectNotFound: ErrorReason.NOT_FOUND,
+    ObjectTooLarge: ErrorReason.TOO_LARGE,
+    AccessDenied: ErrorReason.ACCESS_DENIED,
+    InvalidKey: ErrorReason.INVALID_KEY,
+}
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one batch did; counts add up to the number of distinct keys."""
+
+    labeled: int
+    errored: int
+    skipped: int
+    model_version: int
+
+
+@dataclass
+class _Item:
+    """One key on its way through the stages."""
+
+    key: str
+    etag: str | None = None
+    pixels: npt.NDArray[np.uint8] | None = None
+    error: RecordError | None = None
+    skipped: bool = False
+    uploaded_at: float | None = None
+    timings: Timings = field(default_factory=Timings)
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    io_threads: int = 16
+    decode_threads: int = 2
+    max_object_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+
+
+class BatchClassifier:
+    """Labels batches of keys from ``incoming`` into ``labels`` with the runtime's model."""
+
+    def __init__(
+        self,
+        incoming: ObjectStore,
+        labels: LabelStore,
+        runtime: ModelRuntime,
+        metrics: Metrics,
+        limits: EngineLimits,
+    ) -> None:
+        self.incoming = incoming
+        self.labels = labels
+        self.runtime = runtime
+        self.metrics = metrics
+        self.limits = limits
+        self._pool = ThreadPoolExecutor(limits.io_threads, thread_name_prefix="labeler-io")
+        self._decode_slots = threading.BoundedSemaphore(limits.decode_threads)
+
+    def classify(
+        self, keys: Sequence[str], *, batch_id: str, model_version: int | None = None
+    ) -> BatchOutcome:
+        """Label every key (once each, in any order) and return the counts."""
+        model = self.runtime.version(model_version) if model_version else self.runtime.current()
+        distinct = list(dict.fromkeys(keys))
+        prepared = [self._pool.submit(self._prepare, key, model) for key in distinct]
+        writes: list[Future[None]] = []
+        ready: list[_Item] = []
+        counts = {"labeled": 0, "errored": 0, "skipped": 0}
+        try:
+            for future in as_completed(prepared):
+                item = future.result()  # a transient storage error propagates: retry the batch
+                if item.skipped:
+                    counts["skipped"] += 1
+                    self.metrics.images.labels("skipped", "").inc()
+                elif item.error is not None:
+                    counts["errored"] += 1
+                    writes.append(self._pool.submit(self._write, item, model, None, batch_id))
+                else:
+                    ready.append(item)
+                    if len(ready) == model.batch_size:
+                        writes += self._infer_and_write(ready, model, batch_id)
+                        counts["labeled"] += len(ready)
+                        ready = []
+            if ready:
+                writes += self._infer_and_write(ready, model, batch_id)
+                counts["labeled"] += len(ready)
+            for write in writes:
+                write.result()
+        finally:
+            for pending in prepared + writes:
+                pending.cancel()
+        return BatchOutcome(model_version=model.version, **counts)
+
+    def _prepare(self, key: str, model: LoadedModel) -> _Item:
+        """Fetch and decode one image; permanent problems become an error on the item."""
+        item = _Item(key)
+        started = time.perf_counter()
+        try:
+            existing = self.labels.read(key)
+            blob = self.incoming.get(key, max_bytes=self.limits.max_object_bytes)
+        except tuple(_PERMANENT_REASONS) as exc:
+            reason = next(r for t, r in _PERMANENT_REASONS.items() if isinstance(exc, t))
+            item.error = RecordError(reason=reason, detail=str(exc))
+            return item
+        item.etag, item.uploaded_at = blob.info.etag, blob.info.last_modified
+        item.timings.fetch = time.perf_counter() - started
+        self.metrics.stage_seconds.labels("fetch").observe(item.timings.fetch)
+        if existing is not None and existing.same_work(item.etag, model.version):
+            item.skipped = True
+            return item
+        started = time.perf_counter()
+        with self._decode_slots:
+            try:
+                item.pixels = decode_image(
+                    blob.data, model.metadata.input_size, max_pixels=self.limits.max_image_pixels
+                )
+            except ImageRejected as exc:
+                item.error = RecordError(reason=exc.reason, detail=exc.detail)
+        item.timings.decode = time.perf_counter() - started
+        self.metrics.stage_seconds.labels("decode").observe(item.timings.decode)
+        return item
+
+    def _infer_and_write(
+        self, items: list[_Item], model: LoadedModel, batch_id: str
+    ) -> list[Future[None]]:
+        started = time.perf_counter()
+        pixels = np.stack([item.pixels for item in items if item.pixels is not None])
+        probabilities = model.predict(pixels)
+        elapsed = time.perf_counter() - started
+        self.metrics.stage_seconds.labels("infer").observe(elapsed)
+        writes = []
+        for item, probs in zip(items, probabilities, strict=True):
+            item.timings.infer = elapsed / len(items)
+            item.pixels = None  # free the array as soon as it is consumed
+            writes.append(self._pool.submit(self._write, item, model, probs, batch_id))
+        return writes
+
+    def _write(
+        self,
+        item: _Item,
+        model: LoadedModel,
+        probabilities: npt.NDArray[np.float32] | None,
+        batch_id: str,
+    ) -> None:
+        started = time.perf_counter()
+        record = make_record(
+            item.key, item.etag, model.metadata, probabilities, item.error, batch_id=batch_id
+        )
+        record.timings = item.timings
+        self.labels.write(record)
+        self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - started)
+        if record.error is not None:
+            self.metrics.images.labels("error", record.error.reason.value).inc()
+        else:
+            self.metrics.images.labels("labeled", "").inc()
+            self.metrics.confidence.observe(record.score or 0.0)
+        if item.uploaded_at is not None:
+            self.metrics.upload_to_label_seconds.observe(max(0.0, time.time() - item.uploaded_at))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_record(
+    key: str,
+    etag: str | None,
+    metadata: ModelMetadata,
+    probabilities: npt.NDArray[np.float32] | None,
+    error: RecordError | None = None,
+    *,
+    batch_id: str | None = None,
+) -> LabelRecord:
+    """The record for one image: top-k labels from ``probabilities``, or the ``error``."""
+    record = LabelRecord(
+        source_key=key,
+        source_etag=etag,
+        model_name=metadata.name,
+        model_version=metadata.version,
+        error=error,
+        batch_id=batch_id,
+        created_at=time.time(),
+    )
+    if error is not None or probabilities is None:
+        return record
+    order = np.argsort(probabilities)[::-1][:TOP_K]
+    names = metadata.class_names
+    record.top_k = [Prediction(label=names[i], score=_score(probabilities[i])) for i in order]
+    record.label, record.score = record.top_k[0].label, record.top_k[0].score
+    record.needs_review = record.score < metadata.threshold_for(record.label)
+    return record
+
+
+def _score(value: np.floating | float) -> float:
+    return round(min(1.0, max(0.0, float(value))), 6)

@@ -1,0 +1,181 @@
+"""The model a worker process serves: loaded once after fork, warmed up, hot-swapped.
+
+TensorFlow is not fork-safe, so nothing here runs at import time: the composition root builds a
+:class:`ModelRuntime` in each worker process after it starts. Inference goes through one
+``tf.function`` with a fixed input signature; the last partial batch is padded so the graph is
+traced exactly once per loaded version.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from storage import StorageError
+from storage.registry import ModelMetadata, ModelRegistry
+from workers.errors import InvalidModel, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+_devices_configured = False
+
+
+def configure_devices() -> None:
+    """Once per process, before the first model: let GPU memory grow instead of grabbing it all."""
+    global _devices_configured
+    if _devices_configured:
+        return
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+    _devices_configured = True
+
+
+def load_keras_file(path: Path) -> Any:
+    """Load a ``.keras`` file in safe mode: a Lambda layer or other pickled code is refused."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, TypeError, OSError... for bad files
+        raise InvalidModel(f"cannot load {path.name} safely: {exc}") from exc
+
+
+def model_signature(model: Any) -> tuple[tuple[int, int], int]:
+    """``((height, width), num_classes)`` of an image classifier, or ``InvalidModel``."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[2] is None:
+        raise InvalidModel(f"model input must be (batch, height, width, 3), got {shape}")
+    out = tuple(model.output_shape)
+    if len(out) != 2 or not out[1]:
+        raise InvalidModel(f"model output must be (batch, classes), got {out}")
+    return (int(shape[1]), int(shape[2])), int(out[1])
+
+
+class LoadedModel:
+    """One version, ready to predict on uint8 RGB batches."""
+
+    def __init__(self, model: Any, metadata: ModelMetadata, batch_size: int) -> None:
+        import tensorflow as tf
+
+        size, classes = model_signature(model)
+        if size != tuple(metadata.input_size) or classes != len(metadata.class_names):
+            raise InvalidModel(
+                f"model {metadata.name} v{metadata.version}: file says input {size} and "
+                f"{classes} classes, metadata says {metadata.input_size} and "
+                f"{len(metadata.class_names)}"
+            )
+        self.metadata = metadata
+        self.batch_size = batch_size
+        height, width = size
+        spec = tf.TensorSpec([batch_size, height, width, 3], tf.uint8)
+
+        @tf.function(input_signature=[spec], reduce_retracing=False)  # type: ignore[untyped-decorator]
+        def serve(images: Any) -> Any:
+            return model(tf.cast(images, tf.float32), training=False)
+
+        self._model = model
+        self._serve = serve
+        self._zeros = np.zeros((batch_size, height, width, 3), np.uint8)
+        self.predict(self._zeros[:1])  # warm-up: trace and allocate before the first real batch
+
+    @property
+    def version(self) -> int:
+        return self.metadata.version
+
+    def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """Class probabilities for ``images`` (n, h, w, 3); any n, run in fixed-size calls."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            n = len(chunk)
+            if n < self.batch_size:  # pad: same signature, no retrace
+                chunk = np.concatenate([chunk, self._zeros[n:]])
+            out.append(np.asarray(self._serve(chunk))[:n])
+        if not out:
+            return np.zeros((0, len(self.metadata.class_names)), np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class ModelRuntime:
+    """Serves the registry's production version; swaps between batches when the alias moves."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        batch_size: int,
+        reload_seconds: float = 5.0,
+        on_load: Callable[[ModelMetadata], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.batch_size = batch_size
+        self.reload_seconds = reload_seconds
+        self._on_load = on_load
+        self._clock = clock
+        self._current: LoadedModel | None = None
+        self._pinned: LoadedModel | None = None
+        self._checked_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def current(self) -> LoadedModel:
+        """The production model, checking the alias at most every ``reload_seconds``."""
+        with self._lock:
+            now = self._clock()
+            if self._current is not None and now - self._checked_at < self.reload_seconds:
+                return self._current
+            try:
+                alias = self.registry.production()
+            except StorageError as exc:
+                if self._current is None:
+                    raise ModelUnavailable(f"cannot read the production alias: {exc}") from exc
+                log.warning("keeping model v%s: alias unreadable: %s", self._current.version, exc)
+                return self._current
+            self._checked_at = now
+            if alias is None:
+                raise ModelUnavailable(
+                    f"model {self.registry.name!r} has no production version yet: import one "
+                    "with `labeler models import` or run `labeler retrain`"
+                )
+            if self._current is None or self._current.version != alias.version:
+                self._current = self._load(alias.version)
+            return self._current
+
+    def version(self, version: int) -> LoadedModel:
+        """A pinned version (kept loaded until another is pinned)."""
+        current = self.current()
+        if current.version == version:
+            return current
+        with self._lock:
+            if self._pinned is None or self._pinned.version != version:
+                self._pinned = self._load(version)
+            return self._pinned
+
+    def _load(self, version: int) -> LoadedModel:
+        configure_devices()
+        started = time.perf_counter()
+        try:
+            metadata = self.registry.metadata(version)
+            data = self.registry.model_bytes(version)
+        except StorageError as exc:
+            raise ModelUnavailable(f"cannot read model v{version}: {exc}") from exc
+        with tempfile.TemporaryDirectory(prefix="labeler-model-") as tmp:
+            path = Path(tmp) / "model.keras"
+            path.write_bytes(data)
+            model = LoadedModel(load_keras_file(path), metadata, self.batch_size)
+        log.info(
+            "loaded model %s v%s in %.1fs", metadata.name, version, time.perf_counter() - started
+        )
+        if self._on_load is not None:
+            self._on_load(metadata)
+        return model
