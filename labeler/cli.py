@@ -9,6 +9,7 @@ import click
 from labeler.cli_common import settings_or_exit
 from labeler.commands_models import models
 from labeler.commands_run import classify, submit, worker
+from labeler.commands_training import beat, report, retrain
 from labeler.config_table import markdown_table
 
 
@@ -34,3 +35,6 @@ main.add_command(models)
 main.add_command(worker)
 main.add_command(submit)
 main.add_command(classify)
+main.add_command(retrain)
+main.add_command(beat)
+main.add_command(report)

@@ -118,6 +118,33 @@ class Settings(BaseSettings):
     retrain_cron: str = Field(
         "0 2 * * *", description="When beat queues a retrain: 5-field cron, UTC."
     )
+    retrain_expires_seconds: int = Field(
+        3600, ge=60, description="A scheduled retrain not started by then is dropped, not queued."
+    )
+    train_image_size: int = Field(
+        224, ge=8, le=1024, description="Input size (square) of a first model; later runs keep it."
+    )
+    train_architecture: str = Field(
+        "auto",
+        pattern=r"^(auto|small_cnn|mobilenet_v2|efficientnet_b0)$",
+        description="First model: small_cnn, mobilenet_v2, efficientnet_b0, or auto (by size).",
+    )
+    train_weights: str | None = Field(
+        None, description="Backbone weights for a first model: unset, `imagenet`, or a file path."
+    )
+    train_max_epochs: int = Field(30, ge=1, le=1000, description="Epochs at most (early stop).")
+    train_fine_tune_epochs: int = Field(10, ge=1, le=1000, description="Fine-tuning epochs.")
+    train_seed: int = Field(1337, description="Seed for splits of work, shuffling and init.")
+    gate_min_accuracy: float = Field(0.8, ge=0, le=1, description="Gate: accuracy floor.")
+    gate_max_macro_f1_drop: float = Field(
+        0.01, ge=0, le=1, description="Gate: allowed macro-F1 drop against production."
+    )
+    gate_max_recall_drop: float = Field(
+        0.10, ge=0, le=1, description="Gate: allowed recall drop of any class."
+    )
+    review_precision: float = Field(
+        0.95, gt=0, le=1, description="Per-class review thresholds aim for this precision."
+    )
 
     # --- monitoring -------------------------------------------------------------------------
     metrics_port: int = Field(

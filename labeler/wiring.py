@@ -20,6 +20,7 @@ from tasks.app import INFERENCE_QUEUE, CeleryConfig, LabelerCelery, create_app
 if TYPE_CHECKING:
     from workers.batch import BatchClassifier
     from workers.model_runtime import ModelRuntime
+    from workers.retrain import Retrainer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,46 @@ class ProcessEngines:
             self.stores.area(Area.INCOMING), labels, self.runtime, self.metrics, limits
         )
 
+    @property
+    def model_name(self) -> str:
+        return self.settings.model_name
+
+    @cached_property
+    def redis(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.settings.broker_connection_url())
+
+    @cached_property
+    def retrainer(self) -> Retrainer:
+        from workers.decoding import configure_pillow
+        from workers.evaluation import GatePolicy
+        from workers.retrain import RetrainConfig, Retrainer
+        from workers.training import TrainingConfig
+
+        s = self.settings
+        configure_pillow(s.max_image_pixels)
+        config = RetrainConfig(
+            training=TrainingConfig(
+                input_size=(s.train_image_size, s.train_image_size),
+                architecture=s.train_architecture,
+                weights=s.train_weights,
+                max_epochs=s.train_max_epochs,
+                fine_tune_epochs=s.train_fine_tune_epochs,
+                seed=s.train_seed,
+            ),
+            gate=GatePolicy(s.gate_min_accuracy, s.gate_max_macro_f1_drop, s.gate_max_recall_drop),
+            review_precision=s.review_precision,
+            max_image_pixels=s.max_image_pixels,
+        )
+        return Retrainer(
+            self.stores.area(Area.TRAINING),
+            self.stores.registry(),
+            self.stores.area(Area.REPORTS),
+            self.metrics,
+            config,
+        )
+
     def warm_up(self) -> None:
         """Load the model before the first task arrives (if there is one to load yet)."""
         if INFERENCE_QUEUE not in self.queues:
@@ -110,6 +151,8 @@ def celery_config(settings: Settings) -> CeleryConfig:
     return CeleryConfig(
         broker_url=settings.broker_connection_url(),
         result_backend=settings.result_backend_url(),
+        retrain_cron=settings.retrain_cron,
+        retrain_expires=settings.retrain_expires_seconds,
     )
 
 

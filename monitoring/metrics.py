@@ -110,3 +110,50 @@ class Metrics:
             "From the object's last-modified time to its label being written.",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        # --- queues (sampled from Redis by every worker's and the dispatcher's exporter) -----
+        self.queue_depth = Gauge(
+            "labeler_queue_depth",
+            "Messages per queue: waiting in the list, or reserved by a worker and not yet acked.",
+            ["queue", "state"], multiprocess_mode="mostrecent", registry=r,
+        )  # fmt: skip
+        # --- dispatcher ---------------------------------------------------------------------
+        self.events = Counter(
+            "labeler_events_total",
+            "Object events seen by the dispatcher, by source (minio, s3, scan) and outcome "
+            "(queued, duplicate, ignored).",
+            ["source", "outcome"], registry=r,
+        )  # fmt: skip
+        self.dispatched_batches = Counter(
+            "labeler_dispatched_batches_total", "classify_batch tasks sent by the dispatcher.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.dispatcher_paused = Gauge(
+            "labeler_dispatcher_paused",
+            "1 while intake is paused because the inference backlog is above the high-water mark.",
+            multiprocess_mode="max", registry=r,
+        )  # fmt: skip
+        # --- retraining -----------------------------------------------------------------------
+        self.retrains = Counter(
+            "labeler_retrains_total",
+            "Retrain runs by outcome (promoted, refused, failed, skipped_locked).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.retrain_seconds = Histogram(
+            "labeler_retrain_duration_seconds", "Wall time of a retrain run.",
+            buckets=RETRAIN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.last_retrain_success = Gauge(
+            "labeler_last_retrain_success_timestamp_seconds",
+            "Unix time the last retrain finished without error (promoted or refused).",
+            multiprocess_mode="max", registry=r,
+        )  # fmt: skip
+        self.evaluation = Gauge(
+            "labeler_evaluation_score",
+            "Figures of the last evaluated candidate on the test split (accuracy, macro_f1, "
+            "weighted_f1).",
+            ["model", "metric"], multiprocess_mode="mostrecent", registry=r,
+        )  # fmt: skip
+        self.gate_decisions = Counter(
+            "labeler_gate_decisions_total", "Promotion gate decisions (passed, refused).",
+            ["decision"], registry=r,
+        )  # fmt: skip

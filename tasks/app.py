@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celery import Celery
+from celery.schedules import crontab
 from celery.signals import task_retry, worker_process_init
 from kombu import Queue
 
 from monitoring.metrics import Metrics
+from tasks.contracts import CLASSIFY_BATCH
+from tasks.training import RETRAIN
 from workers.batch import BatchClassifier
+from workers.retrain import Retrainer
 
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
@@ -37,6 +41,8 @@ class CeleryConfig:
     inference_time_limit: int = 300
     training_soft_time_limit: int = 6600
     training_time_limit: int = 7000
+    retrain_cron: str = "0 2 * * *"  # UTC
+    retrain_expires: int = 3600  # a scheduled run that waited this long is dropped
 
 
 class Engines(Protocol):
@@ -47,6 +53,15 @@ class Engines(Protocol):
 
     @property
     def classifier(self) -> BatchClassifier: ...
+
+    @property
+    def retrainer(self) -> Retrainer: ...
+
+    @property
+    def redis(self) -> Any: ...
+
+    @property
+    def model_name(self) -> str: ...
 
     def warm_up(self) -> None: ...
 
@@ -69,6 +84,7 @@ class LabelerCelery(Celery):  # type: ignore[misc]
 def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> LabelerCelery:
     """Build the app and register every task."""
     from tasks.inference import register_inference
+    from tasks.training import register_training
 
     app = LabelerCelery(config, engines_factory)
     app.conf.update(
@@ -85,6 +101,10 @@ def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> 
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_queues=[Queue(name) for name in QUEUES],
+        task_routes={
+            CLASSIFY_BATCH: {"queue": INFERENCE_QUEUE},
+            RETRAIN: {"queue": TRAINING_QUEUE},
+        },
         task_default_queue=INFERENCE_QUEUE,
         task_track_started=True,
         result_expires=24 * 3600,
@@ -93,6 +113,15 @@ def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> 
         timezone="UTC",
     )
     register_inference(app)
+    register_training(app)
+    app.conf.beat_schedule = {
+        "nightly-retrain": {
+            "task": RETRAIN,
+            "schedule": crontab(*config.retrain_cron.split()),
+            "kwargs": {"payload": {"reason": "schedule"}},
+            "options": {"queue": TRAINING_QUEUE, "expires": config.retrain_expires},
+        }
+    }
 
     @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _build_engines(**_: Any) -> None:

@@ -1,0 +1,69 @@
+"""``retrain``: one run at a time (a Redis lock that expires if its holder dies)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+from redis.exceptions import LockError
+
+from storage import TransientStorageError
+from tasks.contracts import parse_payload
+
+if TYPE_CHECKING:
+    from tasks.app import LabelerCelery
+
+RETRAIN = "labeler.retrain"
+
+log = logging.getLogger(__name__)
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = "manual"
+
+
+def register_training(app: LabelerCelery) -> None:
+    config = app.labeler_config
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=RETRAIN,
+        bind=True,
+        queue="training",
+        autoretry_for=(TransientStorageError,),
+        retry_backoff=30,
+        retry_jitter=True,
+        max_retries=3,
+        soft_time_limit=config.training_soft_time_limit,
+        time_limit=config.training_time_limit,
+    )
+    def retrain(self: Any, payload: Any = None) -> dict[str, Any]:
+        request = parse_payload(RetrainRequest, payload if payload is not None else {})
+        engines = app.engines()
+        metrics = engines.metrics
+        lock = engines.redis.lock(
+            f"labeler:retrain-lock:{engines.model_name}",
+            timeout=config.training_time_limit + 60,  # a crashed holder frees it by expiry
+        )
+        if not lock.acquire(blocking=False):
+            metrics.retrains.labels("skipped_locked").inc()
+            log.warning("retrain (%s) skipped: another retrain holds the lock", request.reason)
+            return {"outcome": "skipped_locked"}
+        try:
+            with metrics.retrain_seconds.time():
+                outcome = engines.retrainer.run(
+                    progress=lambda meta: self.update_state(state="PROGRESS", meta=meta)
+                )
+        except Exception:
+            metrics.retrains.labels("failed").inc()
+            raise
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                log.warning("retrain lock had already expired")
+        metrics.retrains.labels("promoted" if outcome.promoted else "refused").inc()
+        metrics.last_retrain_success.set_to_current_time()
+        return {"outcome": "promoted" if outcome.promoted else "refused", **outcome.as_dict()}

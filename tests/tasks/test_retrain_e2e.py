@@ -1,0 +1,151 @@
+"""Retraining end to end: real training and inference workers, Redis and the moto S3 server."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+
+from labeler.sample_data import digit_samples
+from labeler.settings import Settings, load_settings
+from labeler.wiring import Stores, build_app
+from storage import Area, LabelRecord, make_s3_client
+from storage.keys import label_key, report_key
+from tasks.app import TRAINING_QUEUE, LabelerCelery
+from tasks.training import RETRAIN
+from tests.conftest import TEST_CREDENTIALS
+from tests.support.processes import WorkerProcess, labeler_env, run_labeler
+from tests.support.services import MotoServer, RedisServer, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    settings: Settings
+    stores: Stores
+    app: LabelerCelery
+
+    def label_version(self, key: str, data: bytes) -> int:
+        """Drop ``data`` at ``key``, label it through the queue, return the model version used."""
+        incoming, labels = self.stores.area(Area.INCOMING), self.stores.area(Area.LABELS)
+        incoming.put(key, data)
+        run_labeler(self.env, "submit", key, "--wait", "--timeout", "120")
+        return LabelRecord.model_validate_json(labels.get(label_key(key)).data).model_version
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    redis_server: RedisServer, s3_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    bucket = f"retrain-{uuid.uuid4().hex[:8]}"
+    redis.Redis.from_url(redis_server.url).flushall()
+    env = labeler_env(
+        broker_url=redis_server.url,
+        storage_uri=f"s3://{bucket}/labeler",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_access_key_id=TEST_CREDENTIALS["access_key_id"],
+        s3_secret_access_key=TEST_CREDENTIALS["secret_access_key"],
+        model_name="digits",
+        model_reload_seconds=0.5,
+        train_image_size=32,
+        train_fine_tune_epochs=4,
+        gate_min_accuracy=0.9,
+    )
+    settings = load_settings(**{k[8:].lower(): v for k, v in env.items() if k[:8] == "LABELER_"})
+    make_s3_client(settings.s3_options()).create_bucket(Bucket=bucket)
+    stores = Stores(settings)
+    training = stores.area(Area.TRAINING)
+    for sample in digit_samples():
+        training.put(sample.key, sample.data)
+    logs = tmp_path_factory.mktemp("workers")
+    inference = WorkerProcess(env, logs / "inference.log", "--queues", "inference").start()
+    trainer = WorkerProcess(
+        env, logs / "training.log", "--queues", "training", "--concurrency", "2"
+    ).start()
+    yield Cluster(env, settings, stores, build_app(settings))
+    inference.stop()
+    trainer.stop()
+
+
+def _production(cluster: Cluster) -> int | None:
+    alias = cluster.stores.registry().production()
+    return alias.version if alias else None
+
+
+def test_first_retrain_is_promoted_and_served_without_restart(cluster: Cluster) -> None:
+    out = run_labeler(cluster.env, "retrain", "--wait", "--timeout", "600", timeout=700)
+
+    outcome = json.loads(out.stdout[out.stdout.index("{") :])
+    assert outcome["outcome"] == "promoted"
+    assert outcome["version"] == 1
+    assert _production(cluster) == 1
+    reports = cluster.stores.area(Area.REPORTS)
+    document = json.loads(reports.get(report_key("digits", 1, "evaluation.json")).data)
+    evaluation = document["evaluation"]
+    predictions = evaluation["predictions"]
+    y_true = [p["true"] for p in predictions]
+    y_pred = [p["predicted"] for p in predictions]
+    names = evaluation["class_names"]
+    recomputed = classification_report(
+        y_true, y_pred, labels=names, output_dict=True, zero_division=0
+    )
+    assert evaluation["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert evaluation["macro_f1"] == pytest.approx(recomputed["macro avg"]["f1-score"])
+    for name in names:
+        assert evaluation["per_class"][name]["recall"] == pytest.approx(recomputed[name]["recall"])
+    assert evaluation["confusion_matrix"] == confusion_matrix(y_true, y_pred, labels=names).tolist()
+    assert evaluation["accuracy"] >= 0.95
+    assert reports.exists(report_key("digits", 1, "report.html"))
+    assert reports.get(report_key("digits", 1, "confusion_matrix.png")).data[:4] == b"\x89PNG"
+    metadata = cluster.stores.registry().metadata(1)
+    assert set(metadata.class_thresholds) == set(names)
+    assert metadata.training_data_fingerprint
+    # The inference worker was started before any model existed: it picks v1 up by itself.
+    assert cluster.label_version("after-v1/7.png", digit_samples()[7].data) == 1
+
+
+def test_worse_candidate_is_refused_and_production_stays(cluster: Cluster) -> None:
+    training = cluster.stores.area(Area.TRAINING)
+    rng = random.Random(3)
+    for sample in digit_samples():  # a bad night: every label shuffled
+        training.delete(sample.key)
+        training.put(f"{rng.randrange(10)}/{sample.key.split('/', 1)[1]}", sample.data)
+
+    out = run_labeler(cluster.env, "retrain", "--wait", "--timeout", "600", timeout=700)
+
+    outcome = json.loads(out.stdout[out.stdout.index("{") :])
+    assert outcome["outcome"] == "refused"
+    assert outcome["version"] == 2
+    assert any("accuracy" in reason for reason in outcome["reasons"])
+    assert _production(cluster) == 1
+    report = run_labeler(cluster.env, "report", "2").stdout
+    assert "gate: refused" in report
+
+
+def test_rollback_restores_the_previous_version_for_workers(cluster: Cluster) -> None:
+    sample = digit_samples()[3].data
+    run_labeler(cluster.env, "models", "promote", "2")
+    wait_until(lambda: cluster.label_version("rb/a.png", sample) == 2, 60, "workers on v2")
+
+    run_labeler(cluster.env, "models", "rollback")
+
+    assert _production(cluster) == 1
+    assert cluster.label_version("rb/b.png", sample) == 1
+
+
+def test_two_retrains_at_once_only_one_runs(cluster: Cluster) -> None:
+    first = cluster.app.send_task(RETRAIN, kwargs={"payload": {}}, queue=TRAINING_QUEUE)
+    second = cluster.app.send_task(RETRAIN, kwargs={"payload": {}}, queue=TRAINING_QUEUE)
+
+    outcomes = sorted(r.get(timeout=600)["outcome"] for r in (first, second))
+
+    assert outcomes[1] == "skipped_locked"
+    assert outcomes[0] in ("promoted", "refused")

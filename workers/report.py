@@ -1,0 +1,143 @@
+"""Evaluation reports: ``evaluation.json``, ``confusion_matrix.png`` and a self-contained
+``report.html`` (tables, the matrix, training curves, deltas against production, the gate)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from typing import Any
+
+from workers.evaluation import Evaluation, GateDecision
+
+
+def confusion_matrix_png(evaluation: Evaluation) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a worker
+    from matplotlib import pyplot as plt
+
+    names = evaluation.class_names
+    size = max(4.0, 0.5 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    matrix = evaluation.confusion_matrix
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            color = "white" if count > peak / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
+    ax.set_title(f"confusion matrix (accuracy {evaluation.accuracy:.4f})")
+    return _png(fig)
+
+
+def training_curves_png(history: dict[str, list[float]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name, values in history.items():
+        target = acc if "accuracy" in name else loss
+        target.plot(range(1, len(values) + 1), values, label=name)
+    for ax, title in ((loss, "loss"), (acc, "accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    return _png(fig)
+
+
+def evaluation_json(
+    evaluation: Evaluation,
+    production: Evaluation | None,
+    decision: GateDecision,
+    extra: dict[str, Any],
+) -> bytes:
+    document = {
+        **extra,
+        "evaluation": evaluation.to_dict(),
+        "production": production.summary() if production else None,
+        "deltas": _deltas(evaluation, production),
+        "gate": {"passed": decision.passed, "checks": decision.checks},
+    }
+    return json.dumps(document, indent=2).encode()
+
+
+def report_html(
+    title: str,
+    evaluation: Evaluation,
+    production: Evaluation | None,
+    decision: GateDecision,
+    matrix_png: bytes,
+    curves_png: bytes | None,
+) -> bytes:
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>{_cells(f, production, name)}</tr>"
+        for name, f in evaluation.per_class.items()
+    )
+    deltas = _deltas(evaluation, production)
+    summary = "".join(
+        f"<tr><td>{name}</td><td>{value:.4f}</td><td>{_signed(deltas.get(name))}</td></tr>"
+        for name, value in evaluation.summary().items()
+    )
+    checks = "".join(
+        f"<li class={'pass' if c['passed'] else 'fail'}>{'✔' if c['passed'] else '✘'} "
+        f"{html.escape(c['name'])}: {html.escape(c['detail'])}</li>"
+        for c in decision.checks
+    )
+    verdict = "promoted" if decision.passed else "refused — production unchanged"
+    curves = f"<h2>Training</h2>{_img(curves_png)}" if curves_png else ""
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
+.pass{{color:#070}}
+.fail{{color:#b00}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<h2>Gate: {verdict}</h2><ul>{checks}</ul>
+<h2>Summary (test split)</h2><table><tr><th>metric</th><th>candidate</th>
+<th>Δ vs production</th></tr>{summary}</table>
+<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
+<th>support</th><th>Δ recall</th></tr>{rows}</table>
+<h2>Confusion matrix</h2>{_img(matrix_png)}{curves}</body></html>"""
+    return page.encode()
+
+
+def _deltas(evaluation: Evaluation, production: Evaluation | None) -> dict[str, float]:
+    if production is None:
+        return {}
+    mine, theirs = evaluation.summary(), production.summary()
+    return {k: mine[k] - theirs[k] for k in mine}
+
+
+def _cells(figures: dict[str, float], production: Evaluation | None, name: str) -> str:
+    before = production.per_class.get(name, {}).get("recall") if production else None
+    delta = figures["recall"] - before if before is not None else None
+    return (
+        f"<td>{figures['precision']:.3f}</td><td>{figures['recall']:.3f}</td>"
+        f"<td>{figures['f1-score']:.3f}</td><td>{int(figures['support'])}</td>"
+        f"<td>{_signed(delta)}</td>"
+    )
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.4f}"
+
+
+def _img(png: bytes) -> str:
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib import pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,177 @@
+"""One retrain run: data -> fit -> register -> evaluate -> report -> gate -> promote (or not)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitoring.metrics import Metrics
+from storage import ObjectStore
+from storage.keys import report_key
+from storage.registry import ModelMetadata, ModelRegistry
+from workers.dataset import SplitRatios, TrainingData, load_training_data
+from workers.evaluation import Evaluation, GatePolicy, calibrate_thresholds, decide, evaluate
+from workers.model_runtime import load_keras_file
+from workers.report import confusion_matrix_png, evaluation_json, report_html, training_curves_png
+from workers.training import Progress, TrainingConfig, train_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    ratios: SplitRatios = field(default_factory=SplitRatios)
+    gate: GatePolicy = field(default_factory=GatePolicy)
+    review_precision: float = 0.95  # per-class thresholds aim for this precision
+    max_image_pixels: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    version: int
+    promoted: bool
+    reasons: list[str]
+    accuracy: float
+    macro_f1: float
+    production_version: int | None
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class Retrainer:
+    """Fine-tunes the production model (or builds the first) and promotes it only if better."""
+
+    def __init__(
+        self,
+        training: ObjectStore,
+        registry: ModelRegistry,
+        reports: ObjectStore,
+        metrics: Metrics,
+        config: RetrainConfig,
+    ) -> None:
+        self.training = training
+        self.registry = registry
+        self.reports = reports
+        self.metrics = metrics
+        self.config = config
+
+    def run(self, progress: Progress | None = None) -> RetrainOutcome:
+        report = progress or (lambda _: None)
+        started = time.monotonic()
+        alias = self.registry.production()
+        base, base_meta = self._production_model(alias.version if alias else None)
+        size = tuple(base_meta.input_size) if base_meta else self.config.training.input_size
+        report({"phase": "loading data"})
+        data = load_training_data(
+            self.training, (size[0], size[1]), ratios=self.config.ratios,
+            max_pixels=self.config.max_image_pixels,
+        )  # fmt: skip
+        trained = train_model(
+            data, self.config.training, base_model=base,
+            base_classes=base_meta.class_names if base_meta else None, progress=report,
+        )  # fmt: skip
+        report({"phase": "evaluating"})
+        candidate = self._evaluate(trained.model, data, data.class_names)
+        production = self._evaluate(base, data, base_meta.class_names) if base_meta else None
+        decision = decide(candidate, production, self.config.gate)
+        val_probs = trained.model.predict(data.validation.images.astype(np.float32), verbose=0)
+        thresholds = calibrate_thresholds(
+            data.validation.labels, val_probs, data.class_names,
+            target_precision=self.config.review_precision, default=0.5,
+        )  # fmt: skip
+        metadata = self._register(trained.model, data, size, thresholds, candidate, base_meta)
+        self._write_reports(metadata, candidate, production, decision, trained.history)
+        if decision.passed:
+            self.registry.promote(metadata.version)
+        self._count(metadata, candidate, decision.passed)
+        outcome = RetrainOutcome(
+            version=metadata.version, promoted=decision.passed, reasons=decision.reasons,
+            accuracy=candidate.accuracy, macro_f1=candidate.macro_f1,
+            production_version=alias.version if alias else None,
+            seconds=round(time.monotonic() - started, 1),
+        )  # fmt: skip
+        log.info("retrain finished: %s", outcome)
+        return outcome
+
+    def _production_model(self, version: int | None) -> tuple[Any, ModelMetadata | None]:
+        if version is None:
+            return None, None
+        metadata = self.registry.metadata(version)
+        with tempfile.TemporaryDirectory(prefix="labeler-retrain-") as tmp:
+            path = Path(tmp) / "model.keras"
+            path.write_bytes(self.registry.model_bytes(version))
+            return load_keras_file(path), metadata
+
+    def _evaluate(self, model: Any, data: TrainingData, model_classes: list[str]) -> Evaluation:
+        """Evaluate on the test split in the *data's* class order (production may know fewer)."""
+        probs = model.predict(data.test.images.astype(np.float32), verbose=0)
+        if model_classes != data.class_names:
+            aligned = np.zeros((len(probs), len(data.class_names)), np.float32)
+            for j, name in enumerate(model_classes):
+                if name in data.class_names:
+                    aligned[:, data.class_names.index(name)] = probs[:, j]
+            probs = aligned
+        return evaluate(data.test.keys, data.test.labels, probs, data.class_names)
+
+    def _register(
+        self,
+        model: Any,
+        data: TrainingData,
+        size: tuple[int, ...],
+        thresholds: dict[str, float],
+        candidate: Evaluation,
+        parent: ModelMetadata | None,
+    ) -> ModelMetadata:
+        with tempfile.TemporaryDirectory(prefix="labeler-candidate-") as tmp:
+            path = Path(tmp) / "model.keras"
+            model.save(path)
+            return self.registry.register(
+                path.read_bytes(),
+                ModelMetadata(
+                    name=self.registry.name, version=1, class_names=data.class_names,
+                    input_size=(int(size[0]), int(size[1])), class_thresholds=thresholds,
+                    parent_version=parent.version if parent else None,
+                    training_data_fingerprint=data.fingerprint, seed=self.config.training.seed,
+                    library_versions={p: package_version(p) for p in
+                                      ("tensorflow", "keras", "pillow", "scikit-learn")},
+                    evaluation=candidate.summary(),
+                ),
+            )  # fmt: skip
+
+    def _write_reports(
+        self,
+        metadata: ModelMetadata,
+        candidate: Evaluation,
+        production: Evaluation | None,
+        decision: Any,
+        history: dict[str, list[float]],
+    ) -> None:
+        name, version = metadata.name, metadata.version
+        matrix = confusion_matrix_png(candidate)
+        curves = training_curves_png(history) if history else None
+        extra = {"model": name, "version": version, "parent_version": metadata.parent_version,
+                 "training_data_fingerprint": metadata.training_data_fingerprint}  # fmt: skip
+        files = {
+            "evaluation.json": (evaluation_json(candidate, production, decision, extra),
+                                "application/json"),
+            "confusion_matrix.png": (matrix, "image/png"),
+            "report.html": (report_html(f"{name} v{version}", candidate, production, decision,
+                                        matrix, curves), "text/html"),
+        }  # fmt: skip
+        for file, (data, content_type) in files.items():
+            self.reports.put(report_key(name, version, file), data, content_type=content_type)
+
+    def _count(self, metadata: ModelMetadata, candidate: Evaluation, passed: bool) -> None:
+        self.metrics.gate_decisions.labels("passed" if passed else "refused").inc()
+        for metric, value in candidate.summary().items():
+            self.metrics.evaluation.labels(metadata.name, metric).set(value)
