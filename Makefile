@@ -9,9 +9,11 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 all: test
 
-# Debian packages the tests use as real services. Installed only where missing.
+# Debian packages the tests use: redis-server (a real broker) and promtool (checks the
+# Prometheus config). Installed only where missing.
 system-deps:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
 
 # The virtualenv, pinned to exactly what CI tested (requirements.lock).
 $(STAMP): pyproject.toml requirements.lock
@@ -38,7 +40,8 @@ demo: install
 	$(VENV)/bin/labeler demo
 
 bench: install
-	$(PY) -m bench.run_all
+	$(PY) -m bench.inference
+	$(PY) -m bench.retrain
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock:

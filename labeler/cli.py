@@ -31,6 +31,18 @@ def config(markdown: bool) -> None:
     click.echo(json.dumps(values, indent=2, default=str))
 
 
+@main.command()
+@click.option("--data-dir", default="data/demo", show_default=True, type=click.Path())
+@click.option("--limit", type=click.IntRange(min=100), help="Use only the first N digits.")
+def demo(data_dir: str, limit: int | None) -> None:
+    """Label real images end to end on the local store: retrain, then label through Redis."""
+    from pathlib import Path
+
+    from labeler.demo import run_demo
+
+    run_demo(Path(data_dir), limit)
+
+
 main.add_command(models)
 main.add_command(worker)
 main.add_command(submit)
