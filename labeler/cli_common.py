@@ -17,6 +17,7 @@ def settings_or_exit() -> Settings:
         click.echo(str(exc), err=True)
         sys.exit(2)
     logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
     )
     return settings

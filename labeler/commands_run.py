@@ -11,7 +11,10 @@ from typing import Any
 import click
 
 from labeler.cli_common import settings_or_exit
+from labeler.observability import multiprocess_dir_or_reexec, start_observability
 from labeler.wiring import Stores, build_app
+from monitoring.exposition import reset_multiprocess_dir
+from monitoring.metrics import Metrics
 from storage import Area
 from tasks.app import INFERENCE_QUEUE, QUEUES, TRAINING_QUEUE
 from tasks.contracts import CLASSIFY_BATCH, ClassifyBatchRequest
@@ -37,7 +40,10 @@ def worker(queues: str, concurrency: int, pool: str, hostname: str | None) -> No
     wanted = frozenset(q.strip() for q in queues.split(",") if q.strip())
     if not wanted or not wanted <= set(QUEUES):
         raise click.BadParameter(f"choose from {', '.join(QUEUES)}", param_hint="--queues")
-    app = build_app(settings, wanted)
+    metrics_dir = multiprocess_dir_or_reexec()
+    reset_multiprocess_dir(metrics_dir)  # before any child starts writing to it
+    app = build_app(settings, wanted, metrics_dir)
+    start_observability(settings, Metrics(None), metrics_dir)
     argv = [
         "worker",
         f"--queues={','.join(sorted(wanted))}",

@@ -7,7 +7,9 @@ and at most once per process.
 from __future__ import annotations
 
 import logging
+import os
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labeler.settings import Settings
@@ -51,15 +53,26 @@ class Stores:
 class ProcessEngines:
     """A worker process's engines: built on first use, after fork."""
 
-    def __init__(self, settings: Settings, queues: frozenset[str]) -> None:
+    def __init__(
+        self, settings: Settings, queues: frozenset[str], multiprocess_dir: Path | None = None
+    ) -> None:
         self.settings = settings
         self.queues = queues
+        self.multiprocess_dir = multiprocess_dir
 
     @cached_property
     def metrics(self) -> Metrics:
         from prometheus_client import REGISTRY
 
-        return Metrics(REGISTRY)
+        # In multiprocess mode samples go to files; registering in a registry would double them.
+        return Metrics(None if self.multiprocess_dir else REGISTRY)
+
+    def shutdown(self) -> None:
+        """This worker process is exiting: stop counting its live gauges."""
+        if self.multiprocess_dir is not None:
+            from monitoring.exposition import mark_process_dead
+
+            mark_process_dead(os.getpid(), self.multiprocess_dir)
 
     @cached_property
     def stores(self) -> Stores:
@@ -156,6 +169,10 @@ def celery_config(settings: Settings) -> CeleryConfig:
     )
 
 
-def build_app(settings: Settings, queues: frozenset[str] = frozenset()) -> LabelerCelery:
+def build_app(
+    settings: Settings, queues: frozenset[str] = frozenset(), multiprocess_dir: Path | None = None
+) -> LabelerCelery:
     """The Celery app for a producer (no queues) or a worker serving ``queues``."""
-    return create_app(celery_config(settings), lambda: ProcessEngines(settings, queues))
+    return create_app(
+        celery_config(settings), lambda: ProcessEngines(settings, queues, multiprocess_dir)
+    )

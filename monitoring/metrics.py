@@ -40,6 +40,18 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
+# The bounded label values known up front. Each is exported at 0 from the start, so a rate()
+# or an alert sees the series before its first event instead of a gap.
+BATCH_OUTCOMES = ("ok", "retry", "failed")
+RETRAIN_OUTCOMES = ("promoted", "refused", "failed", "skipped_locked")
+GATE_DECISIONS = ("passed", "refused")
+STAGES = ("fetch", "decode", "infer", "write")
+STORAGE_OPERATIONS = ("get", "head", "put", "list", "delete")
+EVENT_SOURCES = ("minio", "s3", "scan")
+EVENT_OUTCOMES = ("queued", "duplicate", "ignored", "invalid")
+FLUSH_REASONS = ("full", "timeout", "shutdown")
+
+
 class Metrics:
     """The metric objects of one process. Build once per process, after fork."""
 
@@ -157,3 +169,23 @@ class Metrics:
             "labeler_gate_decisions_total", "Promotion gate decisions (passed, refused).",
             ["decision"], registry=r,
         )  # fmt: skip
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        self.images.labels("labeled", "")
+        self.images.labels("skipped", "")
+        for outcome in BATCH_OUTCOMES:
+            self.batches.labels(outcome)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        for operation in STORAGE_OPERATIONS:
+            self.storage_seconds.labels(operation)
+        for outcome in RETRAIN_OUTCOMES:
+            self.retrains.labels(outcome)
+        for decision in GATE_DECISIONS:
+            self.gate_decisions.labels(decision)
+        for source in EVENT_SOURCES:
+            for outcome in EVENT_OUTCOMES:
+                self.events.labels(source, outcome)
+        for reason in FLUSH_REASONS:
+            self.dispatched_batches.labels(reason)

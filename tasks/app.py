@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from celery import Celery
 from celery.schedules import crontab
-from celery.signals import task_retry, worker_process_init
+from celery.signals import task_retry, worker_process_init, worker_process_shutdown
 from kombu import Queue
 
 from monitoring.metrics import Metrics
@@ -64,6 +64,8 @@ class Engines(Protocol):
     def model_name(self) -> str: ...
 
     def warm_up(self) -> None: ...
+
+    def shutdown(self) -> None: ...
 
 
 class LabelerCelery(Celery):  # type: ignore[misc]
@@ -125,7 +127,14 @@ def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> 
 
     @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _build_engines(**_: Any) -> None:
-        app.engines().warm_up()
+        engines = app.engines()
+        _start_task_metrics_at_zero(engines.metrics)
+        engines.warm_up()
+
+    @worker_process_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _process_exiting(**_: Any) -> None:
+        if app._engines is not None:
+            app._engines.shutdown()
 
     @task_retry.connect(weak=False)  # type: ignore[untyped-decorator]
     def _count_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
@@ -134,3 +143,12 @@ def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> 
         app.engines().metrics.task_retries.labels(task, error).inc()
 
     return app
+
+
+def _start_task_metrics_at_zero(metrics: Metrics) -> None:
+    """Export every task's bounded series from the start, so rates and alerts see 0, not gaps."""
+    for task in (CLASSIFY_BATCH, RETRAIN):
+        metrics.tasks_in_progress.labels(task)
+        metrics.tasks_rejected.labels(task, "invalid_payload")
+        for error in ("TransientStorageError", "ModelUnavailable"):
+            metrics.task_retries.labels(task, error)

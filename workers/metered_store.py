@@ -17,6 +17,9 @@ class MeteredStore:
         self.inner = store
         self.uri = store.uri
         self._metrics = metrics
+        for operation in ("get", "head", "put", "list", "delete"):
+            for error in ("TransientStorageError", "AccessDenied", "PermanentStorageError"):
+                metrics.storage_errors.labels(operation, error)  # exported at 0 from the start
 
     def __repr__(self) -> str:
         return f"MeteredStore({self.inner!r})"

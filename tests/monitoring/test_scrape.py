@@ -1,0 +1,218 @@
+"""A real Prometheus scrapes a real prefork worker during a labeling run."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from labeler.observability import broker_health
+from labeler.settings import load_settings
+from labeler.wiring import Stores
+from monitoring.exposition import MetricsServer
+from storage import Area, make_s3_client
+from tests.conftest import TEST_CREDENTIALS, DigitsFixture
+from tests.monitoring.test_config import GRAFANA_VARIABLES, _all_queries, _metric_of
+from tests.monitoring.test_config import _defined_metrics as defined_metrics
+from tests.support.digits import CLASSES
+from tests.support.processes import WorkerProcess, labeler_env, run_labeler
+from tests.support.services import (
+    MotoServer,
+    RedisServer,
+    free_port,
+    require_binary,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+GOOD, BAD = 48, 2
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+class Prometheus:
+    def __init__(self, workdir: Path, jobs: dict[str, str]) -> None:
+        binary = require_binary("prometheus", "apt-get install -y prometheus")
+        self.port = free_port()
+        config = workdir / "prometheus.yml"
+        scrape = "".join(
+            f"  - job_name: {job}\n    static_configs: [{{targets: ['{target}']}}]\n"
+            for job, target in jobs.items()
+        )
+        config.write_text(
+            f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n{scrape}"
+        )
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(lambda: _get(f"{self.url}/-/ready")[0] == 200, 30, "prometheus ready")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def query(self, promql: str) -> dict[str, Any]:
+        status, body = _get(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}")
+        answer: dict[str, Any] = json.loads(body)
+        answer["http_status"] = status
+        return answer
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def scraped(
+    redis_server: RedisServer,
+    s3_server: MotoServer,
+    digits: DigitsFixture,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Prometheus, WorkerProcess, str]]:
+    bucket = f"metrics-{uuid.uuid4().hex[:8]}"
+    redis.Redis.from_url(redis_server.url).flushall()
+    metrics_port, training_port = free_port(), free_port()
+    env = labeler_env(
+        broker_url=redis_server.url,
+        storage_uri=f"s3://{bucket}/labeler",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_access_key_id=TEST_CREDENTIALS["access_key_id"],
+        s3_secret_access_key=TEST_CREDENTIALS["secret_access_key"],
+        model_name="digits",
+        batch_max_images=4,
+        inference_batch_size=4,
+        metrics_port=metrics_port,
+        train_image_size=32,
+        train_max_epochs=2,
+        train_fine_tune_epochs=1,
+    )
+    settings = load_settings(**{k[8:].lower(): v for k, v in env.items() if k[:8] == "LABELER_"})
+    make_s3_client(settings.s3_options()).create_bucket(Bucket=bucket)
+    run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
+    incoming = Stores(settings).area(Area.INCOMING)
+    for i, sample in enumerate(digits.held_out[:GOOD]):
+        incoming.put(f"m/{i}.png", sample.data)
+    incoming.put("m/bad-1.jpg", b"not an image")
+    incoming.put("m/bad-2.jpg", b"")
+    training = Stores(settings).area(Area.TRAINING)
+    for sample in digits.held_out[GOOD:]:
+        training.put(sample.key, sample.data)
+    work = tmp_path_factory.mktemp("scrape")
+    # Two prefork children share the work: the parent serves the sum of both.
+    worker = WorkerProcess(env, work / "worker.log", "--concurrency", "2").start()
+    trainer = WorkerProcess(
+        {**env, "LABELER_METRICS_PORT": str(training_port)}, work / "training.log",
+        "--queues", "training",
+    ).start()  # fmt: skip
+    prometheus = Prometheus(
+        work,
+        {"inference-worker": f"127.0.0.1:{metrics_port}",
+         "training-worker": f"127.0.0.1:{training_port}"},
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: worker.log_tail(100_000).count("loaded model digits v1") == 2,
+            120,
+            "both prefork children to load the model",
+        )
+        run_labeler(env, "submit", "m/", "--wait", "--timeout", "300")
+        run_labeler(env, "retrain", "--wait", "--timeout", "300")
+        yield prometheus, worker, f"http://127.0.0.1:{metrics_port}"
+    finally:
+        prometheus.stop()
+        worker.stop()
+        trainer.stop()
+
+
+def test_counters_equal_the_images_processed(
+    scraped: tuple[Prometheus, WorkerProcess, str],
+) -> None:
+    prometheus, worker, _ = scraped
+    labeled = 'sum(labeler_images_processed_total{outcome="labeled"})'
+    wait_until(lambda: prometheus.value(labeled) == GOOD, 60, f"{GOOD} labeled in Prometheus")
+    errors = 'sum by (reason) (labeler_images_processed_total{outcome="error"})'
+    by_reason = {
+        r["metric"]["reason"]: float(r["value"][1])
+        for r in prometheus.query(errors)["data"]["result"]
+    }
+    assert by_reason == {"not_an_image": 1.0, "empty": 1.0}
+    assert prometheus.value('sum(labeler_batches_total{outcome="ok"})') == math.ceil(
+        (GOOD + BAD) / 4
+    )
+    assert prometheus.value('sum(labeler_stage_duration_seconds_count{stage="infer"})') >= 12
+    # Both prefork children did part of the work, and the totals are their sum.
+    done = [line for line in worker.log_tail(200_000).splitlines() if "succeeded in" in line]
+    assert {"ForkPoolWorker-1", "ForkPoolWorker-2"} <= set(
+        re.findall(r"ForkPoolWorker-\d+", "\n".join(done))
+    )
+
+
+def test_every_dashboard_and_alert_query_parses_and_names_scraped_metrics(
+    scraped: tuple[Prometheus, WorkerProcess, str],
+) -> None:
+    prometheus, _, _ = scraped
+    wait_until(lambda: prometheus.value("sum(labeler_images_processed_total)"), 60, "a scrape")
+    names = prometheus.query('group by (__name__) ({__name__=~"labeler_.+"})')["data"]["result"]
+    scraped_names = {r["metric"]["__name__"] for r in names}
+    defined = defined_metrics()
+    for where, expr in _all_queries():
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        answer = prometheus.query(expr)
+        assert answer["status"] == "success", f"{where}: {expr}: {answer}"
+        for series in set(re.findall(r"\blabeler_[a-z_]+", expr)):
+            base = _metric_of(series, defined)
+            family = {base, f"{base}_bucket", f"{base}_count"}
+            assert family & scraped_names, f"{where}: {series} was never scraped"
+
+
+def test_exposition_passes_promtool_check_metrics(
+    scraped: tuple[Prometheus, WorkerProcess, str],
+) -> None:
+    _, _, endpoint = scraped
+    status, text = _get(f"{endpoint}/metrics")
+    assert status == 200
+    promtool = require_binary("promtool", "apt-get install -y prometheus")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.strip() == "", check.stdout
+    assert _get(f"{endpoint}/healthz") == (200, "ok\n")
+
+
+def test_healthz_is_503_when_the_broker_does_not_answer() -> None:
+    settings = load_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert broker_health(settings) == "broker unreachable: ConnectionError"
+    from prometheus_client import CollectorRegistry
+
+    server = MetricsServer(0, CollectorRegistry(), lambda: broker_health(settings)).start()
+    try:
+        status, body = _get(f"http://127.0.0.1:{server.port}/healthz")
+    finally:
+        server.stop()
+    assert status == 503
+    assert "broker unreachable" in body
