@@ -9,11 +9,16 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 all: test
 
-# Debian packages the tests use: redis-server (a real broker) and promtool (checks the
-# Prometheus config). Installed only where missing.
+# Debian packages the tests use: redis-server (a real broker), prometheus (promtool and a real
+# server that scrapes the workers) and docker-compose (validates docker-compose.yml). Installed
+# only where missing.
+APT_INSTALL := $(SUDO) apt-get install -y -qq --no-install-recommends
 system-deps:
-	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
-	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; fi
 
 # The virtualenv, pinned to exactly what CI tested (requirements.lock).
 $(STAMP): pyproject.toml requirements.lock

@@ -39,12 +39,21 @@ class Stores:
         return make_s3_client(self.settings.s3_options()) if self.settings.uses_s3() else None
 
     def area(self, area: Area) -> ObjectStore:
-        store = open_store(self.settings.area_uri(area), s3_client=self._s3_client)
-        if self.metrics is None:
+        metrics = self.metrics
+        on_retry = None
+        if metrics is not None:
+
+            def on_retry(operation: str, attempts: int) -> None:
+                metrics.storage_retries.labels(operation).inc(attempts)
+
+        store = open_store(
+            self.settings.area_uri(area), s3_client=self._s3_client, on_retry=on_retry
+        )
+        if metrics is None:
             return store
         from workers.metered_store import MeteredStore
 
-        return MeteredStore(store, self.metrics)
+        return MeteredStore(store, metrics)
 
     def registry(self, name: str | None = None) -> ModelRegistry:
         return ModelRegistry(self.area(Area.MODELS), name or self.settings.model_name)

@@ -31,9 +31,12 @@ HealthCheck = Callable[[], str | None]  # None when healthy, else what is wrong
 
 def reset_multiprocess_dir(path: Path) -> None:
     """Empty (or create) the shared directory; call once, before any child starts."""
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.iterdir():  # the directory itself may be a mount point: keep it
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def mark_process_dead(pid: int, path: Path) -> None:

@@ -88,6 +88,11 @@ class Metrics:
             "Object store calls that failed, by operation and error class.",
             ["operation", "error"], registry=r,
         )  # fmt: skip
+        self.storage_retries = Counter(
+            "labeler_storage_retries_total",
+            "Requests the S3 client retried by itself (throttling, 5xx, connection errors).",
+            ["operation"], registry=r,
+        )  # fmt: skip
         self.tasks_in_progress = Gauge(
             "labeler_tasks_in_progress", "Tasks running now.", ["task"],
             multiprocess_mode="livesum", registry=r,
@@ -180,6 +185,7 @@ class Metrics:
             self.stage_seconds.labels(stage)
         for operation in STORAGE_OPERATIONS:
             self.storage_seconds.labels(operation)
+            self.storage_retries.labels(operation)
         for outcome in RETRAIN_OUTCOMES:
             self.retrains.labels(outcome)
         for decision in GATE_DECISIONS:

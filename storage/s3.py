@@ -9,7 +9,7 @@ as :class:`~storage.errors.TransientStorageError` for the task layer to retry la
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client as S3Client
 else:
     S3Client = Any
+
+RetryObserver = Callable[[str, int], None]  # (operation, retries botocore made) -> None
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _DENIED = {
@@ -89,8 +91,16 @@ def make_s3_client(options: S3Options) -> S3Client:
 class S3Store:
     """An :class:`~storage.base.ObjectStore` over one bucket and key prefix."""
 
-    def __init__(self, client: S3Client, bucket: str, prefix: str = "") -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str = "",
+        *,
+        on_retry: RetryObserver | None = None,
+    ) -> None:
         self.bucket = bucket
+        self._on_retry = on_retry
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._client = client
@@ -100,8 +110,9 @@ class S3Store:
 
     def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
         full = self._full(key)
-        with _s3_errors(key):
+        with _s3_errors(key, self._retried("get")):
             response = self._client.get_object(Bucket=self.bucket, Key=full)
+            self._retried("get")(response)
             body = response["Body"]
             size = int(response["ContentLength"])
             if max_bytes is not None and size > max_bytes:
@@ -115,8 +126,9 @@ class S3Store:
 
     def head(self, key: str) -> ObjectInfo:
         full = self._full(key)
-        with _s3_errors(key):
+        with _s3_errors(key, self._retried("head")):
             response = self._client.head_object(Bucket=self.bucket, Key=full)
+            self._retried("head")(response)
         return ObjectInfo(
             key,
             int(response["ContentLength"]),
@@ -127,8 +139,9 @@ class S3Store:
     def put(self, key: str, data: bytes, *, content_type: str | None = None) -> ObjectInfo:
         full = self._full(key)
         extra = {"ContentType": content_type} if content_type else {}
-        with _s3_errors(key):
+        with _s3_errors(key, self._retried("put")):
             response = self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)  # type: ignore[arg-type]
+            self._retried("put")(response)
         return ObjectInfo(key, len(data), _etag(response["ETag"]), time.time())
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
@@ -137,8 +150,9 @@ class S3Store:
         if start_after is not None:
             kwargs["StartAfter"] = self.prefix + start_after
         paginator = self._client.get_paginator("list_objects_v2")
-        with _s3_errors(prefix or "/"):
+        with _s3_errors(prefix or "/", self._retried("list")):
             for page in paginator.paginate(**kwargs):
+                self._retried("list")(page)
                 for item in page.get("Contents", []):
                     key = item["Key"][len(self.prefix) :]
                     if not key or key.endswith("/"):
@@ -159,8 +173,18 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         full = self._full(key)
-        with _s3_errors(key):
-            self._client.delete_object(Bucket=self.bucket, Key=full)
+        with _s3_errors(key, self._retried("delete")):
+            self._retried("delete")(self._client.delete_object(Bucket=self.bucket, Key=full))
+
+    def _retried(self, operation: str) -> Callable[[Any], None]:
+        """Report botocore's retries of one call (``ResponseMetadata.RetryAttempts``)."""
+
+        def note(response: Any) -> None:
+            attempts = int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
+            if attempts and self._on_retry is not None:
+                self._on_retry(operation, attempts)
+
+        return note
 
     def _full(self, key: str) -> str:
         return self.prefix + validate_key(key)
@@ -171,11 +195,12 @@ def _etag(raw: str) -> str:
 
 
 @contextmanager
-def _s3_errors(key: str) -> Iterator[None]:
+def _s3_errors(key: str, retried: Callable[[Any], None]) -> Iterator[None]:
     """Translate botocore failures into the storage error hierarchy."""
     try:
         yield
     except ClientError as exc:
+        retried(exc.response)
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 from storage.base import ObjectStore
 from storage.errors import InvalidStoreUri
 from storage.local import LocalStore
-from storage.s3 import S3Client, S3Store
+from storage.s3 import RetryObserver, S3Client, S3Store
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -39,12 +39,15 @@ def join_uri(base: str, area: str) -> str:
     return f"{base.rstrip('/')}/{area.strip('/')}"
 
 
-def open_store(uri: str, *, s3_client: S3Client | None = None) -> ObjectStore:
-    """Open the store a URI names. ``s3://`` needs the process's client (see ``make_s3_client``)."""
+def open_store(
+    uri: str, *, s3_client: S3Client | None = None, on_retry: RetryObserver | None = None
+) -> ObjectStore:
+    """Open the store a URI names. ``s3://`` needs the process's client (see ``make_s3_client``);
+    ``on_retry`` hears of every retry botocore made on it."""
     check_store_uri(uri)
     parts = urlsplit(uri)
     if parts.scheme == "file":
         return LocalStore(Path(unquote(parts.path)))
     if s3_client is None:
         raise ValueError(f"{uri!r} is an S3 URI: pass s3_client=make_s3_client(...)")
-    return S3Store(s3_client, parts.netloc, unquote(parts.path).strip("/"))
+    return S3Store(s3_client, parts.netloc, unquote(parts.path).strip("/"), on_retry=on_retry)
