@@ -11,6 +11,7 @@ import hashlib
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from storage.errors import (
 )
 
 TEMP_DIR_NAME = ".labeler-tmp"  # reserved top-level folder for in-flight writes; never listed
+ETAG_CACHE_ENTRIES = 100_000  # ~10 MB; a bigger tree re-hashes only what falls out
 
 
 class LocalStore:
@@ -35,8 +37,7 @@ class LocalStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.uri = self.root.as_uri()
         self._tmp = self.root / TEMP_DIR_NAME
-        self._etags: dict[tuple[int, int, int], str] = {}
-        self._etags_lock = threading.Lock()
+        self._etags = _EtagCache(ETAG_CACHE_ENTRIES)
 
     def __repr__(self) -> str:
         return f"LocalStore({self.uri!r})"
@@ -44,13 +45,19 @@ class LocalStore:
     def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
         path = self._path(key)
         with _os_errors(key), path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if max_bytes is not None and size > max_bytes:
-                raise ObjectTooLarge(key, size, max_bytes)
+            before = os.fstat(f.fileno())
+            if max_bytes is not None and before.st_size > max_bytes:
+                raise ObjectTooLarge(key, before.st_size, max_bytes)
             data = f.read()
-            st = os.fstat(f.fileno())
-        info = ObjectInfo(key, len(data), hashlib.md5(data).hexdigest(), st.st_mtime)  # noqa: S324
-        return Blob(info, data)
+            after = os.fstat(f.fileno())
+        # Unchanged while we read (same inode, size, mtime): a cached hash still describes it.
+        etag = (
+            self._etags.get(_signature(after)) if _signature(before) == _signature(after) else None
+        )
+        if etag is None or len(data) != after.st_size:
+            etag = hashlib.md5(data).hexdigest()  # noqa: S324
+            self._etags.put(_signature(after), etag)
+        return Blob(ObjectInfo(key, len(data), etag, after.st_mtime), data)
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -73,8 +80,7 @@ class LocalStore:
                 tmp.unlink(missing_ok=True)
             st = path.stat()
         etag = hashlib.md5(data).hexdigest()  # noqa: S324 - MD5 is S3's ETag, not a security hash
-        with self._etags_lock:
-            self._etags[(st.st_ino, st.st_size, st.st_mtime_ns)] = etag
+        self._etags.put(_signature(st), etag)
         return ObjectInfo(key, len(data), etag, st.st_mtime)
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
@@ -120,15 +126,43 @@ class LocalStore:
     def _info(self, key: str, path: Path, st: os.stat_result) -> ObjectInfo:
         if not path.is_file():
             raise ObjectNotFound(f"no object at {key!r} in {self.uri}")
-        sig = (st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._etags_lock:
-            etag = self._etags.get(sig)
+        etag = self._etags.get(_signature(st))
         if etag is None:
             with _os_errors(key):
                 etag = _md5_file(path)
-            with self._etags_lock:
-                self._etags[sig] = etag
+            self._etags.put(_signature(st), etag)
         return ObjectInfo(key, st.st_size, etag, st.st_mtime)
+
+
+_Signature = tuple[int, int, int]
+
+
+def _signature(st: os.stat_result) -> _Signature:
+    """What identifies one version of a file without reading it."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class _EtagCache:
+    """A bounded, thread-safe LRU of file signature -> MD5."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[_Signature, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, signature: _Signature) -> str | None:
+        with self._lock:
+            etag = self._entries.get(signature)
+            if etag is not None:
+                self._entries.move_to_end(signature)
+            return etag
+
+    def put(self, signature: _Signature, etag: str) -> None:
+        with self._lock:
+            self._entries[signature] = etag
+            self._entries.move_to_end(signature)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
 
 
 def _md5_file(path: Path) -> str:

@@ -151,15 +151,15 @@ class BatchClassifier:
         if existing is not None and existing.same_work(item.etag, model.version):
             item.skipped = True
             return item
-        started = time.perf_counter()
         with self._decode_slots:
+            started = time.perf_counter()  # after the wait for a slot: decoding time only
             try:
                 item.pixels = decode_image(
                     blob.data, model.metadata.input_size, max_pixels=self.limits.max_image_pixels
                 )
             except ImageRejected as exc:
                 item.error = RecordError(reason=exc.reason, detail=exc.detail)
-        item.timings.decode = time.perf_counter() - started
+            item.timings.decode = time.perf_counter() - started
         self.metrics.stage_seconds.labels("decode").observe(item.timings.decode)
         return item
 
