@@ -89,7 +89,11 @@ class Settings(BaseSettings):
         "default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Registry model name."
     )
     batch_max_images: int = Field(
-        64, ge=1, le=1024, description="Images per classify_batch task (dispatcher flushes here)."
+        128,
+        ge=1,
+        le=1024,
+        description="Images per classify_batch task (dispatcher flushes here). Several model "
+        "batches per task let fetching and decoding overlap inference.",
     )
     batch_max_wait_ms: int = Field(
         500, ge=0, le=600_000, description="Longest a partial batch waits before it is sent."
@@ -112,6 +116,46 @@ class Settings(BaseSettings):
     )
     model_reload_seconds: float = Field(
         5.0, ge=0, le=3600, description="How often a worker checks the production alias."
+    )
+    inference_time_limit_seconds: int = Field(
+        300, ge=10, description="Hard limit of one classify_batch task (soft limit: 80%)."
+    )
+    training_time_limit_seconds: int = Field(
+        7000, ge=60, description="Hard limit of one retrain (soft limit: 95%)."
+    )
+    visibility_timeout_seconds: int = Field(
+        7200,
+        ge=10,
+        description="Redis re-delivers a task whose worker vanished (killed with its parent) "
+        "after this long; must exceed both time limits. A killed child is re-queued at once.",
+    )
+
+    # --- dispatcher -------------------------------------------------------------------------
+    events_list: str = Field(
+        "labeler:events",
+        min_length=1,
+        description="Redis list (broker DB) bucket events are pushed to: MinIO notify_redis "
+        "(access format) or S3 event JSON. In-flight events wait in `<list>:processing`.",
+    )
+    scan_interval_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=86400,
+        description="How often the dispatcher lists incoming/ for objects no event announced "
+        "(the only source for a local directory). 0: events only.",
+    )
+    backlog_high_water: int = Field(
+        10_000, ge=1, description="Images waiting in the inference queue at which intake pauses."
+    )
+    backlog_low_water: int | None = Field(
+        None, ge=0, description="Intake resumes below this many. Default: half the high-water."
+    )
+    dedup_ttl_days: float = Field(
+        30.0,
+        gt=0,
+        le=3650,
+        description="How long the dispatcher remembers a sent (key, ETag); a later repeat is "
+        "sent again and skipped by the worker.",
     )
 
     # --- retraining -------------------------------------------------------------------------
@@ -191,6 +235,16 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"is not a valid cron expression: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_tasks(self) -> Settings:
+        longest = max(self.inference_time_limit_seconds, self.training_time_limit_seconds)
+        if self.visibility_timeout_seconds <= longest:
+            raise ValueError(
+                f"LABELER_VISIBILITY_TIMEOUT_SECONDS ({self.visibility_timeout_seconds}) must "
+                f"exceed the longest task time limit ({longest}), or a slow task runs twice"
+            )
+        return self
 
     @model_validator(mode="after")
     def _s3_needs_credentials_together(self) -> Settings:

@@ -175,6 +175,11 @@ def celery_config(settings: Settings) -> CeleryConfig:
         result_backend=settings.result_backend_url(),
         retrain_cron=settings.retrain_cron,
         retrain_expires=settings.retrain_expires_seconds,
+        visibility_timeout=settings.visibility_timeout_seconds,
+        inference_soft_time_limit=int(settings.inference_time_limit_seconds * 0.8),
+        inference_time_limit=settings.inference_time_limit_seconds,
+        training_soft_time_limit=int(settings.training_time_limit_seconds * 0.95),
+        training_time_limit=settings.training_time_limit_seconds,
     )
 
 

@@ -7,13 +7,19 @@ values are ``[message, exchange, routing_key]``.
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's default priority_steps
 UNACKED_HASH = "unacked"
+_SAMPLE_MESSAGES = 200  # payloads read per backlog check; longer queues are extrapolated
+
+
+def _priority_lists(queue: str) -> list[str]:
+    return [queue if step == 0 else f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS]
 
 
 def queue_depths(client: Any, queues: Iterable[str]) -> dict[tuple[str, str], int]:
@@ -21,8 +27,8 @@ def queue_depths(client: Any, queues: Iterable[str]) -> dict[tuple[str, str], in
     names = list(queues)
     pipe = client.pipeline(transaction=False)
     for queue in names:
-        for step in _PRIORITY_STEPS:
-            pipe.llen(queue if step == 0 else f"{queue}{_PRIORITY_SEP}{step}")
+        for name in _priority_lists(queue):
+            pipe.llen(name)
     lengths = pipe.execute()
     depths: dict[tuple[str, str], int] = {}
     for n, queue in enumerate(names):
@@ -40,6 +46,42 @@ def queue_depths(client: Any, queues: Iterable[str]) -> dict[tuple[str, str], in
     return depths
 
 
-def waiting_images(client: Any, queue: str, images_per_message: int) -> int:
-    """An upper bound of images queued, for backpressure: waiting messages x batch size."""
-    return queue_depths(client, [queue])[(queue, "waiting")] * images_per_message
+def waiting_images(client: Any, queue: str, batch_max_images: int) -> Callable[[], int]:
+    """``backlog()``: images in messages waiting on ``queue`` (reserved ones are not waiting).
+
+    Counts the keys of up to ``_SAMPLE_MESSAGES`` payloads and extrapolates for longer queues; a
+    message it cannot read counts as a full batch.
+    """
+    lists = _priority_lists(queue)
+
+    def backlog() -> int:
+        pipe = client.pipeline(transaction=False)
+        for name in lists:
+            pipe.llen(name)
+        lengths = [int(n) for n in pipe.execute()]
+        waiting = sum(lengths)
+        if waiting == 0:
+            return 0
+        sample: list[bytes] = []
+        for name, length in zip(lists, lengths, strict=True):
+            if length and len(sample) < _SAMPLE_MESSAGES:
+                sample += client.lrange(name, 0, _SAMPLE_MESSAGES - len(sample) - 1)
+        counted = [_images_in(raw, batch_max_images) for raw in sample]
+        if not counted:
+            return waiting * batch_max_images
+        return round(sum(counted) * waiting / len(counted))
+
+    return backlog
+
+
+def _images_in(raw: bytes, default: int) -> int:
+    """Keys in one kombu message of a classify_batch task (Celery protocol 2, JSON)."""
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _args, kwargs, _embed = json.loads(body)
+        return len(kwargs["payload"]["keys"])
+    except (ValueError, KeyError, TypeError):
+        return default

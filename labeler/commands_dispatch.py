@@ -1,0 +1,110 @@
+"""``labeler dispatch``: bucket events and new files in incoming/ become classify_batch tasks."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import uuid
+from collections.abc import Callable
+
+import click
+
+from labeler.cli_common import settings_or_exit
+from labeler.observability import start_observability
+from labeler.settings import Settings, env_name
+from labeler.wiring import Stores, build_app
+from monitoring.metrics import Metrics
+from storage import Area
+from tasks.app import INFERENCE_QUEUE, LabelerCelery
+from tasks.contracts import CLASSIFY_BATCH, ClassifyBatchRequest
+from tasks.queues import waiting_images
+from workers.dispatch import DispatchConfig, Dispatcher
+from workers.events import s3_root
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+def dispatch() -> None:
+    """Turn bucket events and new objects in incoming/ into classify_batch tasks.
+
+    Runs until SIGTERM or SIGINT, then sends what it holds and exits 0. Serves /metrics and
+    /healthz on LABELER_METRICS_PORT.
+    """
+    from prometheus_client import REGISTRY
+
+    settings = settings_or_exit()
+    metrics = Metrics(REGISTRY)  # one process: no multiprocess mode
+    dispatcher = build_dispatcher(settings, metrics)
+    start_observability(settings, metrics, None)
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("%s: finishing", signal.Signals(signum).name)
+        dispatcher.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    sys.exit(0 if dispatcher.run() else 1)
+
+
+def dispatch_config(settings: Settings) -> DispatchConfig:
+    """The engine's configuration; exits with a message naming the variable when it cannot work."""
+    high = settings.backlog_high_water
+    low = settings.backlog_low_water if settings.backlog_low_water is not None else high // 2
+    if low >= high:
+        click.echo(
+            f"invalid configuration:\n  {env_name('backlog_low_water')}: must be below "
+            f"{env_name('backlog_high_water')} ({high}) (got {low})",
+            err=True,
+        )
+        sys.exit(2)
+    return DispatchConfig(
+        events_list=settings.events_list,
+        batch_max_images=settings.batch_max_images,
+        batch_max_wait=settings.batch_max_wait_ms / 1000,
+        scan_interval=settings.scan_interval_seconds,
+        backlog_high_water=high,
+        backlog_low_water=low,
+        dedup_ttl=max(1, round(settings.dedup_ttl_days * 86400)),
+    )
+
+
+def build_dispatcher(settings: Settings, metrics: Metrics) -> Dispatcher:
+    """The dispatcher of this process, wired to Redis, the incoming store and the Celery app."""
+    import redis
+
+    config = dispatch_config(settings)
+    client = redis.Redis.from_url(
+        settings.broker_connection_url(),
+        socket_connect_timeout=5,
+        socket_timeout=config.poll + 10,  # longer than a blocking BLMOVE
+        health_check_interval=30,
+    )
+    incoming = Stores(settings, metrics).area(Area.INCOMING)
+    if s3_root(incoming) is None and not config.scan_interval:
+        log.warning(
+            "%s is not in S3 (no events) and %s is 0: nothing will ever be dispatched",
+            incoming.uri, env_name("scan_interval_seconds"),
+        )  # fmt: skip
+    return Dispatcher(
+        client,
+        incoming,
+        batch_sender(build_app(settings)),
+        waiting_images(client, INFERENCE_QUEUE, settings.batch_max_images),
+        metrics,
+        config,
+    )
+
+
+def batch_sender(app: LabelerCelery) -> Callable[[list[str]], None]:
+    """``enqueue(keys)``: one classify_batch task on the inference queue, with a fresh batch id."""
+
+    def enqueue(keys: list[str]) -> None:
+        request = ClassifyBatchRequest(batch_id=f"dispatch-{uuid.uuid4().hex}", keys=keys)
+        app.send_task(
+            CLASSIFY_BATCH, kwargs={"payload": request.model_dump()}, queue=INFERENCE_QUEUE
+        )
+        log.info("dispatched batch %s: %d images", request.batch_id, len(keys))
+
+    return enqueue

@@ -1,0 +1,387 @@
+"""``labeler dispatch`` end to end: real Redis, the moto S3 server, real worker and dispatcher.
+
+The bucket is versioned, so "written exactly once" is checked by counting a label's versions.
+Events are pushed with RPUSH in the formats MinIO and AWS really send.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from labeler.settings import load_settings
+from labeler.wiring import Stores
+from storage import Area, LabelRecord, ObjectStore, make_s3_client
+from storage.keys import label_key, source_key
+from storage.s3 import S3Client
+from tests.conftest import TEST_CREDENTIALS, DigitsFixture
+from tests.support.digits import CLASSES
+from tests.support.processes import LABELER, WorkerProcess, labeler_env, run_labeler
+from tests.support.services import MotoServer, RedisServer, free_port, wait_until
+from tests.workers.test_dispatch import aws_event, minio_documented_event, minio_event
+
+pytestmark = pytest.mark.slow
+
+EVENTS = "labeler:events"
+PROCESSING = "labeler:events:processing"
+BATCH = 16
+_SENT = re.compile(rb"dispatched batch \S+: (\d+) images")
+
+
+class DispatcherProcess:
+    """``labeler dispatch`` with its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DispatcherProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*LABELER, "dispatch"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_until(
+            lambda: b"dispatching events from" in self.log_path.read_bytes() or not self.alive,
+            60,
+            f"dispatcher started (log: {self.log_path})",
+        )
+        assert self.alive, f"dispatcher died at start-up:\n{self.log()}"
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal it and return its exit code."""
+        assert self.process is not None
+        if self.alive:
+            self.process.send_signal(sig)
+        return self.process.wait(30)
+
+    def sent(self) -> list[int]:
+        """Keys per batch it sent, from its log."""
+        return [int(n) for n in _SENT.findall(self.log_path.read_bytes())]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+@dataclass
+class Deployment:
+    env: dict[str, str]
+    bucket: str
+    s3: S3Client
+    redis: redis.Redis
+    incoming: ObjectStore
+    labels: ObjectStore
+    logs: Path
+    dispatchers: list[DispatcherProcess] = field(default_factory=list)
+
+    def dispatcher(self, **settings: object) -> DispatcherProcess:
+        """Start one (stopping any earlier one first: one dispatcher per events list)."""
+        for earlier in self.dispatchers:
+            assert earlier.stop() in (0, -signal.SIGKILL), earlier.log()
+        env = {**self.env, **{f"LABELER_{k.upper()}": str(v) for k, v in settings.items()}}
+        log = self.logs / f"dispatch-{uuid.uuid4().hex[:6]}.log"
+        started = DispatcherProcess(env, log).start()
+        self.dispatchers.append(started)
+        return started
+
+    def put(self, key: str, data: bytes) -> str:
+        return self.incoming.put(key, data, content_type="image/png").etag
+
+    def full_key(self, key: str, area: str = "incoming") -> str:
+        return f"labeler/{area}/{key}"
+
+    def labeled(self, prefix: str) -> set[str]:
+        return {source_key(info.key) for info in self.labels.list(prefix)}
+
+    def record(self, key: str) -> LabelRecord:
+        return LabelRecord.model_validate_json(self.labels.get(label_key(key)).data)
+
+    def label_writes(self, prefix: str) -> Counter[str]:
+        """How many times each label under ``prefix`` was written (versions in the bucket)."""
+        writes: Counter[str] = Counter()
+        paginator = self.s3.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix, "labels")):
+            for version in page.get("Versions", []):
+                writes[version["Key"]] += 1
+        return writes
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    redis_server: RedisServer,
+    s3_server: MotoServer,
+    digits: DigitsFixture,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
+    bucket = f"dispatch-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    env = labeler_env(
+        broker_url=redis_server.url,
+        storage_uri=f"s3://{bucket}/labeler",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_access_key_id=TEST_CREDENTIALS["access_key_id"],
+        s3_secret_access_key=TEST_CREDENTIALS["secret_access_key"],
+        model_name="digits",
+        batch_max_images=BATCH,
+        batch_max_wait_ms=200,
+        inference_batch_size=16,
+        scan_interval_seconds=0,  # events only, unless a test asks for the scan
+        metrics_port=0,
+    )
+    settings = load_settings(**{k[8:].lower(): v for k, v in env.items() if k[:8] == "LABELER_"})
+    s3 = make_s3_client(settings.s3_options())
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
+    logs = tmp_path_factory.mktemp("dispatch")
+    worker = WorkerProcess(env, logs / "worker.log", "--queues", "inference").start()
+    stores = Stores(settings)
+    found = Deployment(
+        env, bucket, s3, client, stores.area(Area.INCOMING), stores.area(Area.LABELS), logs
+    )
+    yield found
+    for dispatcher in found.dispatchers:
+        dispatcher.stop(signal.SIGKILL)
+    worker.stop()
+    client.close()
+
+
+def _wait_labeled(d: Deployment, prefix: str, keys: set[str], timeout: float) -> None:
+    # Each poll lists the labels: poll gently, moto serves the worker on the same 2 cores.
+    wait_until(
+        lambda: d.labeled(prefix) >= keys, timeout, f"{len(keys)} labels under {prefix}", every=0.3
+    )
+
+
+def test_minio_and_aws_events_label_awkward_keys(
+    deployment: Deployment, digits: DigitsFixture
+) -> None:
+    d = deployment
+    names = ["a b.png", "ünï 猫.png", "a+b=c.png", "lit%2Fname.png", "100%.png", "deep/er/x.png"]
+    keys = [f"awkward/{name}" for name in names]
+    etags = {key: d.put(key, digits.held_out[i].data) for i, key in enumerate(keys)}
+    builders = [minio_event, minio_documented_event, aws_event]
+    dispatcher = d.dispatcher()
+
+    d.redis.rpush(
+        EVENTS,
+        *[builders[i % 3](d.bucket, d.full_key(key), etags[key]) for i, key in enumerate(keys)],
+    )
+
+    _wait_labeled(d, "awkward/", set(keys), 60)
+    for key in keys:
+        record = d.record(key)
+        assert record.source_etag == etags[key]
+        assert record.ok
+        assert record.label in CLASSES
+    assert sum(dispatcher.sent()) == len(keys)
+    assert dispatcher.stop() == 0  # SIGTERM: a clean exit
+
+
+def test_the_same_event_three_times_writes_one_label(
+    deployment: Deployment, digits: DigitsFixture
+) -> None:
+    d = deployment
+    etag = d.put("thrice/x.png", digits.held_out[10].data)
+    sentinel_etag = d.put("thrice/sentinel.png", digits.held_out[11].data)
+    port = free_port()
+    dispatcher = d.dispatcher(metrics_port=port)
+    event = minio_event(d.bucket, d.full_key("thrice/x.png"), etag)
+
+    d.redis.rpush(EVENTS, event, event, event)
+    d.redis.rpush(EVENTS, aws_event(d.bucket, d.full_key("thrice/sentinel.png"), sentinel_etag))
+
+    # Events are taken in order: once the sentinel is labeled, all three copies were handled.
+    _wait_labeled(d, "thrice/", {"thrice/sentinel.png", "thrice/x.png"}, 60)
+    assert sum(dispatcher.sent()) == 2
+    assert d.label_writes("thrice/") == {d.full_key("thrice/x.png.json", "labels"): 1} | {
+        d.full_key("thrice/sentinel.png.json", "labels"): 1
+    }
+    assert d.redis.llen(PROCESSING) == 0
+    scraped = _scrape(port)
+    assert scraped[("minio", "queued")] == 1
+    assert scraped[("minio", "duplicate")] == 2
+    assert scraped[("s3", "queued")] == 1
+
+
+def test_objects_put_without_events_are_found_by_the_scan(
+    deployment: Deployment, digits: DigitsFixture
+) -> None:
+    d = deployment
+    keys = {f"quiet/{i}.png" for i in range(5)}
+    for i, key in enumerate(sorted(keys)):
+        d.put(key, digits.held_out[20 + i].data)
+    dispatcher = d.dispatcher(scan_interval_seconds=1)
+
+    _wait_labeled(d, "quiet/", keys, 60)
+    changed = d.put("quiet/0.png", digits.held_out[30].data)  # a new version of a labeled object
+    wait_until(lambda: d.record("quiet/0.png").source_etag == changed, 60, "the change labeled")
+
+    assert d.record("quiet/0.png").label in CLASSES
+    assert sum(dispatcher.sent()) == 6
+    assert dispatcher.stop() == 0
+
+
+def test_a_thousand_objects_at_once_go_in_full_batches(
+    deployment: Deployment, digits: DigitsFixture
+) -> None:
+    d = deployment
+    keys = [f"burst/{i:04d}.png" for i in range(1000)]
+    with ThreadPoolExecutor(8) as pool:
+        etags = list(
+            pool.map(lambda n: d.put(keys[n], digits.held_out[n % 300].data), range(len(keys)))
+        )
+    dispatcher = d.dispatcher()
+
+    d.redis.rpush(
+        EVENTS, *[aws_event(d.bucket, d.full_key(k), e) for k, e in zip(keys, etags, strict=True)]
+    )
+
+    _wait_labeled(d, "burst/", set(keys), 150)
+    sizes = dispatcher.sent()
+    assert sum(sizes) == 1000
+    assert max(sizes) <= BATCH
+    assert sizes.count(BATCH) >= 0.9 * len(sizes)
+    with ThreadPoolExecutor(8) as pool:
+        batch_ids = Counter(pool.map(lambda k: d.record(k).batch_id, keys))
+    assert len(batch_ids) == len(sizes)
+    assert max(batch_ids.values()) <= BATCH
+    assert set(d.label_writes("burst/").values()) == {1}
+
+
+def test_sigkill_mid_stream_and_restart_labels_every_object_once(
+    deployment: Deployment, digits: DigitsFixture
+) -> None:
+    d = deployment
+    keys = [f"killed/{i:03d}.png" for i in range(300)]
+    with ThreadPoolExecutor(8) as pool:
+        etags = list(pool.map(lambda n: d.put(keys[n], digits.held_out[n].data), range(300)))
+    events = [minio_event(d.bucket, d.full_key(k), e) for k, e in zip(keys, etags, strict=True)]
+    first = d.dispatcher(batch_max_wait_ms=1000)
+    producer = _trickle(d.redis, events, every=0.01)
+
+    wait_until(lambda: d.redis.llen(PROCESSING) >= 3, 30, "events held by the dispatcher")
+    first.stop(signal.SIGKILL)
+    held_when_killed = d.redis.llen(PROCESSING)
+    assert producer.is_alive(), "the stream should still be flowing when the dispatcher dies"
+    second = d.dispatcher()
+    producer.join(30)
+
+    _wait_labeled(d, "killed/", set(keys), 150)
+    assert held_when_killed >= 1
+    assert f"recovered {held_when_killed} events" in second.log()
+    assert set(d.label_writes("killed/").values()) == {1}
+    assert len(d.label_writes("killed/")) == 300
+    wait_until(lambda: d.redis.llen(PROCESSING) == 0, 10, "every event acknowledged")
+    assert second.stop() == 0
+
+
+def test_events_for_label_objects_are_ignored(
+    deployment: Deployment, digits: DigitsFixture
+) -> None:
+    d = deployment
+    etag = d.put("loop/x.png", digits.held_out[40].data)
+    dispatcher = d.dispatcher()
+    d.redis.rpush(EVENTS, minio_event(d.bucket, d.full_key("loop/x.png"), etag))
+    _wait_labeled(d, "loop/", {"loop/x.png"}, 60)
+    label = d.labels.head(label_key("loop/x.png"))
+
+    # What MinIO sends when notifications cover the whole bucket: the worker's own write.
+    d.redis.rpush(
+        EVENTS,
+        minio_event(d.bucket, d.full_key("loop/x.png.json", "labels"), label.etag),
+        aws_event(d.bucket, d.full_key("loop/x.png.json", "labels"), label.etag),
+    )
+    sentinel = d.put("loop/sentinel.png", digits.held_out[41].data)
+    d.redis.rpush(EVENTS, aws_event(d.bucket, d.full_key("loop/sentinel.png"), sentinel))
+
+    _wait_labeled(d, "loop/", {"loop/sentinel.png"}, 60)
+    assert sum(dispatcher.sent()) == 2
+    assert d.labeled("loop/") == {"loop/x.png", "loop/sentinel.png"}
+    assert not any(k.endswith(".json.json") for k in d.label_writes(""))
+
+
+def test_files_copied_into_a_local_data_dir_are_labeled(
+    redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
+) -> None:
+    # The embedded default: no bucket, no events; the scan is the only source.
+    data_dir = tmp_path / "data"
+    broker = redis_server.url.removesuffix("/0") + "/1"  # its own queues, beside the S3 worker's
+    redis.Redis.from_url(broker).flushdb()
+    env = labeler_env(
+        broker_url=broker,
+        data_dir=data_dir,
+        model_name="digits",
+        batch_max_images=BATCH,
+        batch_max_wait_ms=200,
+        inference_batch_size=16,
+        scan_interval_seconds=0.5,
+        metrics_port=0,
+    )
+    run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
+    sources = tmp_path / "camera"
+    sources.mkdir()
+    for i in range(20):
+        (sources / f"shot {i:02d}.png").write_bytes(digits.held_out[50 + i].data)
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--queues", "inference").start()
+    dispatcher = DispatcherProcess(env, tmp_path / "dispatch.log").start()
+    try:
+        shutil.copytree(sources, data_dir / "incoming" / "camera")  # what a user does
+
+        labels = data_dir / "labels" / "camera"
+        wait_until(lambda: len(list(labels.glob("*.png.json"))) == 20, 90, "20 local labels")
+        records = [LabelRecord.model_validate_json(p.read_bytes()) for p in labels.iterdir()]
+        assert {r.source_key for r in records} == {f"camera/shot {i:02d}.png" for i in range(20)}
+        assert all(r.ok and r.label in CLASSES for r in records)
+        assert dispatcher.stop() == 0
+    finally:
+        dispatcher.stop(signal.SIGKILL)
+        worker.stop()
+
+
+def _scrape(port: int) -> dict[tuple[str, str], float]:
+    """``labeler_events_total`` by (source, outcome), from the dispatcher's /metrics."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.labels["source"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "labeler_events"
+        for s in family.samples
+        if s.name == "labeler_events_total"
+    }
+
+
+def _trickle(client: redis.Redis, items: list[str], every: float) -> threading.Thread:
+    """Push ``items`` one by one, ``every`` seconds apart, from a thread (a live event stream)."""
+
+    def push() -> None:
+        for item in items:
+            client.rpush(EVENTS, item)
+            time.sleep(every)  # pacing a producer, not waiting for a condition
+
+    thread = threading.Thread(target=push, daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,41 @@
+"""Queue depth read from a real Redis broker, as Celery's Redis transport lays queues out."""
+
+from __future__ import annotations
+
+import redis
+
+from labeler.settings import load_settings
+from labeler.wiring import build_app
+from tasks.app import INFERENCE_QUEUE, QUEUES, TRAINING_QUEUE
+from tasks.contracts import CLASSIFY_BATCH
+from tasks.queues import queue_depths, waiting_images
+
+
+def _send(redis_url: str, sizes: list[int]) -> None:
+    app = build_app(load_settings(broker_url=redis_url))
+    for n, size in enumerate(sizes):
+        payload = {"batch_id": f"b{n}", "keys": [f"{n}/{i}.png" for i in range(size)]}
+        app.send_task(CLASSIFY_BATCH, kwargs={"payload": payload}, queue=INFERENCE_QUEUE)
+
+
+def test_waiting_images_counts_keys_in_queued_messages(redis_url: str) -> None:
+    _send(redis_url, [5, 7, 2])
+    client = redis.Redis.from_url(redis_url)
+
+    assert waiting_images(client, INFERENCE_QUEUE, 64)() == 14
+    assert waiting_images(client, "empty", 64)() == 0
+
+
+def test_queue_depths_count_waiting_and_reserved(redis_url: str) -> None:
+    _send(redis_url, [1, 1, 1])
+    client = redis.Redis.from_url(redis_url)
+    # A worker reserving a message moves it into the `unacked` hash until it acks.
+    raw = client.lpop(INFERENCE_QUEUE)
+    assert raw is not None
+    client.hset("unacked", "tag-1", f'[{raw.decode()}, "", "{INFERENCE_QUEUE}"]')
+
+    depths = queue_depths(client, QUEUES)
+
+    assert depths[(INFERENCE_QUEUE, "waiting")] == 2
+    assert depths[(INFERENCE_QUEUE, "reserved")] == 1
+    assert depths[(TRAINING_QUEUE, "waiting")] == depths[(TRAINING_QUEUE, "reserved")] == 0

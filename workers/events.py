@@ -1,0 +1,116 @@
+"""Bucket event records: what MinIO (``notify_redis``, ``access`` format) and S3 send, parsed
+into the objects created under the incoming store. Parsing never raises: a record is an object,
+ignored (not a creation, or outside incoming/), or invalid."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus
+
+from storage import InvalidKey, ObjectStore, S3Store, validate_key
+from workers.metered_store import MeteredStore
+
+SOURCE_MINIO, SOURCE_S3, SOURCE_SCAN = "minio", "s3", "scan"
+QUEUED, DUPLICATE, IGNORED, INVALID = "queued", "duplicate", "ignored", "invalid"
+
+
+@dataclass(frozen=True)
+class S3Root:
+    """Where the incoming store lives in its bucket: event keys are mapped back through it."""
+
+    bucket: str
+    prefix: str  # "" or ending in "/"
+
+
+def s3_root(store: ObjectStore) -> S3Root | None:
+    """The bucket and prefix of an S3 incoming store; None for a store without events."""
+    inner = store.inner if isinstance(store, MeteredStore) else store
+    return S3Root(inner.bucket, inner.prefix) if isinstance(inner, S3Store) else None
+
+
+@dataclass(frozen=True)
+class CreatedObject:
+    key: str  # relative to the incoming store
+    etag: str | None  # None when the event did not say: HEAD the object
+
+
+@dataclass
+class ParsedEvent:
+    """What one list item said: created objects under incoming/, and how many records it dropped."""
+
+    source: str
+    objects: list[CreatedObject] = field(default_factory=list)
+    ignored: int = 0
+    invalid: int = 0
+
+
+def parse_event(raw: bytes | str, root: S3Root | None) -> ParsedEvent:
+    """Parse one events-list item; never raises.
+
+    Accepted shapes: MinIO ``access`` format as MinIO writes it (``[{"Event": [record, ...],
+    "EventTime": ...}]``) and as documented (``[timestamp, {"EventName", "Key", "Records"}]``),
+    and S3 event JSON (``{"Records": [record, ...]}``, as sent to SQS). Only ObjectCreated
+    records for keys under ``root`` become objects; other records are ignored, broken ones invalid.
+    """
+    try:
+        doc = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return ParsedEvent(SOURCE_S3, invalid=1)
+    source, records = _records(doc)
+    if records is None:
+        if isinstance(doc, dict) and doc.get("Event") == "s3:TestEvent":
+            return ParsedEvent(source, ignored=1)  # AWS sends one when notifications are set up
+        return ParsedEvent(source, invalid=1)
+    parsed = ParsedEvent(source)
+    for record in records:
+        if isinstance(record, dict) and str(record.get("eventSource", "")).startswith("minio:"):
+            parsed.source = SOURCE_MINIO
+        outcome = _created_object(record, root)
+        if isinstance(outcome, CreatedObject):
+            parsed.objects.append(outcome)
+        elif outcome == IGNORED:
+            parsed.ignored += 1
+        else:
+            parsed.invalid += 1
+    return parsed
+
+
+def _records(doc: Any) -> tuple[str, list[Any] | None]:
+    if isinstance(doc, dict):
+        records = doc.get("Records")
+        return SOURCE_S3, records if isinstance(records, list) and records else None
+    if not isinstance(doc, list) or not doc:
+        return SOURCE_S3, None
+    if len(doc) == 2 and isinstance(doc[1], dict) and isinstance(doc[1].get("Records"), list):
+        return SOURCE_MINIO, doc[1]["Records"] or None  # [timestamp, event]
+    if all(isinstance(e, dict) and isinstance(e.get("Event"), list) for e in doc):
+        records = [r for e in doc for r in e["Event"]]  # [{"Event": [...], "EventTime": ...}]
+        return SOURCE_MINIO, records or None
+    return SOURCE_MINIO, None
+
+
+def _created_object(record: Any, root: S3Root | None) -> CreatedObject | str:
+    try:
+        name, bucket = record["eventName"], record["s3"]["bucket"]["name"]
+        obj = record["s3"]["object"]
+        encoded = obj["key"]
+    except (KeyError, TypeError):
+        return INVALID
+    if not isinstance(name, str) or not isinstance(bucket, str) or not isinstance(encoded, str):
+        return INVALID
+    if not name.removeprefix("s3:").startswith("ObjectCreated:"):
+        return IGNORED  # deletes, reads, replication, ...
+    key = unquote_plus(encoded)  # both encode spaces as "+"; MinIO also escapes "/" as %2F
+    if root is None or bucket != root.bucket or not key.startswith(root.prefix):
+        return IGNORED  # another bucket, or labels/, models/, ...: never a feedback loop
+    relative = key[len(root.prefix) :]
+    if not relative or relative.endswith("/"):
+        return IGNORED  # a folder marker
+    try:
+        validate_key(relative)
+    except InvalidKey:
+        return INVALID
+    etag = obj.get("eTag") or obj.get("etag")
+    return CreatedObject(relative, str(etag).strip('"') if etag else None)
