@@ -7,6 +7,7 @@ import json
 import click
 
 from labeler.cli_common import settings_or_exit
+from labeler.commands_dispatch import dispatch
 from labeler.commands_models import models
 from labeler.commands_run import classify, submit, worker
 from labeler.commands_training import beat, report, retrain
@@ -40,7 +41,7 @@ def demo(data_dir: str, limit: int | None) -> None:
 
     from labeler.demo import run_demo
 
-    run_demo(Path(data_dir), limit)
+    run_demo(settings_or_exit(), Path(data_dir), limit)
 
 
 main.add_command(models)
@@ -50,3 +51,15 @@ main.add_command(classify)
 main.add_command(retrain)
 main.add_command(beat)
 main.add_command(report)
+main.add_command(dispatch)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Default: LABELER_DATA_DIR.")
+def up(data_dir: str | None) -> None:
+    """Run everything on this machine: Redis (if none answers), workers, dispatcher, beat."""
+    from pathlib import Path
+
+    from labeler.embedded import run_up
+
+    run_up(settings_or_exit(), Path(data_dir) if data_dir else None)
