@@ -10,9 +10,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+import click
 import redis
 
-from labeler.settings import Settings
+from labeler.settings import Settings, env_name
 from monitoring.exposition import MetricsServer, exposition_registry
 from monitoring.metrics import Metrics
 from tasks.app import QUEUES
@@ -64,7 +65,14 @@ def start_observability(
     if settings.metrics_port == 0:
         return None
     registry = exposition_registry(multiprocess_dir)
-    return MetricsServer(settings.metrics_port, registry, lambda: broker_health(settings)).start()
+    try:
+        server = MetricsServer(settings.metrics_port, registry, lambda: broker_health(settings))
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot serve /metrics on port {settings.metrics_port} ({exc.strerror}): set "
+            f"{env_name('metrics_port')} to a free port, or 0 to serve no metrics"
+        ) from None
+    return server.start()
 
 
 class _QueueSampler(threading.Thread):

@@ -25,7 +25,7 @@ from tests.conftest import TEST_CREDENTIALS, DigitsFixture
 from tests.monitoring.test_config import GRAFANA_VARIABLES, _all_queries, _metric_of
 from tests.monitoring.test_config import _defined_metrics as defined_metrics
 from tests.support.digits import CLASSES
-from tests.support.processes import WorkerProcess, labeler_env, run_labeler
+from tests.support.processes import WorkerProcess, labeler_env, run_labeler, running_worker
 from tests.support.services import (
     MotoServer,
     RedisServer,
@@ -122,29 +122,27 @@ def scraped(
         training.put(sample.key, sample.data)
     work = tmp_path_factory.mktemp("scrape")
     # Two prefork children share the work: the parent serves the sum of both.
-    worker = WorkerProcess(env, work / "worker.log", "--concurrency", "2").start()
-    trainer = WorkerProcess(
-        {**env, "LABELER_METRICS_PORT": str(training_port)}, work / "training.log",
-        "--queues", "training",
-    ).start()  # fmt: skip
-    prometheus = Prometheus(
-        work,
-        {"inference-worker": f"127.0.0.1:{metrics_port}",
-         "training-worker": f"127.0.0.1:{training_port}"},
-    )  # fmt: skip
-    try:
-        wait_until(
-            lambda: worker.log_tail(100_000).count("loaded model digits v1") == 2,
-            120,
-            "both prefork children to load the model",
-        )
-        run_labeler(env, "submit", "m/", "--wait", "--timeout", "300")
-        run_labeler(env, "retrain", "--wait", "--timeout", "300")
-        yield prometheus, worker, f"http://127.0.0.1:{metrics_port}"
-    finally:
-        prometheus.stop()
-        worker.stop()
-        trainer.stop()
+    training_env = {**env, "LABELER_METRICS_PORT": str(training_port)}
+    with (
+        running_worker(env, work / "worker.log", "--concurrency", "2") as worker,
+        running_worker(training_env, work / "training.log", "--queues", "training"),
+    ):
+        prometheus = Prometheus(
+            work,
+            {"inference-worker": f"127.0.0.1:{metrics_port}",
+             "training-worker": f"127.0.0.1:{training_port}"},
+        )  # fmt: skip
+        try:
+            wait_until(
+                lambda: worker.log_tail(100_000).count("loaded model digits v1") == 2,
+                120,
+                "both prefork children to load the model",
+            )
+            run_labeler(env, "submit", "m/", "--wait", "--timeout", "300")
+            run_labeler(env, "retrain", "--wait", "--timeout", "300")
+            yield prometheus, worker, f"http://127.0.0.1:{metrics_port}"
+        finally:
+            prometheus.stop()
 
 
 def test_counters_equal_the_images_processed(

@@ -19,6 +19,7 @@ def labeler_env(**settings: object) -> dict[str, str]:
     """The current environment without any LABELER_*, plus ``settings`` as LABELER_<NAME>."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABELER_")}
     env.update({f"LABELER_{k.upper()}": str(v) for k, v in settings.items()})
+    env.setdefault("LABELER_METRICS_PORT", "0")  # several workers share this machine's ports
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 

@@ -20,7 +20,7 @@ from storage.keys import label_key, report_key
 from tasks.app import TRAINING_QUEUE, LabelerCelery
 from tasks.training import RETRAIN
 from tests.conftest import TEST_CREDENTIALS
-from tests.support.processes import WorkerProcess, labeler_env, run_labeler
+from tests.support.processes import labeler_env, run_labeler, running_worker
 from tests.support.services import MotoServer, RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
@@ -66,13 +66,11 @@ def cluster(
     for sample in digit_samples():
         training.put(sample.key, sample.data)
     logs = tmp_path_factory.mktemp("workers")
-    inference = WorkerProcess(env, logs / "inference.log", "--queues", "inference").start()
-    trainer = WorkerProcess(
-        env, logs / "training.log", "--queues", "training", "--concurrency", "2"
-    ).start()
-    yield Cluster(env, settings, stores, build_app(settings))
-    inference.stop()
-    trainer.stop()
+    with (
+        running_worker(env, logs / "inference.log", "--queues", "inference"),
+        running_worker(env, logs / "training.log", "--queues", "training", "--concurrency", "2"),
+    ):
+        yield Cluster(env, settings, stores, build_app(settings))
 
 
 def _production(cluster: Cluster) -> int | None:
