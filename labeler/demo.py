@@ -18,7 +18,7 @@ import click
 
 from labeler.embedded import Stack, default_components, stack_env
 from labeler.sample_data import Sample, digit_samples
-from labeler.settings import Settings, load_settings
+from labeler.settings import Settings, settings_from_env
 from labeler.wiring import Stores
 from storage import Area, LabelRecord, ObjectStore
 from storage.keys import label_key, report_key
@@ -43,10 +43,7 @@ def run_demo(settings: Settings, data_dir: Path, limit: int | None) -> None:
     components = [c for c in default_components(0) if c.name != "beat"]
     # A private Redis: the demo never touches a shared one.
     with Stack(root, env, components, private_redis=True) as stack:
-        demo_settings = load_settings(
-            **{k[8:].lower(): v for k, v in env.items() if k.startswith("LABELER_")}
-        )
-        stores = Stores(demo_settings)
+        stores = Stores(settings_from_env(env))
         train_store = stores.area(Area.TRAINING)
         for sample in training:
             train_store.put(sample.key, sample.data)

@@ -6,6 +6,7 @@ Only this package reads the environment; everything else gets plain values throu
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -290,6 +291,14 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from None
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """The settings a child process given ``env`` will see (its LABELER_* variables only)."""
+    prefix = len(ENV_PREFIX)
+    return load_settings(
+        **{k[prefix:].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    )
 
 
 def env_name(field: str) -> str:

@@ -56,7 +56,9 @@ class LabelRecord(BaseModel):
     """Exactly one per input object: a label or an error, never both."""
 
     source_key: str
-    source_etag: str | None
+    # None when the object was refused before its bytes were read (too_large, not_found...);
+    # records are written without None fields, so it must have a default to be read back.
+    source_etag: str | None = None
     model_name: str
     model_version: int
     label: str | None = None

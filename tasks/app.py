@@ -98,7 +98,14 @@ def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> 
         task_reject_on_worker_lost=True,  # ...and its message goes back to the queue
         task_acks_on_failure_or_timeout=True,  # a failed task is not re-run forever
         worker_prefetch_multiplier=1,  # a batch is big: don't hoard messages other workers want
-        broker_transport_options={"visibility_timeout": config.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": config.visibility_timeout,
+            # kombu looks for messages past their visibility timeout every interval x throttle
+            # seconds, 10 x 10 by default: sweep every 10 s instead, so a vanished worker's
+            # batch comes back within visibility_timeout + 10 s, as documented.
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+        },
         result_backend_transport_options={"visibility_timeout": config.visibility_timeout},
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,

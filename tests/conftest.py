@@ -13,9 +13,8 @@ import redis
 from labeler.sample_data import Sample
 from storage import S3Options, S3Store, make_s3_client
 from storage.s3 import S3Client
+from tests.support.processes import TEST_CREDENTIALS
 from tests.support.services import MotoServer, RedisServer
-
-TEST_CREDENTIALS = {"access_key_id": "testing-key", "secret_access_key": "testing-secret"}
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import re
 import subprocess
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,17 @@ from labeler.observability import broker_health
 from labeler.settings import load_settings
 from labeler.wiring import Stores
 from monitoring.exposition import MetricsServer
-from storage import Area, make_s3_client
-from tests.conftest import TEST_CREDENTIALS, DigitsFixture
+from storage import Area
+from tests.conftest import DigitsFixture
 from tests.monitoring.test_config import GRAFANA_VARIABLES, _all_queries, _metric_of
 from tests.monitoring.test_config import _defined_metrics as defined_metrics
 from tests.support.digits import CLASSES
-from tests.support.processes import WorkerProcess, labeler_env, run_labeler, running_worker
+from tests.support.processes import (
+    WorkerProcess,
+    moto_env,
+    run_labeler,
+    running_worker,
+)
 from tests.support.services import (
     MotoServer,
     RedisServer,
@@ -92,25 +96,14 @@ def scraped(
     digits: DigitsFixture,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Prometheus, WorkerProcess, str]]:
-    bucket = f"metrics-{uuid.uuid4().hex[:8]}"
     redis.Redis.from_url(redis_server.url).flushall()
     metrics_port, training_port = free_port(), free_port()
-    env = labeler_env(
-        broker_url=redis_server.url,
-        storage_uri=f"s3://{bucket}/labeler",
-        s3_endpoint_url=s3_server.endpoint_url,
-        s3_access_key_id=TEST_CREDENTIALS["access_key_id"],
-        s3_secret_access_key=TEST_CREDENTIALS["secret_access_key"],
-        model_name="digits",
-        batch_max_images=4,
-        inference_batch_size=4,
-        metrics_port=metrics_port,
-        train_image_size=32,
-        train_max_epochs=2,
+    env, settings = moto_env(
+        redis_server.url, s3_server.endpoint_url, "metrics",
+        model_name="digits", batch_max_images=4, inference_batch_size=4,
+        metrics_port=metrics_port, train_image_size=32, train_max_epochs=2,
         train_fine_tune_epochs=1,
-    )
-    settings = load_settings(**{k[8:].lower(): v for k, v in env.items() if k[:8] == "LABELER_"})
-    make_s3_client(settings.s3_options()).create_bucket(Bucket=bucket)
+    )  # fmt: skip
     run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     incoming = Stores(settings).area(Area.INCOMING)
     for i, sample in enumerate(digits.held_out[:GOOD]):
@@ -140,6 +133,8 @@ def scraped(
             )
             run_labeler(env, "submit", "m/", "--wait", "--timeout", "300")
             run_labeler(env, "retrain", "--wait", "--timeout", "300")
+            # Scrapes are asynchronous: wait until one has happened after the retrain.
+            wait_until(lambda: prometheus.value("count(labeler_evaluation_score)"), 60, "a scrape")
             yield prometheus, worker, f"http://127.0.0.1:{metrics_port}"
         finally:
             prometheus.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,15 +13,14 @@ import pytest
 import redis
 from PIL import Image
 
-from labeler.settings import load_settings
 from labeler.wiring import Stores, build_app
-from storage import Area, ErrorReason, LabelRecord, ObjectStore, make_s3_client
+from storage import Area, ErrorReason, LabelRecord, ObjectStore
 from storage.keys import label_key
 from tasks.app import LabelerCelery
 from tasks.contracts import CLASSIFY_BATCH
-from tests.conftest import TEST_CREDENTIALS, DigitsFixture
+from tests.conftest import DigitsFixture
 from tests.support.digits import CLASSES
-from tests.support.processes import WorkerProcess, labeler_env, run_labeler
+from tests.support.processes import WorkerProcess, moto_env, run_labeler
 from tests.support.services import MotoServer, RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
@@ -51,21 +49,12 @@ def deployment(
     digits: DigitsFixture,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
-    bucket = f"e2e-{uuid.uuid4().hex[:8]}"
     redis.Redis.from_url(redis_server.url).flushall()
-    env = labeler_env(
-        broker_url=redis_server.url,
-        storage_uri=f"s3://{bucket}/labeler",
-        s3_endpoint_url=s3_server.endpoint_url,
-        model_name="digits",
-        model_reload_seconds=0.5,
-        batch_max_images=16,
+    env, settings = moto_env(
+        redis_server.url, s3_server.endpoint_url, "e2e",
+        model_name="digits", model_reload_seconds=0.5, batch_max_images=16,
         inference_batch_size=8,
-        s3_access_key_id=TEST_CREDENTIALS["access_key_id"],
-        s3_secret_access_key=TEST_CREDENTIALS["secret_access_key"],
-    )
-    settings = load_settings(**{k[8:].lower(): v for k, v in env.items() if k[:8] == "LABELER_"})
-    make_s3_client(settings.s3_options()).create_bucket(Bucket=bucket)
+    )  # fmt: skip
     stores = Stores(settings)
     run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     log = tmp_path_factory.mktemp("worker") / "worker.log"

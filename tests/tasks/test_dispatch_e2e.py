@@ -19,19 +19,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from labeler.settings import load_settings
 from labeler.wiring import Stores
 from storage import Area, LabelRecord, ObjectStore, make_s3_client
 from storage.keys import label_key, source_key
 from storage.s3 import S3Client
-from tests.conftest import TEST_CREDENTIALS, DigitsFixture
+from tests.conftest import DigitsFixture
 from tests.support.digits import CLASSES
-from tests.support.processes import LABELER, WorkerProcess, labeler_env, run_labeler
+from tests.support.processes import LABELER, WorkerProcess, labeler_env, moto_env, run_labeler
 from tests.support.services import MotoServer, RedisServer, free_port, wait_until
 from tests.workers.test_dispatch import aws_event, minio_documented_event, minio_event
 
@@ -133,25 +133,16 @@ def deployment(
     digits: DigitsFixture,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
-    bucket = f"dispatch-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
-    env = labeler_env(
-        broker_url=redis_server.url,
-        storage_uri=f"s3://{bucket}/labeler",
-        s3_endpoint_url=s3_server.endpoint_url,
-        s3_access_key_id=TEST_CREDENTIALS["access_key_id"],
-        s3_secret_access_key=TEST_CREDENTIALS["secret_access_key"],
-        model_name="digits",
-        batch_max_images=BATCH,
-        batch_max_wait_ms=200,
+    env, settings = moto_env(
+        redis_server.url, s3_server.endpoint_url, "dispatch",
+        model_name="digits", batch_max_images=BATCH, batch_max_wait_ms=200,
         inference_batch_size=16,
         scan_interval_seconds=0,  # events only, unless a test asks for the scan
-        metrics_port=0,
-    )
-    settings = load_settings(**{k[8:].lower(): v for k, v in env.items() if k[:8] == "LABELER_"})
+    )  # fmt: skip
+    bucket = urlsplit(settings.storage_uri or "").netloc
     s3 = make_s3_client(settings.s3_options())
-    s3.create_bucket(Bucket=bucket)
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     logs = tmp_path_factory.mktemp("dispatch")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -13,14 +12,13 @@ import redis
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
 from labeler.sample_data import digit_samples
-from labeler.settings import Settings, load_settings
+from labeler.settings import Settings
 from labeler.wiring import Stores, build_app
-from storage import Area, LabelRecord, make_s3_client
+from storage import Area, LabelRecord
 from storage.keys import label_key, report_key
 from tasks.app import TRAINING_QUEUE, LabelerCelery
 from tasks.training import RETRAIN
-from tests.conftest import TEST_CREDENTIALS
-from tests.support.processes import labeler_env, run_labeler, running_worker
+from tests.support.processes import moto_env, run_labeler, running_worker
 from tests.support.services import MotoServer, RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
@@ -45,22 +43,12 @@ class Cluster:
 def cluster(
     redis_server: RedisServer, s3_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    bucket = f"retrain-{uuid.uuid4().hex[:8]}"
     redis.Redis.from_url(redis_server.url).flushall()
-    env = labeler_env(
-        broker_url=redis_server.url,
-        storage_uri=f"s3://{bucket}/labeler",
-        s3_endpoint_url=s3_server.endpoint_url,
-        s3_access_key_id=TEST_CREDENTIALS["access_key_id"],
-        s3_secret_access_key=TEST_CREDENTIALS["secret_access_key"],
-        model_name="digits",
-        model_reload_seconds=0.5,
-        train_image_size=32,
-        train_fine_tune_epochs=4,
-        gate_min_accuracy=0.9,
-    )
-    settings = load_settings(**{k[8:].lower(): v for k, v in env.items() if k[:8] == "LABELER_"})
-    make_s3_client(settings.s3_options()).create_bucket(Bucket=bucket)
+    env, settings = moto_env(
+        redis_server.url, s3_server.endpoint_url, "retrain",
+        model_name="digits", model_reload_seconds=0.5, train_image_size=32,
+        train_fine_tune_epochs=4, gate_min_accuracy=0.9,
+    )  # fmt: skip
     stores = Stores(settings)
     training = stores.area(Area.TRAINING)
     for sample in digit_samples():
