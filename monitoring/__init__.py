@@ -1,0 +1,17 @@
+"""Metric definitions and their exposition; Prometheus and Grafana configuration lives beside."""
+
+from monitoring.exposition import (
+    MetricsServer,
+    exposition_registry,
+    mark_process_dead,
+    reset_multiprocess_dir,
+)
+from monitoring.metrics import Metrics
+
+__all__ = [
+    "Metrics",
+    "MetricsServer",
+    "exposition_registry",
+    "mark_process_dead",
+    "reset_multiprocess_dir",
+]
