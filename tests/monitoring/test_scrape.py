@@ -25,6 +25,7 @@ from tests.monitoring.test_config import GRAFANA_VARIABLES, _all_queries, _metri
 from tests.monitoring.test_config import _defined_metrics as defined_metrics
 from tests.support.digits import CLASSES
 from tests.support.processes import (
+    DispatcherProcess,
     WorkerProcess,
     moto_env,
     run_labeler,
@@ -97,12 +98,12 @@ def scraped(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Prometheus, WorkerProcess, str]]:
     redis.Redis.from_url(redis_server.url).flushall()
-    metrics_port, training_port = free_port(), free_port()
+    metrics_port, training_port, dispatch_port = free_port(), free_port(), free_port()
     env, settings = moto_env(
         redis_server.url, s3_server.endpoint_url, "metrics",
         model_name="digits", batch_max_images=4, inference_batch_size=4,
         metrics_port=metrics_port, train_image_size=32, train_max_epochs=2,
-        train_fine_tune_epochs=1,
+        train_fine_tune_epochs=1, scan_interval_seconds=1,
     )  # fmt: skip
     run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     incoming = Stores(settings).area(Area.INCOMING)
@@ -116,6 +117,8 @@ def scraped(
     work = tmp_path_factory.mktemp("scrape")
     # Two prefork children share the work: the parent serves the sum of both.
     training_env = {**env, "LABELER_METRICS_PORT": str(training_port)}
+    dispatch_env = {**env, "LABELER_METRICS_PORT": str(dispatch_port)}
+    labels = Stores(settings).area(Area.LABELS)
     with (
         running_worker(env, work / "worker.log", "--concurrency", "2") as worker,
         running_worker(training_env, work / "training.log", "--queues", "training"),
@@ -123,20 +126,26 @@ def scraped(
         prometheus = Prometheus(
             work,
             {"inference-worker": f"127.0.0.1:{metrics_port}",
-             "training-worker": f"127.0.0.1:{training_port}"},
+             "training-worker": f"127.0.0.1:{training_port}",
+             "dispatcher": f"127.0.0.1:{dispatch_port}"},
         )  # fmt: skip
+        dispatcher = None
         try:
             wait_until(
                 lambda: worker.log_tail(100_000).count("loaded model digits v1") == 2,
                 120,
                 "both prefork children to load the model",
             )
-            run_labeler(env, "submit", "m/", "--wait", "--timeout", "300")
+            # The dispatcher's scan finds the images and sends them in batches of 4.
+            dispatcher = DispatcherProcess(dispatch_env, work / "dispatch.log").start()
+            wait_until(lambda: sum(1 for _ in labels.list("m/")) == GOOD + BAD, 120, "every label")
             run_labeler(env, "retrain", "--wait", "--timeout", "300")
             # Scrapes are asynchronous: wait until one has happened after the retrain.
             wait_until(lambda: prometheus.value("count(labeler_evaluation_score)"), 60, "a scrape")
             yield prometheus, worker, f"http://127.0.0.1:{metrics_port}"
         finally:
+            if dispatcher is not None:
+                dispatcher.stop()
             prometheus.stop()
 
 
@@ -156,6 +165,8 @@ def test_counters_equal_the_images_processed(
         (GOOD + BAD) / 4
     )
     assert prometheus.value('sum(labeler_stage_duration_seconds_count{stage="infer"})') >= 12
+    scanned = 'sum(labeler_events_total{job="dispatcher",source="scan",outcome="queued"})'
+    wait_until(lambda: prometheus.value(scanned) == GOOD + BAD, 30, "the dispatcher's count")
     # Both prefork children did part of the work, and the totals are their sum.
     done = [line for line in worker.log_tail(200_000).splitlines() if "succeeded in" in line]
     assert {"ForkPoolWorker-1", "ForkPoolWorker-2"} <= set(

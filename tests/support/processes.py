@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from labeler.settings import Settings, settings_from_env
 from storage import make_s3_client
 from tests.support.services import wait_until
 
+_SENT = re.compile(rb"dispatched batch \S+: (\d+) images")
 TEST_CREDENTIALS = {"access_key_id": "testing-key", "secret_access_key": "testing-secret"}
 
 LABELER = [sys.executable, "-m", "labeler"]
@@ -113,3 +115,43 @@ def running_worker(env: dict[str, str], log_path: Path, *args: str) -> Iterator[
         yield worker
     finally:
         worker.stop()
+
+
+class DispatcherProcess:
+    """``labeler dispatch`` with its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DispatcherProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*LABELER, "dispatch"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_until(
+            lambda: b"dispatching events from" in self.log_path.read_bytes() or not self.alive,
+            60,
+            f"dispatcher started (log: {self.log_path})",
+        )
+        assert self.alive, f"dispatcher died at start-up:\n{self.log()}"
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal it and return its exit code."""
+        assert self.process is not None
+        if self.alive:
+            self.process.send_signal(sig)
+        return self.process.wait(30)
+
+    def sent(self) -> list[int]:
+        """Keys per batch it sent, from its log."""
+        return [int(n) for n in _SENT.findall(self.log_path.read_bytes())]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]

@@ -6,10 +6,8 @@ Events are pushed with RPUSH in the formats MinIO and AWS really send.
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
@@ -31,7 +29,13 @@ from storage.keys import label_key, source_key
 from storage.s3 import S3Client
 from tests.conftest import DigitsFixture
 from tests.support.digits import CLASSES
-from tests.support.processes import LABELER, WorkerProcess, labeler_env, moto_env, run_labeler
+from tests.support.processes import (
+    DispatcherProcess,
+    WorkerProcess,
+    labeler_env,
+    moto_env,
+    run_labeler,
+)
 from tests.support.services import MotoServer, RedisServer, free_port, wait_until
 from tests.workers.test_dispatch import aws_event, minio_documented_event, minio_event
 
@@ -40,47 +44,6 @@ pytestmark = pytest.mark.slow
 EVENTS = "labeler:events"
 PROCESSING = "labeler:events:processing"
 BATCH = 16
-_SENT = re.compile(rb"dispatched batch \S+: (\d+) images")
-
-
-class DispatcherProcess:
-    """``labeler dispatch`` with its log in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> DispatcherProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*LABELER, "dispatch"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        wait_until(
-            lambda: b"dispatching events from" in self.log_path.read_bytes() or not self.alive,
-            60,
-            f"dispatcher started (log: {self.log_path})",
-        )
-        assert self.alive, f"dispatcher died at start-up:\n{self.log()}"
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Signal it and return its exit code."""
-        assert self.process is not None
-        if self.alive:
-            self.process.send_signal(sig)
-        return self.process.wait(30)
-
-    def sent(self) -> list[int]:
-        """Keys per batch it sent, from its log."""
-        return [int(n) for n in _SENT.findall(self.log_path.read_bytes())]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
 
 
 @dataclass
