@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from labeler.cli_common import settings_or_exit
+from labeler.cli_common import broker_or_exit, settings_or_exit
 from labeler.observability import multiprocess_dir_or_reexec, start_observability
 from labeler.wiring import Stores, build_app
 from monitoring.exposition import reset_multiprocess_dir
@@ -72,6 +72,7 @@ def submit(prefix: str, wait: bool, timeout: float, model_version: int | None) -
     if not keys:
         click.echo(f"nothing under incoming/{prefix}")
         return
+    broker_or_exit(settings)
     app = build_app(settings)
     run = uuid.uuid4().hex[:12]
     size = settings.batch_max_images

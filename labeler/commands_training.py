@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from labeler.cli_common import settings_or_exit
+from labeler.cli_common import broker_or_exit, settings_or_exit
 from labeler.wiring import Stores, build_app
 from storage import Area
 from storage.keys import report_key
@@ -22,6 +22,7 @@ from tasks.training import RETRAIN
 def retrain(wait: bool, timeout: float) -> None:
     """Queue a retrain now (it runs on a `labeler worker --queues training`)."""
     settings = settings_or_exit()
+    broker_or_exit(settings)
     app = build_app(settings)
     result = app.send_task(RETRAIN, kwargs={"payload": {"reason": "cli"}}, queue=TRAINING_QUEUE)
     click.echo(f"retrain queued (task {result.id})")

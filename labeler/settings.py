@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -338,7 +338,9 @@ def _with_password(url: str, password: SecretStr | None) -> str:
         return url
     parts = urlsplit(url)
     user = parts.username or ""
-    netloc = f"{user}:{password.get_secret_value()}@{parts.hostname}"
+    # Percent-encoded: a password with '/', '@', '#', '?' or '%' would otherwise end the userinfo
+    # early (and a parse error would print the rest of it). kombu and redis-py decode it.
+    netloc = f"{user}:{quote(password.get_secret_value(), safe='')}@{parts.hostname}"
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))

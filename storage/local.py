@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from storage.base import Blob, ObjectInfo, validate_key, validate_prefix
 from storage.errors import (
@@ -44,7 +46,7 @@ class LocalStore:
 
     def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
         path = self._path(key)
-        with _os_errors(key), path.open("rb") as f:
+        with _os_errors(key), _open_regular_file(path, key) as f:
             before = os.fstat(f.fileno())
             if max_bytes is not None and before.st_size > max_bytes:
                 raise ObjectTooLarge(key, before.st_size, max_bytes)
@@ -96,12 +98,21 @@ class LocalStore:
                     key = path.relative_to(self.root).as_posix()
                     if key.startswith(prefix) and (start_after is None or key > start_after):
                         try:
-                            found.append((key, path, path.stat()))
+                            st = path.stat()
                         except FileNotFoundError:
                             continue  # deleted while we walked: not there any more
+                        if stat.S_ISREG(st.st_mode):  # a FIFO or socket is not an object
+                            found.append((key, path, st))
         # os.walk order is not key order ("a-b" sorts before "a/b"): sort like S3 does.
         found.sort(key=lambda item: item[0])
         for key, path, st in found:
+            if not path.resolve().is_relative_to(self.root):
+                # A link out of the root is listed (its key still gets an invalid_key record)
+                # but never read: its "ETag" comes from the link itself.
+                target = os.readlink(path) if path.is_symlink() else str(path.resolve())
+                etag = hashlib.md5(f"outside:{target}".encode()).hexdigest()  # noqa: S324
+                yield ObjectInfo(key, st.st_size, etag, st.st_mtime)
+                continue
             yield self._info(key, path, st)
 
     def exists(self, key: str) -> bool:
@@ -163,6 +174,19 @@ class _EtagCache:
             self._entries.move_to_end(signature)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
+
+
+def _open_regular_file(path: Path, key: str) -> BinaryIO:
+    """Open ``path`` for reading; a FIFO or device is not an object (and must not block us)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ObjectNotFound(f"no object at {key!r}: not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _md5_file(path: Path) -> str:

@@ -27,6 +27,8 @@ INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
 QUEUES = (INFERENCE_QUEUE, TRAINING_QUEUE)
 
+PROCESS_START_TIMEOUT = 120.0  # seconds a new prefork child may take to build its engines
+
 log = logging.getLogger(__name__)
 
 
@@ -98,6 +100,9 @@ def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> 
         task_reject_on_worker_lost=True,  # ...and its message goes back to the queue
         task_acks_on_failure_or_timeout=True,  # a failed task is not re-run forever
         worker_prefetch_multiplier=1,  # a batch is big: don't hoard messages other workers want
+        # A replacement child (after a crash or a hard time limit) imports TensorFlow and loads
+        # the model before it reports UP; with Celery's 4 s it is killed and replaced, in a loop.
+        worker_proc_alive_timeout=PROCESS_START_TIMEOUT,
         broker_transport_options={
             "visibility_timeout": config.visibility_timeout,
             # kombu looks for messages past their visibility timeout every interval x throttle
@@ -108,7 +113,12 @@ def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> 
         },
         result_backend_transport_options={"visibility_timeout": config.visibility_timeout},
         broker_connection_retry_on_startup=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Let a batch running when the broker connection drops finish: its labels are written
+        # either way. Cancelling it (True) loses it when Redis restarts: marking the task
+        # "retry" in the result backend (the same Redis) fails, so Celery records it REVOKED and
+        # acknowledges its message once Redis is back. An ack that cannot be made leaves the
+        # message to come back after the visibility timeout, and the re-run writes nothing.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_queues=[Queue(name) for name in QUEUES],
         task_routes={
             CLASSIFY_BATCH: {"queue": INFERENCE_QUEUE},
@@ -146,7 +156,8 @@ def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> 
     @task_retry.connect(weak=False)  # type: ignore[untyped-decorator]
     def _count_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
         task = getattr(request, "task", "unknown")
-        error = type(reason).__name__ if isinstance(reason, BaseException) else "Retry"
+        cause = getattr(reason, "exc", None) or reason  # Celery wraps the cause in a Retry
+        error = type(cause).__name__ if isinstance(cause, BaseException) else "Retry"
         app.engines().metrics.task_retries.labels(task, error).inc()
 
     return app

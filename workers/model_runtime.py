@@ -126,6 +126,7 @@ class ModelRuntime:
         self._current: LoadedModel | None = None
         self._pinned: LoadedModel | None = None
         self._checked_at = -float("inf")
+        self._refused: set[int] = set()
         self._lock = threading.Lock()
 
     def current(self) -> LoadedModel:
@@ -147,9 +148,27 @@ class ModelRuntime:
                     f"model {self.registry.name!r} has no production version yet: import one "
                     "with `labeler models import` or run `labeler retrain`"
                 )
-            if self._current is None or self._current.version != alias.version:
-                self._current = self._load(alias.version)
-            return self._current
+            if self._current is not None and self._current.version == alias.version:
+                return self._current
+            return self._switch_to(alias.version)
+
+    def _switch_to(self, version: int) -> LoadedModel:
+        """Load the promoted ``version``; a refused one is never retried (versions are
+        immutable): keep serving the last good model, or wait for a servable promotion."""
+        if version not in self._refused:
+            try:
+                self._current = self._load(version)
+                return self._current
+            except InvalidModel as exc:
+                self._refused.add(version)
+                log.error("refusing model %s v%s: %s", self.registry.name, version, exc)
+        if self._current is None:
+            raise ModelUnavailable(
+                f"production model v{version} cannot be served safely; promote another version"
+            )
+        log.warning("production is v%s, which was refused: still serving v%s",
+                    version, self._current.version)  # fmt: skip
+        return self._current
 
     def version(self, version: int) -> LoadedModel:
         """A pinned version (kept loaded until another is pinned)."""
@@ -172,6 +191,7 @@ class ModelRuntime:
         with tempfile.TemporaryDirectory(prefix="labeler-model-") as tmp:
             path = Path(tmp) / "model.keras"
             path.write_bytes(data)
+            # InvalidModel (unsafe or malformed) propagates: the caller decides what to serve.
             model = LoadedModel(load_keras_file(path), metadata, self.batch_size)
         log.info(
             "loaded model %s v%s in %.1fs", metadata.name, version, time.perf_counter() - started

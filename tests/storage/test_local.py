@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -41,3 +42,17 @@ def test_etag_follows_changes_made_outside_the_store(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"two, written by a user")
     assert store.head("a.jpg").etag != first.etag
     assert store.head("a.jpg").etag == store.get("a.jpg").info.etag
+
+
+def test_a_link_out_of_the_root_is_listed_but_never_read(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"private bytes")
+    store = LocalStore(tmp_path / "root")
+    os.symlink(outside, store.root / "link.jpg")
+
+    [info] = list(store.list())
+
+    assert info.key == "link.jpg"  # listed, so its key still gets an invalid_key record
+    assert info.etag != hashlib.md5(b"private bytes").hexdigest()  # noqa: S324 - not read
+    with pytest.raises(InvalidKey):
+        store.get("link.jpg")
