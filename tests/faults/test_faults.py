@@ -1,0 +1,393 @@
+"""Faults with real processes: nothing dropped in is lost, and nothing is labeled twice.
+
+Real Redis servers, the moto S3 server (behind a fault-injecting proxy where S3 misbehaves), real
+``labeler worker`` and ``labeler dispatch`` processes. One versioned bucket holds every test's
+images under its own prefix, so "labeled exactly once" is a count of each label's versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from labeler.wiring import build_app
+from tasks.contracts import CLASSIFY_BATCH
+from tests.conftest import DigitsFixture
+from tests.support.deployment import (
+    S3Deployment,
+    child_pids,
+    holds_for,
+    s3_deployment,
+    scrape,
+    settings_of,
+)
+from tests.support.digits import CLASSES
+from tests.support.processes import WorkerProcess, running_worker
+from tests.support.s3_faults import FaultyS3Proxy
+from tests.support.services import MotoServer, RedisServer, free_port, wait_until
+from tests.tasks.test_dispatch_e2e import DispatcherProcess
+from tests.workers.test_dispatch import aws_event, minio_event
+
+pytestmark = pytest.mark.slow
+
+INFERENCE = "inference"
+UNACKED = "unacked"  # kombu's hash of messages reserved by a worker and not yet acknowledged
+# Redis re-delivers a vanished worker's message after the visibility timeout, which must exceed
+# every time limit; 61 s is the shortest the settings allow (training limit >= 60 s).
+SHORT_VISIBILITY = {
+    "visibility_timeout_seconds": 61,
+    "training_time_limit_seconds": 60,
+    "inference_time_limit_seconds": 15,
+}
+
+
+@pytest.fixture(scope="module")
+def deployment(s3_server: MotoServer, digits: DigitsFixture) -> Iterator[S3Deployment]:
+    with s3_deployment(s3_server.endpoint_url, digits.model_path) as found:
+        yield found
+
+
+def _send_batches(env: dict[str, str], keys: list[str], size: int, run: str) -> None:
+    app = build_app(settings_of(env))
+    try:
+        for n, start in enumerate(range(0, len(keys), size)):
+            payload = {"batch_id": f"{run}-{n}", "keys": keys[start : start + size]}
+            app.send_task(CLASSIFY_BATCH, kwargs={"payload": payload}, queue=INFERENCE)
+    finally:
+        app.close()
+
+
+def _wait_warm(worker: WorkerProcess) -> None:
+    """Until the prefork child has loaded the model ("ready." comes from the parent, before)."""
+    wait_until(lambda: "loaded model digits" in worker.log_tail(100_000), 60, "the model loaded")
+
+
+def _in_flight(broker: redis.Redis) -> str:
+    """The id of the one batch a worker has reserved (waiting if it is between two)."""
+    reserved: list[bytes] = []
+
+    def one() -> bool:
+        reserved[:] = broker.hvals(UNACKED)
+        return len(reserved) == 1
+
+    wait_until(one, 10, "a batch in flight", every=0.001)
+    task_id: str = json.loads(reserved[0])[0]["headers"]["id"]
+    return task_id
+
+
+def _assert_labeled_once(d: S3Deployment, prefix: str, etags: dict[str, str]) -> None:
+    """Every key has one record, written once, with a label for the object it was given."""
+    records = d.records(list(etags))
+    assert len(records) == len(etags), f"{len(etags) - len(records)} images have no record"
+    errors = {k: r.error for k, r in records.items() if r.error is not None}
+    assert not errors, f"{len(errors)} error records, e.g. {next(iter(errors.items()))}"
+    assert all(r.label in CLASSES for r in records.values())
+    assert {k: r.source_etag for k, r in records.items()} == etags
+    writes = d.label_writes(prefix)
+    assert set(writes) == set(etags)
+    rewritten = {k: n for k, n in writes.items() if n != 1}
+    assert not rewritten, f"labels written more than once: {rewritten}"
+
+
+# --- 1. SIGKILL mid-run ---------------------------------------------------------------------------
+
+KILL_IMAGES, KILL_BATCH = 1000, 25
+
+
+def test_sigkill_of_a_child_then_of_the_whole_worker_mid_run_loses_nothing(
+    deployment: S3Deployment, digits: DigitsFixture, redis_url: str, tmp_path: Path
+) -> None:
+    # One run for both kills: the whole worker's batch is back only after the visibility
+    # timeout, and killing the child before that costs no extra wait.
+    d = deployment
+    prefix = "killed/"
+    etags = d.put_images(prefix, digits.held_out, KILL_IMAGES)
+    env = d.env(
+        redis_url, batch_max_images=KILL_BATCH, inference_batch_size=KILL_BATCH, **SHORT_VISIBILITY
+    )
+    broker = redis.Redis.from_url(redis_url)
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(env, log, "--queues", INFERENCE).start()
+    try:
+        _wait_warm(worker)
+        _send_batches(env, list(etags), KILL_BATCH, "killed")
+
+        def labeled() -> int:
+            return len(d.labeled(prefix))
+
+        # The prefork child: the parent sees it die and puts its batch back in the queue at once.
+        wait_until(lambda: labeled() >= 150, 120, "150 labels")
+        assert worker.process is not None
+        (child,) = child_pids(worker.process.pid)
+        child_task = _in_flight(broker)
+        os.kill(child, signal.SIGKILL)
+        assert labeled() < KILL_IMAGES
+
+        # The whole worker (its process group): Redis keeps its reserved batch until the
+        # visibility timeout, then hands it to the restarted worker.
+        wait_until(lambda: labeled() >= 400, 120, "400 labels")
+        worker_task = _in_flight(broker)
+        worker.stop(signal.SIGKILL)
+        assert labeled() < KILL_IMAGES
+        assert broker.hlen(UNACKED) == 1, "the killed worker's batch is still reserved"
+        worker = WorkerProcess(env, log, "--queues", INFERENCE).start()
+
+        wait_until(lambda: labeled() == KILL_IMAGES, 150, "every image labeled", every=0.5)
+        wait_until(
+            lambda: broker.hlen(UNACKED) == 0 and broker.llen(INFERENCE) == 0,
+            30,
+            "every message acknowledged",
+        )
+        for task in (child_task, worker_task):  # each killed batch ran again, to the end
+            assert worker.log_tail(1_000_000).count(f"{task}] received") == 2
+            assert f"{task}] succeeded" in worker.log_tail(1_000_000)
+        _assert_labeled_once(d, prefix, etags)
+    finally:
+        worker.stop()
+        broker.close()
+
+
+# --- 2. Redis restarted mid-run -------------------------------------------------------------------
+
+RESTART_IMAGES, RESTART_BATCH = 400, 40
+
+
+class _EventSource(threading.Thread):
+    """Pushes events one by one, as MinIO does: an event it cannot deliver is tried again."""
+
+    def __init__(self, url: str, events: list[str], list_name: str, every: float) -> None:
+        super().__init__(name="event-source", daemon=True)
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        self.events = events
+        self.list_name = list_name
+        self.every = every
+        self.pushed = 0
+
+    def run(self) -> None:
+        try:
+            for event in self.events:
+                wait_until(lambda e=event: self._push(e), 60, "the broker to take an event")
+                self.pushed += 1
+                time.sleep(self.every)  # pacing a producer, not waiting for a condition
+        finally:
+            self.client.close()
+
+    def _push(self, event: str) -> bool:
+        try:
+            self.client.rpush(self.list_name, event)
+        except redis.ConnectionError:
+            return False
+        return True
+
+
+def test_redis_restart_mid_run_worker_and_dispatcher_reconnect_and_lose_nothing(
+    deployment: S3Deployment, digits: DigitsFixture, tmp_path: Path
+) -> None:
+    d = deployment
+    prefix = "redis-restart/"
+    etags = d.put_images(prefix, digits.held_out, RESTART_IMAGES)
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    env = d.env(
+        server.url,
+        batch_max_images=RESTART_BATCH,
+        inference_batch_size=RESTART_BATCH,
+        batch_max_wait_ms=200,
+        scan_interval_seconds=0,  # events only: every label comes from an event that survived
+        **SHORT_VISIBILITY,  # bounds the wait should the in-flight batch's ack be lost
+    )
+    events_list = settings_of(env).events_list
+    builders = [minio_event, aws_event]
+    events = [
+        builders[n % 2](d.bucket, d.full_key(key), etag)
+        for n, (key, etag) in enumerate(etags.items())
+    ]
+    source = _EventSource(server.url, events, events_list, every=0.01)
+    dispatcher = DispatcherProcess(env, tmp_path / "dispatch.log")
+    broker = redis.Redis.from_url(server.url)
+    try:
+        with running_worker(env, tmp_path / "worker.log", "--queues", INFERENCE) as worker:
+            assert worker.process is not None
+            worker_pid = worker.process.pid
+            _wait_warm(worker)
+            dispatcher.start()
+            source.start()
+            wait_until(
+                lambda: len(d.labeled(prefix)) >= 100 and broker.hlen(UNACKED) == 1,
+                60,
+                "100 labels and a batch in flight",
+                every=0.1,
+            )
+
+            server.stop()
+            pushed_before = source.pushed
+            wait_until(
+                lambda: (
+                    "Connection to broker lost" in worker.log_tail(1_000_000)
+                    and "dispatcher: ConnectionError" in dispatcher.log()
+                ),
+                30,
+                "the worker and the dispatcher to notice",
+            )
+            server.start()  # same port, same directory: the append-only file is replayed
+
+            wait_until(
+                lambda: len(d.labeled(prefix)) == RESTART_IMAGES, 150, "every image", every=0.5
+            )
+            source.join(30)
+            wait_until(
+                lambda: (
+                    broker.llen(f"{events_list}:processing") == 0
+                    and broker.llen(events_list) == 0
+                    and broker.hlen(UNACKED) == 0
+                    and broker.llen(INFERENCE) == 0
+                ),
+                30,
+                "every event and message acknowledged",
+            )
+            assert dispatcher.alive, dispatcher.log()
+            assert worker.process.pid == worker_pid
+            assert worker.process.poll() is None
+        _assert_labeled_once(d, prefix, etags)
+        assert pushed_before < RESTART_IMAGES, "events should still be arriving when Redis went"
+        assert dispatcher.stop() == 0, dispatcher.log()
+    finally:
+        if dispatcher.alive:
+            dispatcher.stop(signal.SIGKILL)
+        broker.close()
+        server.stop()
+
+
+# --- 3. S3 throttling, slow answers and a 30 s outage ---------------------------------------------
+
+S3_IMAGES, S3_BATCH, OUTAGE_SECONDS = 200, 50, 30.0
+TASK_RETRIES = "labeler_task_retries_total"
+
+
+def test_s3_errors_and_a_30s_outage_are_retried_until_every_image_is_labeled(
+    deployment: S3Deployment,
+    digits: DigitsFixture,
+    s3_server: MotoServer,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    d = deployment
+    prefix = "s3-faults/"
+    etags = d.put_images(prefix, digits.held_out, S3_IMAGES)
+    proxy = FaultyS3Proxy(s3_server.port, error_rate=0.1, slow_rate=0.05, slow_seconds=0.5, seed=8)
+    port = free_port()
+    # Four tries per request: the outage outlasts botocore's retries (a few seconds) and the
+    # tasks retry; outside it a batch's ~150 requests rarely all fail (0.1**4 each), as a
+    # failure after the outage waits out a long backoff (up to 2 s x 2**retries).
+    env = d.env(
+        redis_url,
+        s3_endpoint_url=proxy.url,
+        s3_max_attempts=4,
+        metrics_port=port,
+        batch_max_images=S3_BATCH,
+        inference_batch_size=S3_BATCH,
+    )
+
+    def labeled() -> int:
+        return len(d.labeled(prefix))  # read from moto directly, not through the proxy
+
+    try:
+        with running_worker(env, tmp_path / "worker.log", "--queues", INFERENCE) as worker:
+            _wait_warm(worker)
+            _send_batches(env, list(etags), S3_BATCH, "s3")
+            wait_until(lambda: labeled() >= S3_BATCH, 60, "a first batch", every=0.2)
+
+            proxy.down()
+            down_at = time.monotonic()
+            wait_until(
+                lambda: scrape(port, TASK_RETRIES, error="TransientStorageError") > 0,
+                20,
+                "a task retried",
+            )
+            stuck = labeled()
+            holds_for(
+                lambda: labeled() == stuck,
+                OUTAGE_SECONDS - (time.monotonic() - down_at),
+                "nothing is labeled while S3 is down",
+            )
+            proxy.up()
+
+            wait_until(lambda: labeled() == S3_IMAGES, 150, "every image", every=0.5)
+            task_retries = scrape(port, TASK_RETRIES, error="TransientStorageError")
+            storage_retries = scrape(port, "labeler_storage_retries_total")
+            storage_errors = scrape(
+                port, "labeler_storage_errors_total", error="TransientStorageError"
+            )
+    finally:
+        proxy.close()
+    _assert_labeled_once(d, prefix, etags)
+    assert stuck < S3_IMAGES
+    assert task_retries > 0
+    assert storage_retries > 0
+    # Each 503 the proxy sent was either retried by botocore or surfaced as a transient error.
+    assert storage_retries + storage_errors == proxy.injected_errors
+
+
+# --- 4. a poison message --------------------------------------------------------------------------
+
+REJECTED = "rejected labeler.classify_batch message, not retried"
+
+
+def test_a_poison_message_is_rejected_once_counted_and_does_not_loop(
+    deployment: S3Deployment, digits: DigitsFixture, redis_url: str, tmp_path: Path
+) -> None:
+    d = deployment
+    etags = d.put_images("after-poison/", digits.held_out, 8)
+    port = free_port()
+    env = d.env(redis_url, metrics_port=port, inference_batch_size=8)
+    poisons = [
+        {"batch_id": "traversal", "keys": ["../etc/passwd"]},
+        {"keys": ["after-poison/0000.png"]},  # no batch_id
+        "not an object",
+    ]
+    app = build_app(settings_of(env))
+    broker = redis.Redis.from_url(redis_url)
+    try:
+        with running_worker(env, tmp_path / "worker.log", "--queues", INFERENCE) as worker:
+            sent = [app.send_task(CLASSIFY_BATCH, kwargs={"payload": p}) for p in poisons]
+            good = app.send_task(
+                CLASSIFY_BATCH, kwargs={"payload": {"batch_id": "good", "keys": list(etags)}}
+            )
+            assert good.get(timeout=120)["labeled"] == len(etags)  # it was queued after them
+
+            for result in sent:
+                assert result.state == "FAILURE"
+                assert type(result.result).__name__ == "InvalidPayload"
+
+            def log() -> str:
+                return worker.log_tail(1_000_000)
+
+            holds_for(
+                lambda: (
+                    log().count(REJECTED) == len(poisons)
+                    and broker.llen(INFERENCE) == 0
+                    and broker.hlen(UNACKED) == 0
+                ),
+                5,
+                "each poison message logged once, and nothing left to deliver again",
+            )
+            rejected = scrape(
+                port, "labeler_tasks_rejected_total", task=CLASSIFY_BATCH, reason="invalid_payload"
+            )
+            retried = scrape(port, TASK_RETRIES, task=CLASSIFY_BATCH)
+    finally:
+        app.close()
+        broker.close()
+    assert rejected == len(poisons)
+    assert retried == 0
+    assert "ClassifyBatchRequest: keys: Value error" in log()
+    assert "ClassifyBatchRequest: batch_id: Field required" in log()
+    assert "payload must be a JSON object, got str" in log()
+    assert d.records(list(etags)).keys() == etags.keys()
