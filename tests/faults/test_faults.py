@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from labeler.settings import settings_from_env
 from labeler.wiring import build_app
 from tasks.contracts import CLASSIFY_BATCH
 from tests.conftest import DigitsFixture
@@ -27,7 +28,6 @@ from tests.support.deployment import (
     holds_for,
     s3_deployment,
     scrape,
-    settings_of,
 )
 from tests.support.digits import CLASSES
 from tests.support.processes import WorkerProcess, running_worker
@@ -56,7 +56,7 @@ def deployment(s3_server: MotoServer, digits: DigitsFixture) -> Iterator[S3Deplo
 
 
 def _send_batches(env: dict[str, str], keys: list[str], size: int, run: str) -> None:
-    app = build_app(settings_of(env))
+    app = build_app(settings_from_env(env))
     try:
         for n, start in enumerate(range(0, len(keys), size)):
             payload = {"batch_id": f"{run}-{n}", "keys": keys[start : start + size]}
@@ -203,7 +203,7 @@ def test_redis_restart_mid_run_worker_and_dispatcher_reconnect_and_lose_nothing(
         scan_interval_seconds=0,  # events only: every label comes from an event that survived
         **SHORT_VISIBILITY,  # bounds the wait should the in-flight batch's ack be lost
     )
-    events_list = settings_of(env).events_list
+    events_list = settings_from_env(env).events_list
     builders = [minio_event, aws_event]
     events = [
         builders[n % 2](d.bucket, d.full_key(key), etag)
@@ -352,7 +352,7 @@ def test_a_poison_message_is_rejected_once_counted_and_does_not_loop(
         {"keys": ["after-poison/0000.png"]},  # no batch_id
         "not an object",
     ]
-    app = build_app(settings_of(env))
+    app = build_app(settings_from_env(env))
     broker = redis.Redis.from_url(redis_url)
     try:
         with running_worker(env, tmp_path / "worker.log", "--queues", INFERENCE) as worker:

@@ -21,7 +21,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from labeler.sample_data import Sample
-from labeler.settings import Settings, load_settings
+from labeler.settings import Settings, settings_from_env
 from labeler.wiring import Stores
 from storage import Area, LabelRecord, ObjectNotFound, ObjectStore, make_s3_client
 from storage.keys import label_key, source_key
@@ -33,11 +33,6 @@ from tests.support.processes import labeler_env
 
 ROOT = "labeler"  # every area lives under s3://<bucket>/labeler/<area>
 MODEL = "digits"
-
-
-def settings_of(env: dict[str, str]) -> Settings:
-    """The Settings a process started with ``env`` reads."""
-    return load_settings(**{k[8:].lower(): v for k, v in env.items() if k[:8] == "LABELER_"})
 
 
 @dataclass
@@ -61,7 +56,7 @@ class S3Deployment:
 
     @cached_property
     def storage_settings(self) -> Settings:
-        return settings_of(self.env("redis://127.0.0.1:1/0"))  # storage only: no broker used
+        return settings_from_env(self.env("redis://127.0.0.1:1/0"))  # storage only: no broker used
 
     @cached_property
     def s3(self) -> S3Client:

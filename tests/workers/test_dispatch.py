@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from monitoring.metrics import Metrics
 from storage import LocalStore, ObjectStore, S3Store
+from tests.support.services import wait_until
 from workers.dispatch import DispatchConfig, Dispatcher
 from workers.events import CreatedObject, S3Root, parse_event
 from workers.metered_store import MeteredStore
@@ -366,10 +367,7 @@ def test_a_failed_enqueue_keeps_the_batch_and_the_events(
     thread = threading.Thread(target=h.dispatcher.run)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not (h.batches and h.lengths() == (0, 0)):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: h.batches and h.lengths() == (0, 0), 10, "the batch sent and acked")
     finally:
         h.dispatcher.stop()
         thread.join(10)
@@ -408,10 +406,7 @@ def test_stop_flushes_what_is_held_and_acknowledges_it(
     finished: list[bool] = []
     thread = threading.Thread(target=lambda: finished.append(h.dispatcher.run()))
     thread.start()
-    deadline = time.monotonic() + 10
-    while h.lengths() != (0, 1):  # taken, buffered, not sent
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: h.lengths() == (0, 1), 10, "the event taken, buffered, not sent")
     assert h.batches == []
 
     h.dispatcher.stop()
