@@ -38,8 +38,10 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Two test files at a time (each file's fixtures stay in one process): the end-to-end tests
+# mostly wait on worker processes, so this halves the wall time on 2 cores.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 demo: install
 	$(VENV)/bin/labeler demo

@@ -122,7 +122,14 @@ class Settings(BaseSettings):
         300, ge=10, description="Hard limit of one classify_batch task (soft limit: 80%)."
     )
     training_time_limit_seconds: int = Field(
-        7000, ge=60, description="Hard limit of one retrain (soft limit: 95%)."
+        7000, ge=10, description="Hard limit of one retrain (soft limit: 95%)."
+    )
+    retry_backoff_max_seconds: int = Field(
+        60,
+        ge=1,
+        le=3600,
+        description="A batch hit by a storage outage is retried after 2, 4, 8... s, at most this "
+        "long apart (30 tries).",
     )
     visibility_timeout_seconds: int = Field(
         7200,

@@ -178,6 +178,7 @@ def celery_config(settings: Settings) -> CeleryConfig:
         visibility_timeout=settings.visibility_timeout_seconds,
         inference_soft_time_limit=int(settings.inference_time_limit_seconds * 0.8),
         inference_time_limit=settings.inference_time_limit_seconds,
+        inference_retry_backoff_max=settings.retry_backoff_max_seconds,
         training_soft_time_limit=int(settings.training_time_limit_seconds * 0.95),
         training_time_limit=settings.training_time_limit_seconds,
     )

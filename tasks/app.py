@@ -43,6 +43,9 @@ class CeleryConfig:
     inference_time_limit: int = 300
     training_soft_time_limit: int = 6600
     training_time_limit: int = 7000
+    # A batch that failed on a transient storage error waits 2, 4, 8... s, at most this long, so
+    # an outage's backlog drains soon after storage is back.
+    inference_retry_backoff_max: int = 60
     retrain_cron: str = "0 2 * * *"  # UTC
     retrain_expires: int = 3600  # a scheduled run that waited this long is dropped
 

@@ -32,7 +32,7 @@ def register_inference(app: LabelerCelery) -> None:
         # and a bad payload can never succeed: neither is retried.
         autoretry_for=(TransientStorageError, ModelUnavailable),
         retry_backoff=2,
-        retry_backoff_max=120,
+        retry_backoff_max=config.inference_retry_backoff_max,
         retry_jitter=True,
         max_retries=30,
         soft_time_limit=config.inference_soft_time_limit,

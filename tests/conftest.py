@@ -59,9 +59,9 @@ def bucket(s3_client: S3Client) -> Iterator[str]:
     s3_client.create_bucket(Bucket=name)
     yield name
     paginator = s3_client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=name):
-        for item in page.get("Contents", []):
-            s3_client.delete_object(Bucket=name, Key=item["Key"])
+    for page in paginator.paginate(Bucket=name):  # pages of at most 1,000: one DeleteObjects each
+        if objects := [{"Key": item["Key"]} for item in page.get("Contents", [])]:
+            s3_client.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
     s3_client.delete_bucket(Bucket=name)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -47,12 +48,12 @@ def cluster(
     env, settings = moto_env(
         redis_server.url, s3_server.endpoint_url, "retrain",
         model_name="digits", model_reload_seconds=0.5, train_image_size=32,
-        train_fine_tune_epochs=4, gate_min_accuracy=0.9,
+        train_max_epochs=12, train_fine_tune_epochs=4, gate_min_accuracy=0.9,
     )  # fmt: skip
     stores = Stores(settings)
     training = stores.area(Area.TRAINING)
-    for sample in digit_samples():
-        training.put(sample.key, sample.data)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda s: training.put(s.key, s.data), digit_samples()))
     logs = tmp_path_factory.mktemp("workers")
     with (
         running_worker(env, logs / "inference.log", "--queues", "inference"),
@@ -101,9 +102,15 @@ def test_first_retrain_is_promoted_and_served_without_restart(cluster: Cluster) 
 def test_worse_candidate_is_refused_and_production_stays(cluster: Cluster) -> None:
     training = cluster.stores.area(Area.TRAINING)
     rng = random.Random(3)
-    for sample in digit_samples():  # a bad night: every label shuffled
-        training.delete(sample.key)
-        training.put(f"{rng.randrange(10)}/{sample.key.split('/', 1)[1]}", sample.data)
+    samples = digit_samples()
+    shuffled = [f"{rng.randrange(10)}/{s.key.split('/', 1)[1]}" for s in samples]
+
+    def relabel(n: int) -> None:  # a bad night: every label shuffled
+        training.delete(samples[n].key)
+        training.put(shuffled[n], samples[n].data)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(relabel, range(len(samples))))
 
     out = run_labeler(cluster.env, "retrain", "--wait", "--timeout", "600", timeout=700)
 
