@@ -35,9 +35,9 @@ from tests.support.corpus import (
     odd_key_cases,
     valid_odd_cases,
 )
-from tests.support.counting_proxy import CountingS3Proxy
 from tests.support.digits import CLASSES, INPUT_SIZE
 from tests.support.processes import WorkerProcess, labeler_env, run_labeler
+from tests.support.s3_proxy import S3Proxy
 from tests.support.services import MotoServer, RedisServer
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ class CorpusRun:
     records: dict[str, LabelRecord]  # by source key
     label_keys: set[str]  # every record key found under labels/corpus/
     submit_output: str
-    proxy: CountingS3Proxy
+    proxy: S3Proxy
     memory_before: dict[str, int]  # VmHWM and VmRSS of the prefork child, KiB
     memory_after: dict[str, int]
 
@@ -129,7 +129,7 @@ def corpus_run(
 ) -> Iterator[CorpusRun]:
     bucket = f"bad-input-{uuid.uuid4().hex[:8]}"
     redis.Redis.from_url(redis_server.url).flushall()
-    proxy = CountingS3Proxy(s3_server.port)
+    proxy = S3Proxy(s3_server.port)
     env = labeler_env(
         broker_url=redis_server.url,
         storage_uri=f"s3://{bucket}/labeler",

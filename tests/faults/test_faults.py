@@ -31,7 +31,7 @@ from tests.support.deployment import (
 )
 from tests.support.digits import CLASSES
 from tests.support.processes import WorkerProcess, running_worker
-from tests.support.s3_faults import FaultyS3Proxy
+from tests.support.s3_proxy import S3Proxy
 from tests.support.services import MotoServer, RedisServer, free_port, wait_until
 from tests.tasks.test_dispatch_e2e import DispatcherProcess
 from tests.workers.test_dispatch import aws_event, minio_event
@@ -281,7 +281,7 @@ def test_s3_errors_and_an_outage_are_retried_until_every_image_is_labeled(
     d = deployment
     prefix = "s3-faults/"
     etags = d.put_images(prefix, digits.held_out, S3_IMAGES)
-    proxy = FaultyS3Proxy(s3_server.port, error_rate=0.1, slow_rate=0.05, slow_seconds=0.5, seed=8)
+    proxy = S3Proxy(s3_server.port, error_rate=0.1, slow_rate=0.05, slow_seconds=0.5, seed=8)
     port = free_port()
     # Four tries per request: the outage outlasts botocore's retries (a few seconds) and the
     # tasks retry, at most 3 s apart, so the backlog drains soon after S3 is back.

@@ -9,7 +9,7 @@ import pytest
 
 from storage import S3Store, TransientStorageError, make_s3_client
 from tests.conftest import s3_options
-from tests.support.s3_faults import FaultyS3Proxy
+from tests.support.s3_proxy import S3Proxy
 from tests.support.services import MotoServer, TcpProxy
 
 
@@ -51,7 +51,7 @@ def test_botocore_retries_get_past_a_short_outage(proxy: TcpProxy, bucket: str) 
 def test_throttling_is_retried_by_the_client_and_reported(
     s3_server: MotoServer, bucket: str
 ) -> None:
-    proxy = FaultyS3Proxy(s3_server.port, error_rate=0.3, seed=5)
+    proxy = S3Proxy(s3_server.port, error_rate=0.3, seed=5)
     retries: list[tuple[str, int]] = []
     options = s3_options(proxy.url, max_attempts=8)
     store = S3Store(make_s3_client(options), bucket, "root", on_retry=lambda *r: retries.append(r))

@@ -1,23 +1,34 @@
-"""An HTTP proxy in front of the S3 server that counts the body bytes each response delivered.
+"""An HTTP proxy in front of the S3 server that counts the body bytes each response delivered and,
+when asked to, fails on purpose: 503s, slow answers, outages.
 
 Responses are streamed in small chunks through a small send buffer, so when a client closes a
 connection without reading the body (as the worker does for an oversized object) the proxy stops
 within a few hundred KB: the count is what reached the client, not what the server had.
+
+Faults are deterministic for a given seed, bounded, loopback only. The proxy counts what it did so
+tests can compare with what the system reports.
 """
 
 from __future__ import annotations
 
 import http.client
+import random
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from tests.support.services import free_port
 
 CHUNK_BYTES = 64 * 1024
 SEND_BUFFER_BYTES = 64 * 1024  # the kernel holds at most this much the client has not taken
+_SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
 _HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -30,7 +41,7 @@ _HOP_BY_HOP = {
 
 @dataclass
 class Exchange:
-    """One request and how much of its response body went out."""
+    """One forwarded request and how much of its response body went out."""
 
     method: str
     path: str  # URL-decoded, without the query
@@ -40,12 +51,31 @@ class Exchange:
     cut_by_client: bool = False
 
 
-class CountingS3Proxy:
-    """Forwards every request to ``127.0.0.1:target_port`` and records an :class:`Exchange`."""
+class S3Proxy:
+    """Forwards to ``127.0.0.1:target_port`` and records an :class:`Exchange` per forwarded request.
 
-    def __init__(self, target_port: int) -> None:
+    ``error_rate`` of requests get a 503 SlowDown, ``slow_rate`` wait ``slow_seconds`` first;
+    ``down()`` refuses every request with 503. With the defaults every request is forwarded.
+    """
+
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        error_rate: float = 0.0,
+        slow_rate: float = 0.0,
+        slow_seconds: float = 0.5,
+        seed: int = 0,
+    ) -> None:
         self.target_port = target_port
+        self.error_rate = error_rate
+        self.slow_rate = slow_rate
+        self.slow_seconds = slow_seconds
+        self.is_down = False
+        self.injected_errors = 0
+        self.forwarded = 0
         self.exchanges: list[Exchange] = []
+        self._random = random.Random(seed)
         self._lock = threading.Lock()
         self.port = free_port()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
@@ -56,6 +86,25 @@ class CountingS3Proxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def down(self) -> None:
+        self.is_down = True
+
+    def up(self) -> None:
+        self.is_down = False
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def decide(self) -> Literal["fail", "slow", "pass"]:
+        """``fail``, ``slow`` or ``pass`` for the next request."""
+        with self._lock:
+            if self.is_down or self._random.random() < self.error_rate:
+                self.injected_errors += 1
+                return "fail"
+            self.forwarded += 1
+            return "slow" if self._random.random() < self.slow_rate else "pass"
+
     def record(self, exchange: Exchange) -> None:
         with self._lock:
             self.exchanges.append(exchange)
@@ -65,12 +114,8 @@ class CountingS3Proxy:
         with self._lock:
             return [e for e in self.exchanges if e.method == "GET" and e.path.endswith(path_suffix)]
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
-
-def _handler(proxy: CountingS3Proxy) -> type[BaseHTTPRequestHandler]:
+def _handler(proxy: S3Proxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -81,6 +126,12 @@ def _handler(proxy: CountingS3Proxy) -> type[BaseHTTPRequestHandler]:
         def _any(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            verdict = proxy.decide()
+            if verdict == "fail":
+                self._slow_down()
+                return
+            if verdict == "slow":
+                time.sleep(proxy.slow_seconds)
             upstream = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
             try:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -88,6 +139,14 @@ def _handler(proxy: CountingS3Proxy) -> type[BaseHTTPRequestHandler]:
                 self._relay(upstream.getresponse())
             finally:
                 upstream.close()
+
+        def _slow_down(self) -> None:
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(_SLOW_DOWN)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(_SLOW_DOWN)
 
         def _relay(self, response: http.client.HTTPResponse) -> None:
             declared = response.getheader("Content-Length")
