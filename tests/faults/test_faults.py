@@ -30,10 +30,9 @@ from tests.support.deployment import (
     scrape,
 )
 from tests.support.digits import CLASSES
-from tests.support.processes import WorkerProcess, running_worker
+from tests.support.processes import DispatcherProcess, WorkerProcess, running_worker
 from tests.support.s3_proxy import S3Proxy
 from tests.support.services import MotoServer, RedisServer, free_port, wait_until
-from tests.tasks.test_dispatch_e2e import DispatcherProcess
 from tests.workers.test_dispatch import aws_event, minio_event
 
 pytestmark = pytest.mark.slow
@@ -51,7 +50,7 @@ SHORT_VISIBILITY = {
 
 @pytest.fixture(scope="module")
 def deployment(s3_server: MotoServer, digits: DigitsFixture) -> Iterator[S3Deployment]:
-    with s3_deployment(s3_server.endpoint_url, digits.model_path) as found:
+    with s3_deployment(s3_server.endpoint_url, digits.model_path, name="faults") as found:
         yield found
 
 

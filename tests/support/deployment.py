@@ -74,27 +74,33 @@ class S3Deployment:
         """The object key in the bucket of ``key`` in ``area``."""
         return f"{ROOT}/{area}/{key}"
 
+    def put(self, key: str, data: bytes) -> str:
+        """Drop a PNG at ``key`` in ``incoming/``; its ETag."""
+        return self.incoming.put(key, data, content_type="image/png").etag
+
     def put_images(self, prefix: str, samples: list[Sample], count: int) -> dict[str, str]:
         """Put ``count`` digit PNGs (cycling through ``samples``) under ``prefix``: key -> ETag."""
         keys = [f"{prefix}{i:04d}.png" for i in range(count)]
-
-        def put(n: int) -> str:
-            data = samples[n % len(samples)].data
-            return self.incoming.put(keys[n], data, content_type="image/png").etag
-
         with ThreadPoolExecutor(8) as pool:
-            return dict(zip(keys, pool.map(put, range(count)), strict=True))
+            etags = pool.map(
+                lambda n: self.put(keys[n], samples[n % len(samples)].data), range(count)
+            )
+            return dict(zip(keys, etags, strict=True))
 
     def labeled(self, prefix: str) -> set[str]:
         """Source keys under ``prefix`` that have a label record."""
         return {source_key(info.key) for info in self.labels.list(prefix)}
+
+    def record(self, key: str) -> LabelRecord:
+        """The record of ``key`` (``ObjectNotFound`` if it has none)."""
+        return LabelRecord.model_validate_json(self.labels.get(label_key(key)).data)
 
     def records(self, keys: list[str]) -> dict[str, LabelRecord]:
         """The record of each key that has one."""
 
         def read(key: str) -> LabelRecord | None:
             try:
-                return LabelRecord.model_validate_json(self.labels.get(label_key(key)).data)
+                return self.record(key)
             except ObjectNotFound:
                 return None
 
@@ -114,20 +120,24 @@ class S3Deployment:
 
 
 @contextmanager
-def s3_deployment(endpoint_url: str, model_path: Path) -> Iterator[S3Deployment]:
-    """A fresh versioned bucket with ``model_path`` imported and promoted; removed afterwards."""
-    deployment = S3Deployment(endpoint_url, f"faults-{uuid.uuid4().hex[:8]}")
+def s3_deployment(
+    endpoint_url: str, model_path: Path | None, *, name: str = "labeler"
+) -> Iterator[S3Deployment]:
+    """A fresh versioned bucket, with ``model_path`` (if given) imported and promoted as v1;
+    removed afterwards."""
+    deployment = S3Deployment(endpoint_url, f"{name}-{uuid.uuid4().hex[:8]}")
     deployment.s3.create_bucket(Bucket=deployment.bucket)
     deployment.s3.put_bucket_versioning(
         Bucket=deployment.bucket, VersioningConfiguration={"Status": "Enabled"}
     )
     try:
-        # What `labeler models import` does, without starting TensorFlow in a subprocess.
-        registry = Stores(deployment.storage_settings).registry()
-        metadata = ModelMetadata(
-            name=MODEL, version=1, class_names=CLASSES, input_size=INPUT_SIZE, source="imported"
-        )
-        registry.promote(registry.register(model_path.read_bytes(), metadata).version)
+        if model_path is not None:
+            # What `labeler models import` does, without starting TensorFlow in a subprocess.
+            registry = Stores(deployment.storage_settings).registry()
+            metadata = ModelMetadata(
+                name=MODEL, version=1, class_names=CLASSES, input_size=INPUT_SIZE, source="imported"
+            )
+            registry.promote(registry.register(model_path.read_bytes(), metadata).version)
         yield deployment
     finally:
         _remove_bucket(deployment.s3, deployment.bucket)

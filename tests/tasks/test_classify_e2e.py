@@ -13,14 +13,16 @@ import pytest
 import redis
 from PIL import Image
 
-from labeler.wiring import Stores, build_app
-from storage import Area, ErrorReason, LabelRecord, ObjectStore
+from labeler.settings import settings_from_env
+from labeler.wiring import build_app
+from storage import ErrorReason
 from storage.keys import label_key
 from tasks.app import LabelerCelery
 from tasks.contracts import CLASSIFY_BATCH
 from tests.conftest import DigitsFixture
+from tests.support.deployment import S3Deployment, s3_deployment
 from tests.support.digits import CLASSES
-from tests.support.processes import WorkerProcess, moto_env, run_labeler
+from tests.support.processes import WorkerProcess, run_labeler
 from tests.support.services import MotoServer, RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
@@ -28,18 +30,12 @@ pytestmark = pytest.mark.slow
 
 @dataclass
 class Deployment:
+    """A bucket on the moto server, the environment of every process on it, one worker."""
+
+    site: S3Deployment
     env: dict[str, str]
-    incoming: ObjectStore
-    labels: ObjectStore
     app: LabelerCelery
     worker: WorkerProcess
-
-    def records(self, keys: list[str]) -> dict[str, LabelRecord]:
-        return {
-            key: LabelRecord.model_validate_json(self.labels.get(label_key(key)).data)
-            for key in keys
-            if self.labels.exists(label_key(key))
-        }
 
 
 @pytest.fixture(scope="module")
@@ -50,36 +46,29 @@ def deployment(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
     redis.Redis.from_url(redis_server.url).flushall()
-    env, settings = moto_env(
-        redis_server.url, s3_server.endpoint_url, "e2e",
-        model_name="digits", model_reload_seconds=0.5, batch_max_images=16,
-        inference_batch_size=8,
-    )  # fmt: skip
-    stores = Stores(settings)
-    run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    worker = WorkerProcess(env, log, "--queues", "inference").start()
-    app = build_app(settings)
-    yield Deployment(env, stores.area(Area.INCOMING), stores.area(Area.LABELS), app, worker)
-    worker.stop()
-
-
-def _png(gray: int = 128) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (8, 8), gray).save(buffer, "PNG")
-    return buffer.getvalue()
+    with s3_deployment(s3_server.endpoint_url, None, name="e2e") as site:
+        env = site.env(
+            redis_server.url, model_reload_seconds=0.5, batch_max_images=16, inference_batch_size=8
+        )
+        run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
+        log = tmp_path_factory.mktemp("worker") / "worker.log"
+        worker = WorkerProcess(env, log, "--queues", "inference").start()
+        try:
+            yield Deployment(site, env, build_app(settings_from_env(env)), worker)
+        finally:
+            worker.stop()
 
 
 def test_300_digits_are_labeled_accurately(deployment: Deployment, digits: DigitsFixture) -> None:
     truth = {}
     for i, sample in enumerate(digits.held_out):
         key = f"held-out/{i:03d}.png"
-        deployment.incoming.put(key, sample.data, content_type="image/png")
+        deployment.site.incoming.put(key, sample.data, content_type="image/png")
         truth[key] = sample.label
 
     out = run_labeler(deployment.env, "submit", "held-out/", "--wait", "--timeout", "600")
 
-    records = deployment.records(list(truth))
+    records = deployment.site.records(list(truth))
     assert len(records) == 300, out.stdout
     assert all(r.error is None and r.model_version == 1 for r in records.values())
     accuracy = sum(records[k].label == truth[k] for k in truth) / len(truth)
@@ -93,7 +82,7 @@ def test_bad_inputs_get_reasons_and_good_ones_labels(
 ) -> None:
     good = {f"mixed/good-{i}.png": s for i, s in enumerate(digits.held_out[:6])}
     for key, sample in good.items():
-        deployment.incoming.put(key, sample.data)
+        deployment.site.incoming.put(key, sample.data)
     cmyk = io.BytesIO()
     Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(cmyk, "JPEG")
     valid_jpeg = io.BytesIO()
@@ -104,12 +93,12 @@ def test_bad_inputs_get_reasons_and_good_ones_labels(
         "mixed/empty.jpg": b"",
     }
     for key, data in bad.items():
-        deployment.incoming.put(key, data)
-    deployment.incoming.put("mixed/cmyk.jpg", cmyk.getvalue())
+        deployment.site.incoming.put(key, data)
+    deployment.site.incoming.put("mixed/cmyk.jpg", cmyk.getvalue())
 
     run_labeler(deployment.env, "submit", "mixed/", "--wait", "--timeout", "300")
 
-    records = deployment.records([*good, *bad, "mixed/cmyk.jpg"])
+    records = deployment.site.records([*good, *bad, "mixed/cmyk.jpg"])
     assert len(records) == len(good) + len(bad) + 1
     assert {k: r.error.reason for k, r in records.items() if r.error} == {
         "mixed/corrupt.jpg": ErrorReason.TRUNCATED,
@@ -123,14 +112,14 @@ def test_bad_inputs_get_reasons_and_good_ones_labels(
 def test_resubmitting_rewrites_nothing(deployment: Deployment, digits: DigitsFixture) -> None:
     keys = [f"again/{i}.png" for i in range(10)]
     for key, sample in zip(keys, digits.held_out, strict=False):
-        deployment.incoming.put(key, sample.data)
+        deployment.site.incoming.put(key, sample.data)
     run_labeler(deployment.env, "submit", "again/", "--wait")
-    before = {k: deployment.labels.head(label_key(k)) for k in keys}
+    before = {k: deployment.site.labels.head(label_key(k)) for k in keys}
 
     out = run_labeler(deployment.env, "submit", "again/", "--wait")
 
     assert "labeled 0, errors 0, already done 10" in out.stdout
-    assert {k: deployment.labels.head(label_key(k)) for k in keys} == before
+    assert {k: deployment.site.labels.head(label_key(k)) for k in keys} == before
 
 
 def test_invalid_payload_is_rejected_once_with_a_clear_error(deployment: Deployment) -> None:
@@ -152,7 +141,7 @@ def test_promotion_mid_stream_switches_between_batches(
     )  # fmt: skip
     keys = [f"stream/{i:03d}.png" for i in range(160)]
     for key, sample in zip(keys, digits.held_out, strict=False):
-        deployment.incoming.put(key, sample.data)
+        deployment.site.incoming.put(key, sample.data)
     batches = [keys[i : i + 8] for i in range(0, len(keys), 8)]
     results = []
     for n, chunk in enumerate(batches):
@@ -163,7 +152,7 @@ def test_promotion_mid_stream_switches_between_batches(
             run_labeler(deployment.env, "models", "promote", "2")
     versions = [r.get(timeout=300)["model_version"] for r in results]
 
-    records = deployment.records(keys)
+    records = deployment.site.records(keys)
     by_batch: dict[str, set[int]] = {}
     for record in records.values():
         by_batch.setdefault(record.batch_id or "", set()).add(record.model_version)

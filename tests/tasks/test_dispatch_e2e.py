@@ -17,23 +17,20 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from labeler.wiring import Stores
-from storage import Area, LabelRecord, ObjectStore, make_s3_client
-from storage.keys import label_key, source_key
-from storage.s3 import S3Client
+from storage import LabelRecord
+from storage.keys import label_key
 from tests.conftest import DigitsFixture
+from tests.support.deployment import S3Deployment, s3_deployment
 from tests.support.digits import CLASSES
 from tests.support.processes import (
     DispatcherProcess,
     WorkerProcess,
     labeler_env,
-    moto_env,
     run_labeler,
 )
 from tests.support.services import MotoServer, RedisServer, free_port, wait_until
@@ -48,12 +45,11 @@ BATCH = 16
 
 @dataclass
 class Deployment:
+    """A versioned bucket on the moto server, one worker, and the dispatchers tests start."""
+
+    site: S3Deployment
     env: dict[str, str]
-    bucket: str
-    s3: S3Client
     redis: redis.Redis
-    incoming: ObjectStore
-    labels: ObjectStore
     logs: Path
     dispatchers: list[DispatcherProcess] = field(default_factory=list)
 
@@ -67,27 +63,6 @@ class Deployment:
         self.dispatchers.append(started)
         return started
 
-    def put(self, key: str, data: bytes) -> str:
-        return self.incoming.put(key, data, content_type="image/png").etag
-
-    def full_key(self, key: str, area: str = "incoming") -> str:
-        return f"labeler/{area}/{key}"
-
-    def labeled(self, prefix: str) -> set[str]:
-        return {source_key(info.key) for info in self.labels.list(prefix)}
-
-    def record(self, key: str) -> LabelRecord:
-        return LabelRecord.model_validate_json(self.labels.get(label_key(key)).data)
-
-    def label_writes(self, prefix: str) -> Counter[str]:
-        """How many times each label under ``prefix`` was written (versions in the bucket)."""
-        writes: Counter[str] = Counter()
-        paginator = self.s3.get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix, "labels")):
-            for version in page.get("Versions", []):
-                writes[version["Key"]] += 1
-        return writes
-
 
 @pytest.fixture(scope="module")
 def deployment(
@@ -98,33 +73,31 @@ def deployment(
 ) -> Iterator[Deployment]:
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
-    env, settings = moto_env(
-        redis_server.url, s3_server.endpoint_url, "dispatch",
-        model_name="digits", batch_max_images=BATCH, batch_max_wait_ms=200,
-        inference_batch_size=16,
-        scan_interval_seconds=0,  # events only, unless a test asks for the scan
-    )  # fmt: skip
-    bucket = urlsplit(settings.storage_uri or "").netloc
-    s3 = make_s3_client(settings.s3_options())
-    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     logs = tmp_path_factory.mktemp("dispatch")
-    worker = WorkerProcess(env, logs / "worker.log", "--queues", "inference").start()
-    stores = Stores(settings)
-    found = Deployment(
-        env, bucket, s3, client, stores.area(Area.INCOMING), stores.area(Area.LABELS), logs
-    )
-    yield found
-    for dispatcher in found.dispatchers:
-        dispatcher.stop(signal.SIGKILL)
-    worker.stop()
-    client.close()
+    with s3_deployment(s3_server.endpoint_url, digits.model_path, name="dispatch") as site:
+        env = site.env(
+            redis_server.url, batch_max_images=BATCH, batch_max_wait_ms=200,
+            inference_batch_size=16,
+            scan_interval_seconds=0,  # events only, unless a test asks for the scan
+        )  # fmt: skip
+        worker = WorkerProcess(env, logs / "worker.log", "--queues", "inference").start()
+        found = Deployment(site, env, client, logs)
+        try:
+            yield found
+        finally:
+            for dispatcher in found.dispatchers:
+                dispatcher.stop(signal.SIGKILL)
+            worker.stop()
+            client.close()
 
 
 def _wait_labeled(d: Deployment, prefix: str, keys: set[str], timeout: float) -> None:
     # Each poll lists the labels: poll gently, moto serves the worker on the same 2 cores.
     wait_until(
-        lambda: d.labeled(prefix) >= keys, timeout, f"{len(keys)} labels under {prefix}", every=0.3
+        lambda: d.site.labeled(prefix) >= keys,
+        timeout,
+        f"{len(keys)} labels under {prefix}",
+        every=0.3,
     )
 
 
@@ -134,18 +107,21 @@ def test_minio_and_aws_events_label_awkward_keys(
     d = deployment
     names = ["a b.png", "ünï 猫.png", "a+b=c.png", "lit%2Fname.png", "100%.png", "deep/er/x.png"]
     keys = [f"awkward/{name}" for name in names]
-    etags = {key: d.put(key, digits.held_out[i].data) for i, key in enumerate(keys)}
+    etags = {key: d.site.put(key, digits.held_out[i].data) for i, key in enumerate(keys)}
     builders = [minio_event, minio_documented_event, aws_event]
     dispatcher = d.dispatcher()
 
     d.redis.rpush(
         EVENTS,
-        *[builders[i % 3](d.bucket, d.full_key(key), etags[key]) for i, key in enumerate(keys)],
+        *[
+            builders[i % 3](d.site.bucket, d.site.full_key(key), etags[key])
+            for i, key in enumerate(keys)
+        ],
     )
 
     _wait_labeled(d, "awkward/", set(keys), 60)
     for key in keys:
-        record = d.record(key)
+        record = d.site.record(key)
         assert record.source_etag == etags[key]
         assert record.ok
         assert record.label in CLASSES
@@ -157,21 +133,21 @@ def test_the_same_event_three_times_writes_one_label(
     deployment: Deployment, digits: DigitsFixture
 ) -> None:
     d = deployment
-    etag = d.put("thrice/x.png", digits.held_out[10].data)
-    sentinel_etag = d.put("thrice/sentinel.png", digits.held_out[11].data)
+    etag = d.site.put("thrice/x.png", digits.held_out[10].data)
+    sentinel_etag = d.site.put("thrice/sentinel.png", digits.held_out[11].data)
     port = free_port()
     dispatcher = d.dispatcher(metrics_port=port)
-    event = minio_event(d.bucket, d.full_key("thrice/x.png"), etag)
+    event = minio_event(d.site.bucket, d.site.full_key("thrice/x.png"), etag)
 
     d.redis.rpush(EVENTS, event, event, event)
-    d.redis.rpush(EVENTS, aws_event(d.bucket, d.full_key("thrice/sentinel.png"), sentinel_etag))
+    d.redis.rpush(
+        EVENTS, aws_event(d.site.bucket, d.site.full_key("thrice/sentinel.png"), sentinel_etag)
+    )
 
     # Events are taken in order: once the sentinel is labeled, all three copies were handled.
     _wait_labeled(d, "thrice/", {"thrice/sentinel.png", "thrice/x.png"}, 60)
     assert sum(dispatcher.sent()) == 2
-    assert d.label_writes("thrice/") == {d.full_key("thrice/x.png.json", "labels"): 1} | {
-        d.full_key("thrice/sentinel.png.json", "labels"): 1
-    }
+    assert d.site.label_writes("thrice/") == {"thrice/x.png": 1, "thrice/sentinel.png": 1}
     assert d.redis.llen(PROCESSING) == 0
     scraped = _scrape(port)
     assert scraped[("minio", "queued")] == 1
@@ -185,14 +161,18 @@ def test_objects_put_without_events_are_found_by_the_scan(
     d = deployment
     keys = {f"quiet/{i}.png" for i in range(5)}
     for i, key in enumerate(sorted(keys)):
-        d.put(key, digits.held_out[20 + i].data)
+        d.site.put(key, digits.held_out[20 + i].data)
     dispatcher = d.dispatcher(scan_interval_seconds=1)
 
     _wait_labeled(d, "quiet/", keys, 60)
-    changed = d.put("quiet/0.png", digits.held_out[30].data)  # a new version of a labeled object
-    wait_until(lambda: d.record("quiet/0.png").source_etag == changed, 60, "the change labeled")
+    changed = d.site.put(
+        "quiet/0.png", digits.held_out[30].data
+    )  # a new version of a labeled object
+    wait_until(
+        lambda: d.site.record("quiet/0.png").source_etag == changed, 60, "the change labeled"
+    )
 
-    assert d.record("quiet/0.png").label in CLASSES
+    assert d.site.record("quiet/0.png").label in CLASSES
     assert sum(dispatcher.sent()) == 6
     assert dispatcher.stop() == 0
 
@@ -204,12 +184,16 @@ def test_a_thousand_objects_at_once_go_in_full_batches(
     keys = [f"burst/{i:04d}.png" for i in range(1000)]
     with ThreadPoolExecutor(8) as pool:
         etags = list(
-            pool.map(lambda n: d.put(keys[n], digits.held_out[n % 300].data), range(len(keys)))
+            pool.map(lambda n: d.site.put(keys[n], digits.held_out[n % 300].data), range(len(keys)))
         )
     dispatcher = d.dispatcher()
 
     d.redis.rpush(
-        EVENTS, *[aws_event(d.bucket, d.full_key(k), e) for k, e in zip(keys, etags, strict=True)]
+        EVENTS,
+        *[
+            aws_event(d.site.bucket, d.site.full_key(k), e)
+            for k, e in zip(keys, etags, strict=True)
+        ],
     )
 
     _wait_labeled(d, "burst/", set(keys), 150)
@@ -218,10 +202,10 @@ def test_a_thousand_objects_at_once_go_in_full_batches(
     assert max(sizes) <= BATCH
     assert sizes.count(BATCH) >= 0.9 * len(sizes)
     with ThreadPoolExecutor(8) as pool:
-        batch_ids = Counter(pool.map(lambda k: d.record(k).batch_id, keys))
+        batch_ids = Counter(pool.map(lambda k: d.site.record(k).batch_id, keys))
     assert len(batch_ids) == len(sizes)
     assert max(batch_ids.values()) <= BATCH
-    assert set(d.label_writes("burst/").values()) == {1}
+    assert set(d.site.label_writes("burst/").values()) == {1}
 
 
 def test_sigkill_mid_stream_and_restart_labels_every_object_once(
@@ -230,8 +214,10 @@ def test_sigkill_mid_stream_and_restart_labels_every_object_once(
     d = deployment
     keys = [f"killed/{i:03d}.png" for i in range(300)]
     with ThreadPoolExecutor(8) as pool:
-        etags = list(pool.map(lambda n: d.put(keys[n], digits.held_out[n].data), range(300)))
-    events = [minio_event(d.bucket, d.full_key(k), e) for k, e in zip(keys, etags, strict=True)]
+        etags = list(pool.map(lambda n: d.site.put(keys[n], digits.held_out[n].data), range(300)))
+    events = [
+        minio_event(d.site.bucket, d.site.full_key(k), e) for k, e in zip(keys, etags, strict=True)
+    ]
     first = d.dispatcher(batch_max_wait_ms=1000)
     producer = _trickle(d.redis, events, every=0.01)
 
@@ -245,8 +231,8 @@ def test_sigkill_mid_stream_and_restart_labels_every_object_once(
     _wait_labeled(d, "killed/", set(keys), 150)
     assert held_when_killed >= 1
     assert f"recovered {held_when_killed} events" in second.log()
-    assert set(d.label_writes("killed/").values()) == {1}
-    assert len(d.label_writes("killed/")) == 300
+    assert set(d.site.label_writes("killed/").values()) == {1}
+    assert len(d.site.label_writes("killed/")) == 300
     wait_until(lambda: d.redis.llen(PROCESSING) == 0, 10, "every event acknowledged")
     assert second.stop() == 0
 
@@ -255,25 +241,25 @@ def test_events_for_label_objects_are_ignored(
     deployment: Deployment, digits: DigitsFixture
 ) -> None:
     d = deployment
-    etag = d.put("loop/x.png", digits.held_out[40].data)
+    etag = d.site.put("loop/x.png", digits.held_out[40].data)
     dispatcher = d.dispatcher()
-    d.redis.rpush(EVENTS, minio_event(d.bucket, d.full_key("loop/x.png"), etag))
+    d.redis.rpush(EVENTS, minio_event(d.site.bucket, d.site.full_key("loop/x.png"), etag))
     _wait_labeled(d, "loop/", {"loop/x.png"}, 60)
-    label = d.labels.head(label_key("loop/x.png"))
+    label = d.site.labels.head(label_key("loop/x.png"))
 
     # What MinIO sends when notifications cover the whole bucket: the worker's own write.
     d.redis.rpush(
         EVENTS,
-        minio_event(d.bucket, d.full_key("loop/x.png.json", "labels"), label.etag),
-        aws_event(d.bucket, d.full_key("loop/x.png.json", "labels"), label.etag),
+        minio_event(d.site.bucket, d.site.full_key("loop/x.png.json", "labels"), label.etag),
+        aws_event(d.site.bucket, d.site.full_key("loop/x.png.json", "labels"), label.etag),
     )
-    sentinel = d.put("loop/sentinel.png", digits.held_out[41].data)
-    d.redis.rpush(EVENTS, aws_event(d.bucket, d.full_key("loop/sentinel.png"), sentinel))
+    sentinel = d.site.put("loop/sentinel.png", digits.held_out[41].data)
+    d.redis.rpush(EVENTS, aws_event(d.site.bucket, d.site.full_key("loop/sentinel.png"), sentinel))
 
     _wait_labeled(d, "loop/", {"loop/sentinel.png"}, 60)
     assert sum(dispatcher.sent()) == 2
-    assert d.labeled("loop/") == {"loop/x.png", "loop/sentinel.png"}
-    assert not any(k.endswith(".json.json") for k in d.label_writes(""))
+    assert d.site.labeled("loop/") == {"loop/x.png", "loop/sentinel.png"}
+    assert not any(k.endswith(".json") for k in d.site.label_writes(""))  # no label of a label
 
 
 def test_files_copied_into_a_local_data_dir_are_labeled(
