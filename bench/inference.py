@@ -22,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,8 +134,15 @@ def engine_runs(ctx: Context, model: LoadedModel) -> list[dict[str, Any]]:
     return runs
 
 
-def local_runs(ctx: Context, services: Services) -> tuple[Deployment, list[dict[str, Any]]]:
-    """Both image sets x both task sizes through one warm worker on a ``file://`` store."""
+def local_runs(
+    ctx: Context, services: Services, bare: Callable[[], dict[str, Any]]
+) -> tuple[Deployment, list[dict[str, Any]]]:
+    """Both image sets x both task sizes through one warm worker on a ``file://`` store.
+
+    The bare model is measured again just before and just after each run (the worker idle
+    meanwhile): this machine's speed drifts by more than 10% within minutes, so a run is also
+    compared with the ceiling measured around it, not only with the best of the whole benchmark.
+    """
     deployment = local_deployment(services, 0, ctx.model_path)
     worker = services.start_worker(deployment, "worker-local")
     pids = {
@@ -146,9 +154,11 @@ def local_runs(ctx: Context, services: Services) -> tuple[Deployment, list[dict[
     for images, count in ((ctx.small, ctx.plan.small_images), (ctx.big, ctx.plan.big_images)):
         for per_task in ctx.plan.per_task:
             name = f"local-{images.name}-b{per_task}"
+            before = bare()
             result = _local_run(
                 ctx, deployment, images, Run(name, keys_for(name, count), per_task), pids
             )
+            result["adjacent_bare"] = [before, bare()]
             runs.append(result)
             print(f"  {name}: {result['images_per_second']} images/s", flush=True)
     worker.stop()
@@ -315,7 +325,9 @@ def run_benchmark(plan: Plan, root: Path) -> dict[str, Any]:
     with ExitStack() as stack:
         services = Services(root, stack)
         print("end to end, local store...", flush=True)
-        deployment, results["end_to_end_local"] = local_runs(ctx, services)
+        deployment, results["end_to_end_local"] = local_runs(
+            ctx, services, lambda: measure_bare(model, batches, plan.bare_calls // 2)
+        )
         print("memory...", flush=True)
         results["memory"] = memory_run(ctx, services, deployment)
         print("naive baseline...", flush=True)

@@ -33,6 +33,9 @@ def finish(results: dict[str, Any]) -> None:
     for run in _e2e(results):
         run["ratio_to_bare"] = round(run["images_per_second"] / bare, 3)
         _add_cpu_figures(run, run["cpu"]["worker_cpu_seconds"], infer_cpu)
+        if "adjacent_bare" in run:
+            around = statistics.mean(b["images_per_second"] for b in run["adjacent_bare"])
+            run["ratio_to_adjacent_bare"] = round(run["images_per_second"] / around, 3)
     naive = results["naive"]
     naive["cpu_ms_per_image"] = round(
         1000 * naive["cpu"]["worker_cpu_seconds"] / naive["images"], 2
@@ -121,6 +124,13 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         runs = [r for r in results["end_to_end_local"] if r["image_set"] == image_set]
         best = max(r["ratio_to_bare"] for r in runs)
         normalised = max(r["cpu_normalised_ratio"] for r in runs)
+        adjacent_check: dict[str, Any] = {}
+        if all("ratio_to_adjacent_bare" in r for r in runs):  # older results files lack it
+            adjacent = max(r["ratio_to_adjacent_bare"] for r in runs)
+            adjacent_check = {
+                "adjacent_bare_value": adjacent,
+                "passed_adjacent_bare": adjacent >= threshold,
+            }
         checks.append(
             {
                 "target": f"local {image_set}: end-to-end / bare >= {threshold}",
@@ -129,6 +139,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     r["settings"]["batch_max_images"]: r["ratio_to_bare"] for r in runs
                 },
                 "passed": best >= threshold,
+                **adjacent_check,
                 "cpu_normalised_value": normalised,
                 "passed_cpu_normalised": normalised >= threshold,
                 "trustworthy": not disturbed & {"bare-1", "bare-2", *(r["name"] for r in runs)},
@@ -191,10 +202,13 @@ def summary(results: dict[str, Any]) -> str:
                 f", moto {cpu['moto_share_of_machine']:.0%} of machine "
                 f"(with moto {run['cpu_normalised_ratio_with_moto']:.3f})"
             )
+        adjacent = ""
+        if "ratio_to_adjacent_bare" in run:
+            adjacent = f", to the bare runs around it {run['ratio_to_adjacent_bare']:.3f}"
         lines.append(
             f"{run['name']:<21} {run['images']:>5} images {run['seconds']:>6.1f} s "
             f"{run['images_per_second']:>6.1f} images/s  ratio {run['ratio_to_bare']:.3f} "
-            f"(CPU-normalised {run['cpu_normalised_ratio']:.3f})  worker "
+            f"(CPU-normalised {run['cpu_normalised_ratio']:.3f}{adjacent})  worker "
             f"{cpu['worker_cores']:.2f} cores, {run['cpu_ms_per_image']} ms CPU/image{moto}, "
             f"foreign {cpu['foreign_cores']:.2f}"
         )
@@ -226,6 +240,11 @@ def summary(results: dict[str, Any]) -> str:
             normalised = (
                 f" (CPU-normalised {check['cpu_normalised_value']}: "
                 f"{'pass' if check['passed_cpu_normalised'] else 'fail'})"
+            )
+        if "adjacent_bare_value" in check:
+            normalised += (
+                f" (to the bare runs around it {check['adjacent_bare_value']}: "
+                f"{'pass' if check['passed_adjacent_bare'] else 'fail'})"
             )
         trust = "" if check["trustworthy"] else "  [disturbed by other load]"
         lines.append(
