@@ -37,6 +37,11 @@ def register_inference(app: LabelerCelery) -> None:
         max_retries=30,
         soft_time_limit=config.inference_soft_time_limit,
         time_limit=config.inference_time_limit,
+        # No STARTED write before the body: when Redis drops at that moment the write fails
+        # outside the body, the task counts as failed and its message is acknowledged once Redis
+        # is back, so the batch is lost. Without it, the first write is the result, after the
+        # labels are written. (Retrains keep STARTED: `retrain --wait` shows it.)
+        track_started=False,
     )
     def classify_batch(payload: Any) -> dict[str, Any]:
         engines = app.engines()

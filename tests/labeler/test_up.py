@@ -14,7 +14,7 @@ from storage import LabelRecord
 from tests.conftest import DigitsFixture
 from tests.support.digits import CLASSES
 from tests.support.processes import LABELER, labeler_env, run_labeler
-from tests.support.services import free_port, wait_until
+from tests.support.services import free_port, free_ports, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_up_labels_dropped_files_and_carries_on_after_a_restart(
     tmp_path: Path, digits: DigitsFixture
 ) -> None:
     data_dir = tmp_path / "data"
-    port = free_port()
+    port = free_ports(3)  # the inference worker, the training worker and the dispatcher
     env = labeler_env(
         data_dir=data_dir,
         broker_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing answers: a private Redis

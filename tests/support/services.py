@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -34,11 +35,33 @@ def require_binary(name: str, how_to_install: str) -> str:
     return path
 
 
+# Ports for the servers tests start lie below Linux's ephemeral range (32768-60999), which the
+# kernel hands to outgoing connections and to bind(0): a port from there can be taken by some
+# client's connection before our server binds it, or while a Redis restarts on it, and with two
+# test processes at once that happens. Random picks keep the two processes apart.
+_SERVER_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
+    return free_ports(1)
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports that nothing listens on."""
+    for _ in range(1000):
+        first = random.randrange(_SERVER_PORTS.start, _SERVER_PORTS.stop - count)
+        if all(_bindable(first + n) for n in range(count)):
+            return first
+    raise RuntimeError(f"no {count} free consecutive ports in {_SERVER_PORTS}")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_until(
