@@ -17,17 +17,16 @@ import redis
 
 from labeler.observability import broker_health
 from labeler.settings import load_settings
-from labeler.wiring import Stores
 from monitoring.exposition import MetricsServer
 from storage import Area
 from tests.conftest import DigitsFixture
 from tests.monitoring.test_config import GRAFANA_VARIABLES, _all_queries, _metric_of
 from tests.monitoring.test_config import _defined_metrics as defined_metrics
+from tests.support.deployment import s3_deployment
 from tests.support.digits import CLASSES
 from tests.support.processes import (
     DispatcherProcess,
     WorkerProcess,
-    moto_env,
     run_labeler,
     running_worker,
 )
@@ -99,54 +98,56 @@ def scraped(
 ) -> Iterator[tuple[Prometheus, WorkerProcess, str]]:
     redis.Redis.from_url(redis_server.url).flushall()
     metrics_port, training_port, dispatch_port = free_port(), free_port(), free_port()
-    env, settings = moto_env(
-        redis_server.url, s3_server.endpoint_url, "metrics",
-        model_name="digits", batch_max_images=4, inference_batch_size=4,
-        metrics_port=metrics_port, train_image_size=32, train_max_epochs=2,
-        train_fine_tune_epochs=1, scan_interval_seconds=1,
-    )  # fmt: skip
-    run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
-    incoming = Stores(settings).area(Area.INCOMING)
-    for i, sample in enumerate(digits.held_out[:GOOD]):
-        incoming.put(f"m/{i}.png", sample.data)
-    incoming.put("m/bad-1.jpg", b"not an image")
-    incoming.put("m/bad-2.jpg", b"")
-    training = Stores(settings).area(Area.TRAINING)
-    for sample in digits.held_out[GOOD:]:
-        training.put(sample.key, sample.data)
-    work = tmp_path_factory.mktemp("scrape")
-    # Two prefork children share the work: the parent serves the sum of both.
-    training_env = {**env, "LABELER_METRICS_PORT": str(training_port)}
-    dispatch_env = {**env, "LABELER_METRICS_PORT": str(dispatch_port)}
-    labels = Stores(settings).area(Area.LABELS)
-    with (
-        running_worker(env, work / "worker.log", "--concurrency", "2") as worker,
-        running_worker(training_env, work / "training.log", "--queues", "training"),
-    ):
-        prometheus = Prometheus(
-            work,
-            {"inference-worker": f"127.0.0.1:{metrics_port}",
-             "training-worker": f"127.0.0.1:{training_port}",
-             "dispatcher": f"127.0.0.1:{dispatch_port}"},
+    with s3_deployment(s3_server.endpoint_url, None, name="metrics") as site:
+        env = site.env(
+            redis_server.url, batch_max_images=4, inference_batch_size=4,
+            metrics_port=metrics_port, train_image_size=32, train_max_epochs=2,
+            train_fine_tune_epochs=1, scan_interval_seconds=1,
         )  # fmt: skip
-        dispatcher = None
-        try:
-            wait_until(
-                lambda: worker.log_tail(100_000).count("loaded model digits v1") == 2,
-                120,
-                "both prefork children to load the model",
-            )
-            # The dispatcher's scan finds the images and sends them in batches of 4.
-            dispatcher = DispatcherProcess(dispatch_env, work / "dispatch.log").start()
-            wait_until(lambda: sum(1 for _ in labels.list("m/")) == GOOD + BAD, 120, "every label")
-            run_labeler(env, "retrain", "--wait", "--timeout", "300")
-            # Scrapes are asynchronous: wait until one has happened after the retrain.
-            wait_until(lambda: prometheus.value("count(labeler_evaluation_score)"), 60, "a scrape")
-            yield prometheus, worker, f"http://127.0.0.1:{metrics_port}"
-        finally:
-            if dispatcher is not None:
-                dispatcher.stop()
-            prometheus.stop()
+        run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
+        for i, sample in enumerate(digits.held_out[:GOOD]):
+            site.incoming.put(f"m/{i}.png", sample.data)
+        site.incoming.put("m/bad-1.jpg", b"not an image")
+        site.incoming.put("m/bad-2.jpg", b"")
+        training = site.area(Area.TRAINING)
+        for sample in digits.held_out[GOOD:]:
+            training.put(sample.key, sample.data)
+        work = tmp_path_factory.mktemp("scrape")
+        # Two prefork children share the work: the parent serves the sum of both.
+        training_env = {**env, "LABELER_METRICS_PORT": str(training_port)}
+        dispatch_env = {**env, "LABELER_METRICS_PORT": str(dispatch_port)}
+        with (
+            running_worker(env, work / "worker.log", "--concurrency", "2") as worker,
+            running_worker(training_env, work / "training.log", "--queues", "training"),
+        ):
+            prometheus = Prometheus(
+                work,
+                {"inference-worker": f"127.0.0.1:{metrics_port}",
+                 "training-worker": f"127.0.0.1:{training_port}",
+                 "dispatcher": f"127.0.0.1:{dispatch_port}"},
+            )  # fmt: skip
+            dispatcher = None
+            try:
+                wait_until(
+                    lambda: worker.log_tail(100_000).count("loaded model digits v1") == 2,
+                    120,
+                    "both prefork children to load the model",
+                )
+                # The dispatcher's scan finds the images and sends them in batches of 4.
+                dispatcher = DispatcherProcess(dispatch_env, work / "dispatch.log").start()
+                wait_until(
+                    lambda: sum(1 for _ in site.labels.list("m/")) == GOOD + BAD, 120, "every label"
+                )
+                run_labeler(env, "retrain", "--wait", "--timeout", "300")
+                # Scrapes are asynchronous: wait until one has happened after the retrain.
+                wait_until(
+                    lambda: prometheus.value("count(labeler_evaluation_score)"), 60, "a scrape"
+                )
+                yield prometheus, worker, f"http://127.0.0.1:{metrics_port}"
+            finally:
+                if dispatcher is not None:
+                    dispatcher.stop()
+                prometheus.stop()
 
 
 def test_counters_equal_the_images_processed(

@@ -1,4 +1,4 @@
-"""A real deployment over the moto S3 server: one versioned bucket with the digits model in it.
+"""A real deployment over the moto S3 server: a versioned bucket, with the digits model if asked.
 
 Tests bring their own broker and processes; this holds what they share: the environment a
 ``labeler`` process needs, the images put in ``incoming/``, and what came out in ``labels/``
@@ -62,13 +62,16 @@ class S3Deployment:
     def s3(self) -> S3Client:
         return make_s3_client(self.storage_settings.s3_options())
 
+    def area(self, area: Area) -> ObjectStore:
+        return Stores(self.storage_settings).area(area)
+
     @cached_property
     def incoming(self) -> ObjectStore:
-        return Stores(self.storage_settings).area(Area.INCOMING)
+        return self.area(Area.INCOMING)
 
     @cached_property
     def labels(self) -> ObjectStore:
-        return Stores(self.storage_settings).area(Area.LABELS)
+        return self.area(Area.LABELS)
 
     def full_key(self, key: str, area: str = "incoming") -> str:
         """The object key in the bucket of ``key`` in ``area``."""

@@ -7,13 +7,10 @@ import re
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from labeler.settings import Settings, settings_from_env
-from storage import make_s3_client
 from tests.support.services import wait_until
 
 _SENT = re.compile(rb"dispatched batch \S+: (\d+) images")
@@ -29,24 +26,6 @@ def labeler_env(**settings: object) -> dict[str, str]:
     env.setdefault("LABELER_METRICS_PORT", "0")  # several workers share this machine's ports
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
-
-
-def moto_env(
-    redis_url: str, s3_endpoint_url: str, name: str, **settings: object
-) -> tuple[dict[str, str], Settings]:
-    """A deployment's environment over a fresh bucket on the moto server (created here)."""
-    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
-    env = labeler_env(
-        broker_url=redis_url,
-        storage_uri=f"s3://{bucket}/labeler",
-        s3_endpoint_url=s3_endpoint_url,
-        s3_access_key_id=TEST_CREDENTIALS["access_key_id"],
-        s3_secret_access_key=TEST_CREDENTIALS["secret_access_key"],
-        **settings,
-    )
-    resolved = settings_from_env(env)
-    make_s3_client(resolved.s3_options()).create_bucket(Bucket=bucket)
-    return env, resolved
 
 
 def run_labeler(

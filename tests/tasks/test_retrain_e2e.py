@@ -13,13 +13,14 @@ import redis
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
 from labeler.sample_data import digit_samples
-from labeler.settings import Settings
+from labeler.settings import Settings, settings_from_env
 from labeler.wiring import Stores, build_app
 from storage import Area, LabelRecord
 from storage.keys import label_key, report_key
 from tasks.app import TRAINING_QUEUE, LabelerCelery
 from tasks.training import RETRAIN
-from tests.support.processes import moto_env, run_labeler, running_worker
+from tests.support.deployment import s3_deployment
+from tests.support.processes import run_labeler, running_worker
 from tests.support.services import MotoServer, RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
@@ -45,21 +46,24 @@ def cluster(
     redis_server: RedisServer, s3_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     redis.Redis.from_url(redis_server.url).flushall()
-    env, settings = moto_env(
-        redis_server.url, s3_server.endpoint_url, "retrain",
-        model_name="digits", model_reload_seconds=0.5, train_image_size=32,
-        train_max_epochs=12, train_fine_tune_epochs=4, gate_min_accuracy=0.9,
-    )  # fmt: skip
-    stores = Stores(settings)
-    training = stores.area(Area.TRAINING)
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda s: training.put(s.key, s.data), digit_samples()))
-    logs = tmp_path_factory.mktemp("workers")
-    with (
-        running_worker(env, logs / "inference.log", "--queues", "inference"),
-        running_worker(env, logs / "training.log", "--queues", "training", "--concurrency", "2"),
-    ):
-        yield Cluster(env, settings, stores, build_app(settings))
+    with s3_deployment(s3_server.endpoint_url, None, name="retrain") as site:
+        env = site.env(
+            redis_server.url, model_reload_seconds=0.5, train_image_size=32,
+            train_max_epochs=12, train_fine_tune_epochs=4, gate_min_accuracy=0.9,
+        )  # fmt: skip
+        settings = settings_from_env(env)
+        stores = Stores(settings)
+        training = stores.area(Area.TRAINING)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda s: training.put(s.key, s.data), digit_samples()))
+        logs = tmp_path_factory.mktemp("workers")
+        with (
+            running_worker(env, logs / "inference.log", "--queues", "inference"),
+            running_worker(
+                env, logs / "training.log", "--queues", "training", "--concurrency", "2"
+            ),
+        ):
+            yield Cluster(env, settings, stores, build_app(settings))
 
 
 def _production(cluster: Cluster) -> int | None:
