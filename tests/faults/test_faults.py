@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from tests.support.deployment import (
 from tests.support.digits import CLASSES
 from tests.support.processes import DispatcherProcess, WorkerProcess, running_worker
 from tests.support.s3_proxy import S3Proxy
-from tests.support.services import MotoServer, RedisServer, free_port, wait_until
+from tests.support.services import EventSource, MotoServer, RedisServer, free_port, wait_until
 from tests.workers.test_dispatch import aws_event, minio_event
 
 pytestmark = pytest.mark.slow
@@ -159,34 +158,6 @@ def test_sigkill_of_a_child_then_of_the_whole_worker_mid_run_loses_nothing(
 RESTART_IMAGES, RESTART_BATCH = 400, 40
 
 
-class _EventSource(threading.Thread):
-    """Pushes events one by one, as MinIO does: an event it cannot deliver is tried again."""
-
-    def __init__(self, url: str, events: list[str], list_name: str, every: float) -> None:
-        super().__init__(name="event-source", daemon=True)
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-        self.events = events
-        self.list_name = list_name
-        self.every = every
-        self.pushed = 0
-
-    def run(self) -> None:
-        try:
-            for event in self.events:
-                wait_until(lambda e=event: self._push(e), 60, "the broker to take an event")
-                self.pushed += 1
-                time.sleep(self.every)  # pacing a producer, not waiting for a condition
-        finally:
-            self.client.close()
-
-    def _push(self, event: str) -> bool:
-        try:
-            self.client.rpush(self.list_name, event)
-        except redis.ConnectionError:
-            return False
-        return True
-
-
 def test_redis_restart_mid_run_worker_and_dispatcher_reconnect_and_lose_nothing(
     deployment: S3Deployment, digits: DigitsFixture, tmp_path: Path
 ) -> None:
@@ -208,7 +179,7 @@ def test_redis_restart_mid_run_worker_and_dispatcher_reconnect_and_lose_nothing(
         builders[n % 2](d.bucket, d.full_key(key), etag)
         for n, (key, etag) in enumerate(etags.items())
     ]
-    source = _EventSource(server.url, events, events_list, every=0.01)
+    source = EventSource(server.url, events, events_list, every=0.01)
     dispatcher = DispatcherProcess(env, tmp_path / "dispatch.log")
     broker = redis.Redis.from_url(server.url)
     try:

@@ -1,6 +1,7 @@
-"""Real services for the tests: a private redis-server, a moto S3 server, a TCP proxy.
+"""Real services for the tests: a private redis-server, a moto S3 server, a TCP proxy, and a
+producer that pushes bucket events into Redis as MinIO does.
 
-Each runs in its own process (or thread, for the proxy) on a free loopback port and is stopped by
+Each runs in its own process (or thread, for the proxy and the producer) on a loopback port and is stopped by
 the fixture that started it. A missing binary skips locally but fails under ``CI=true``.
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -229,3 +231,31 @@ def _terminate(process: subprocess.Popen[bytes] | None) -> None:
     if process is not None and process.poll() is None:
         process.terminate()
         process.wait(10)
+
+
+class EventSource(threading.Thread):
+    """Pushes events one by one, as MinIO does: an event it cannot deliver is tried again."""
+
+    def __init__(self, url: str, events: list[str], list_name: str, every: float) -> None:
+        super().__init__(name="event-source", daemon=True)
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        self.events = events
+        self.list_name = list_name
+        self.every = every
+        self.pushed = 0
+
+    def run(self) -> None:
+        try:
+            for event in self.events:
+                wait_until(lambda e=event: self._push(e), 60, "the broker to take an event")
+                self.pushed += 1
+                time.sleep(self.every)  # pacing a producer, not waiting for a condition
+        finally:
+            self.client.close()
+
+    def _push(self, event: str) -> bool:
+        try:
+            self.client.rpush(self.list_name, event)
+        except redis.ConnectionError:
+            return False
+        return True

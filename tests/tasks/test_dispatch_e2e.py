@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import threading
-import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -33,7 +31,7 @@ from tests.support.processes import (
     labeler_env,
     run_labeler,
 )
-from tests.support.services import MotoServer, RedisServer, free_port, wait_until
+from tests.support.services import EventSource, MotoServer, RedisServer, free_port, wait_until
 from tests.workers.test_dispatch import aws_event, minio_documented_event, minio_event
 
 pytestmark = pytest.mark.slow
@@ -181,19 +179,12 @@ def test_a_thousand_objects_at_once_go_in_full_batches(
     deployment: Deployment, digits: DigitsFixture
 ) -> None:
     d = deployment
-    keys = [f"burst/{i:04d}.png" for i in range(1000)]
-    with ThreadPoolExecutor(8) as pool:
-        etags = list(
-            pool.map(lambda n: d.site.put(keys[n], digits.held_out[n % 300].data), range(len(keys)))
-        )
+    etags = d.site.put_images("burst/", digits.held_out, 1000)
+    keys = list(etags)
     dispatcher = d.dispatcher()
 
     d.redis.rpush(
-        EVENTS,
-        *[
-            aws_event(d.site.bucket, d.site.full_key(k), e)
-            for k, e in zip(keys, etags, strict=True)
-        ],
+        EVENTS, *[aws_event(d.site.bucket, d.site.full_key(k), e) for k, e in etags.items()]
     )
 
     _wait_labeled(d, "burst/", set(keys), 150)
@@ -212,14 +203,11 @@ def test_sigkill_mid_stream_and_restart_labels_every_object_once(
     deployment: Deployment, digits: DigitsFixture
 ) -> None:
     d = deployment
-    keys = [f"killed/{i:03d}.png" for i in range(300)]
-    with ThreadPoolExecutor(8) as pool:
-        etags = list(pool.map(lambda n: d.site.put(keys[n], digits.held_out[n].data), range(300)))
-    events = [
-        minio_event(d.site.bucket, d.site.full_key(k), e) for k, e in zip(keys, etags, strict=True)
-    ]
+    etags = d.site.put_images("killed/", digits.held_out, 300)
+    events = [minio_event(d.site.bucket, d.site.full_key(k), e) for k, e in etags.items()]
     first = d.dispatcher(batch_max_wait_ms=1000)
-    producer = _trickle(d.redis, events, every=0.01)
+    producer = EventSource(d.env["LABELER_BROKER_URL"], events, EVENTS, every=0.01)
+    producer.start()
 
     wait_until(lambda: d.redis.llen(PROCESSING) >= 3, 30, "events held by the dispatcher")
     first.stop(signal.SIGKILL)
@@ -228,7 +216,7 @@ def test_sigkill_mid_stream_and_restart_labels_every_object_once(
     second = d.dispatcher()
     producer.join(30)
 
-    _wait_labeled(d, "killed/", set(keys), 150)
+    _wait_labeled(d, "killed/", set(etags), 150)
     assert held_when_killed >= 1
     assert f"recovered {held_when_killed} events" in second.log()
     assert set(d.site.label_writes("killed/").values()) == {1}
@@ -312,16 +300,3 @@ def _scrape(port: int) -> dict[tuple[str, str], float]:
         for s in family.samples
         if s.name == "labeler_events_total"
     }
-
-
-def _trickle(client: redis.Redis, items: list[str], every: float) -> threading.Thread:
-    """Push ``items`` one by one, ``every`` seconds apart, from a thread (a live event stream)."""
-
-    def push() -> None:
-        for item in items:
-            client.rpush(EVENTS, item)
-            time.sleep(every)  # pacing a producer, not waiting for a condition
-
-    thread = threading.Thread(target=push, daemon=True)
-    thread.start()
-    return thread
