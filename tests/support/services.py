@@ -1,8 +1,9 @@
 """Real services for the tests: a private redis-server, a moto S3 server, a TCP proxy, and a
 producer that pushes bucket events into Redis as MinIO does.
 
-Each runs in its own process (or thread, for the proxy and the producer) on a loopback port and is stopped by
-the fixture that started it. A missing binary skips locally but fails under ``CI=true``.
+Each runs in its own process (or thread, for the proxy and the producer) on a loopback port and
+is stopped by the fixture that started it. A missing binary skips locally but fails under
+``CI=true``.
 """
 
 from __future__ import annotations
