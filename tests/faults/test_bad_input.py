@@ -10,7 +10,6 @@ received for the oversized object (it must not be downloaded).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,11 +18,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from labeler.settings import Settings, load_settings
-from labeler.wiring import Stores, build_app
-from storage import Area, ErrorReason, LabelRecord, make_s3_client
+from labeler.settings import settings_from_env
+from labeler.wiring import build_app
+from storage import ErrorReason, LabelRecord, ObjectStore
 from storage.keys import label_key
-from storage.registry import ModelMetadata
 from tasks.contracts import CLASSIFY_BATCH
 from tests.conftest import DigitsFixture
 from tests.support.corpus import (
@@ -35,8 +33,9 @@ from tests.support.corpus import (
     odd_key_cases,
     valid_odd_cases,
 )
-from tests.support.digits import CLASSES, INPUT_SIZE
-from tests.support.processes import WorkerProcess, labeler_env, run_labeler
+from tests.support.deployment import child_pids, s3_deployment
+from tests.support.digits import CLASSES
+from tests.support.processes import run_labeler, running_worker
 from tests.support.s3_proxy import S3Proxy
 from tests.support.services import MotoServer, RedisServer
 
@@ -67,21 +66,6 @@ class CorpusRun:
         return next(c for c in self.cases if c.kind == kind)
 
 
-def _settings(env: dict[str, str], **overrides: str) -> Settings:
-    values = {k.removeprefix("LABELER_").lower(): v for k, v in env.items() if k[:8] == "LABELER_"}
-    return load_settings(**{**values, **overrides})
-
-
-def _child_pids(pid: int) -> list[int]:
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return children
-
-
 def _memory_kib(pid: int) -> dict[str, int]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -91,16 +75,7 @@ def _memory_kib(pid: int) -> dict[str, int]:
     return fields
 
 
-def _register_digits(stores: Stores, digits: DigitsFixture) -> None:
-    registry = stores.registry()
-    metadata = registry.register(
-        digits.model_path.read_bytes(),
-        ModelMetadata(name=registry.name, version=1, class_names=CLASSES, input_size=INPUT_SIZE),
-    )
-    registry.promote(metadata.version)
-
-
-def _drop_corpus(direct: Stores, digits: DigitsFixture) -> list[Case]:
+def _drop_corpus(incoming: ObjectStore, digits: DigitsFixture) -> list[Case]:
     """Put every case and the good digits into ``incoming/`` (straight to S3, not the proxy)."""
     views = confident_views(digits.model_path, digits.held_out, 40)
     good = [next(views) for _ in range(GOOD)]
@@ -113,7 +88,6 @@ def _drop_corpus(direct: Stores, digits: DigitsFixture) -> list[Case]:
             for i, v in enumerate(good)
         ),
     ]
-    incoming = direct.area(Area.INCOMING)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda c: incoming.put(c.key, c.data), cases))
     incoming.put("warm-up/0.png", good[0].png)
@@ -127,51 +101,41 @@ def corpus_run(
     digits: DigitsFixture,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[CorpusRun]:
-    bucket = f"bad-input-{uuid.uuid4().hex[:8]}"
     redis.Redis.from_url(redis_server.url).flushall()
     proxy = S3Proxy(s3_server.port)
-    env = labeler_env(
-        broker_url=redis_server.url,
-        storage_uri=f"s3://{bucket}/labeler",
-        s3_endpoint_url=proxy.url,  # the worker and the CLI go through the counting proxy
-        model_name="digits",
-        batch_max_images=128,  # the whole corpus in one batch
-        inference_batch_size=8,
-        max_object_bytes=MAX_OBJECT_BYTES,
-        **CREDENTIALS,
-    )
-    log = tmp_path_factory.mktemp("bad-input") / "worker.log"
-    worker = WorkerProcess(env, log, "--queues", "inference")
     try:
-        direct = Stores(_settings(env, s3_endpoint_url=s3_server.endpoint_url))
-        make_s3_client(direct.settings.s3_options()).create_bucket(Bucket=bucket)
-        _register_digits(direct, digits)
-        cases = _drop_corpus(direct, digits)
-        worker.start()
-        assert worker.process is not None
-        # One small batch first: "before" is a child that has loaded the model and run a batch.
-        app = build_app(_settings(env))
-        warm = app.send_task(
-            CLASSIFY_BATCH, kwargs={"payload": {"batch_id": "warm", "keys": ["warm-up/0.png"]}}
-        )
-        assert warm.get(timeout=120)["labeled"] == 1
-        (child,) = _child_pids(worker.process.pid)
-        before = _memory_kib(child)
+        with s3_deployment(s3_server.endpoint_url, digits.model_path, name="bad-input") as site:
+            env = site.env(
+                redis_server.url,
+                s3_endpoint_url=proxy.url,  # the worker and the CLI go through the counting proxy
+                batch_max_images=128,  # the whole corpus in one batch
+                inference_batch_size=8,
+                max_object_bytes=MAX_OBJECT_BYTES,
+                **CREDENTIALS,
+            )
+            cases = _drop_corpus(site.incoming, digits)  # straight to S3, not through the proxy
+            log = tmp_path_factory.mktemp("bad-input") / "worker.log"
+            with running_worker(env, log, "--queues", "inference") as worker:
+                assert worker.process is not None
+                # One small batch first: "before" is a child that has loaded the model and run
+                # a batch.
+                app = build_app(settings_from_env(env))
+                warm = app.send_task(
+                    CLASSIFY_BATCH,
+                    kwargs={"payload": {"batch_id": "warm", "keys": ["warm-up/0.png"]}},
+                )
+                assert warm.get(timeout=120)["labeled"] == 1
+                (child,) = child_pids(worker.process.pid)
+                before = _memory_kib(child)
 
-        out = run_labeler(env, "submit", PREFIX, "--wait", "--timeout", "180")
+                out = run_labeler(env, "submit", PREFIX, "--wait", "--timeout", "180")
 
-        assert _child_pids(worker.process.pid) == [child], "the worker child was replaced"
-        after = _memory_kib(child)
-        labels = direct.area(Area.LABELS)
-        label_keys = {info.key for info in labels.list(PREFIX)}
-        records = {
-            c.key: LabelRecord.model_validate_json(labels.get(label_key(c.key)).data)
-            for c in cases
-            if label_key(c.key) in label_keys
-        }
-        yield CorpusRun(cases, records, label_keys, out.stdout, proxy, before, after)
+                assert child_pids(worker.process.pid) == [child], "the worker child was replaced"
+                after = _memory_kib(child)
+            label_keys = {info.key for info in site.labels.list(PREFIX)}
+            records = {c.key: site.record(c.key) for c in cases if label_key(c.key) in label_keys}
+            yield CorpusRun(cases, records, label_keys, out.stdout, proxy, before, after)
     finally:
-        worker.stop()
         proxy.close()
 
 

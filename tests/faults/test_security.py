@@ -26,7 +26,7 @@ import pytest
 import redis
 from kombu import Connection
 
-from labeler.settings import Settings, load_settings
+from labeler.settings import Settings, load_settings, settings_from_env
 from labeler.wiring import Stores, build_app
 from storage import Area, ErrorReason, LabelRecord, ObjectStore, make_s3_client
 from storage.keys import label_key
@@ -35,7 +35,7 @@ from tasks.app import INFERENCE_QUEUE, LabelerCelery
 from tasks.contracts import CLASSIFY_BATCH
 from tests.conftest import DigitsFixture
 from tests.support.corpus import DigitView, confident_views
-from tests.support.digits import CLASSES, INPUT_SIZE
+from tests.support.digits import CLASSES, INPUT_SIZE, register_digits
 from tests.support.processes import LABELER, WorkerProcess, labeler_env, run_labeler
 from tests.support.services import MotoServer, RedisServer, free_port, wait_until
 from tests.support.tls import TlsRedisServer, make_certificates
@@ -77,22 +77,12 @@ class Deployment:
         return result
 
 
-def _settings(env: dict[str, str]) -> Settings:
-    return load_settings(
-        **{k.removeprefix("LABELER_").lower(): v for k, v in env.items() if k[:8] == "LABELER_"}
-    )
-
-
 def _deployment(env: dict[str, str], log: Path, digits: DigitsFixture) -> Deployment:
     """Register the digits model (in-process, as `labeler models import` does), start a worker."""
-    settings = _settings(env)
+    settings = settings_from_env(env)
     stores = Stores(settings)
     registry = stores.registry()
-    registry.register(
-        digits.model_path.read_bytes(),
-        ModelMetadata(name=registry.name, version=1, class_names=CLASSES, input_size=INPUT_SIZE),
-    )
-    registry.promote(1)
+    register_digits(registry, digits.model_path)
     views = list(confident_views(digits.model_path, digits.held_out, 20))
     worker = WorkerProcess(env, log, "--queues", "inference").start()
     return Deployment(
@@ -135,7 +125,7 @@ def secure(
         model_name="digits",
         metrics_port=free_port(),
     )
-    make_s3_client(_settings(env).s3_options()).create_bucket(Bucket=bucket)
+    make_s3_client(settings_from_env(env).s3_options()).create_bucket(Bucket=bucket)
     deployment = _deployment(env, tmp_path_factory.mktemp("secure") / "worker.log", digits)
     try:
         yield deployment

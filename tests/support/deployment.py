@@ -25,10 +25,9 @@ from labeler.settings import Settings, settings_from_env
 from labeler.wiring import Stores
 from storage import Area, LabelRecord, ObjectNotFound, ObjectStore, make_s3_client
 from storage.keys import label_key, source_key
-from storage.registry import ModelMetadata
 from storage.s3 import S3Client
 from tests.conftest import TEST_CREDENTIALS
-from tests.support.digits import CLASSES, INPUT_SIZE
+from tests.support.digits import register_digits
 from tests.support.processes import labeler_env
 
 ROOT = "labeler"  # every area lives under s3://<bucket>/labeler/<area>
@@ -135,12 +134,7 @@ def s3_deployment(
     )
     try:
         if model_path is not None:
-            # What `labeler models import` does, without starting TensorFlow in a subprocess.
-            registry = Stores(deployment.storage_settings).registry()
-            metadata = ModelMetadata(
-                name=MODEL, version=1, class_names=CLASSES, input_size=INPUT_SIZE, source="imported"
-            )
-            registry.promote(registry.register(model_path.read_bytes(), metadata).version)
+            register_digits(Stores(deployment.storage_settings).registry(), model_path)
         yield deployment
     finally:
         _remove_bucket(deployment.s3, deployment.bucket)
@@ -183,6 +177,11 @@ def holds_for(condition: Callable[[], object], seconds: float, what: str) -> Non
 
 
 def child_pids(pid: int) -> list[int]:
-    """The direct children of process ``pid`` (Linux)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(child) for child in children]
+    """The direct children of process ``pid`` (Linux), forked by any of its threads."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue  # the thread ended while we looked
+    return children

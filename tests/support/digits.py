@@ -7,10 +7,20 @@ from pathlib import Path
 import numpy as np
 
 from labeler.sample_data import Sample, digit_samples
+from storage.registry import ModelMetadata, ModelRegistry
 from workers.decoding import decode_image
 
 INPUT_SIZE = (32, 32)
 CLASSES = [str(d) for d in range(10)]
+
+
+def register_digits(registry: ModelRegistry, model_path: Path) -> None:
+    """What `labeler models import` does with the digits model (as v1, promoted), without
+    starting TensorFlow in a subprocess."""
+    metadata = ModelMetadata(
+        name=registry.name, version=1, class_names=CLASSES, input_size=INPUT_SIZE, source="imported"
+    )
+    registry.promote(registry.register(model_path.read_bytes(), metadata).version)
 
 
 def split_digits() -> tuple[list[Sample], list[Sample]]:
