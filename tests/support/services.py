@@ -40,9 +40,24 @@ def require_binary(name: str, how_to_install: str) -> str:
 
 # Ports for the servers tests start lie below Linux's ephemeral range (32768-60999), which the
 # kernel hands to outgoing connections and to bind(0): a port from there can be taken by some
-# client's connection before our server binds it, or while a Redis restarts on it, and with two
-# test processes at once that happens. Random picks keep the two processes apart.
+# client's connection before our server binds it, or while a Redis restarts on it. A port is
+# checked when it is picked but bound only later, by a server that may take seconds to start,
+# so the range is split between the test processes (pytest-xdist's gw0, gw1, ...) and each
+# process walks its own share in order: no two picks, in one process or two, are the same port.
 _SERVER_PORTS = range(20000, 32000)
+
+
+def _own_ports() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw"))
+    share = len(_SERVER_PORTS) // count
+    start = _SERVER_PORTS.start + index * share
+    return range(start, start + share)
+
+
+_next_port = _own_ports().start + random.randrange(len(_own_ports()))  # runs don't replay ports
+_port_lock = threading.Lock()
 
 
 def free_port() -> int:
@@ -50,12 +65,19 @@ def free_port() -> int:
 
 
 def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive loopback ports that nothing listens on."""
-    for _ in range(1000):
-        first = random.randrange(_SERVER_PORTS.start, _SERVER_PORTS.stop - count)
-        if all(_bindable(first + n) for n in range(count)):
-            return first
-    raise RuntimeError(f"no {count} free consecutive ports in {_SERVER_PORTS}")
+    """The first of ``count`` consecutive loopback ports that nothing listens on, none of them
+    handed out before by this test process (until its share of the range wraps around)."""
+    global _next_port
+    ports = _own_ports()
+    with _port_lock:
+        for _ in range(len(ports)):
+            first = _next_port
+            if first + count > ports.stop:
+                first = ports.start
+            _next_port = first + count
+            if all(_bindable(first + n) for n in range(count)):
+                return first
+    raise RuntimeError(f"no {count} free consecutive ports in {ports}")
 
 
 def _bindable(port: int) -> bool:
