@@ -135,7 +135,15 @@ class Settings(BaseSettings):
         7200,
         ge=10,
         description="Redis re-delivers a task whose worker vanished (killed with its parent) "
-        "after this long; must exceed both time limits. A killed child is re-queued at once.",
+        "after this long, if that worker served the training queue; must exceed the training "
+        "time limit and the inference one plus the retry backoff cap. A killed child's task is "
+        "re-queued at once.",
+    )
+    inference_visibility_timeout_seconds: int = Field(
+        600,
+        ge=10,
+        description="The same for workers serving only the inference queue; must exceed the "
+        "inference time limit plus the retry backoff cap (a retried batch waits reserved).",
     )
 
     # --- dispatcher -------------------------------------------------------------------------
@@ -246,12 +254,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _visibility_outlasts_tasks(self) -> Settings:
-        longest = max(self.inference_time_limit_seconds, self.training_time_limit_seconds)
-        if self.visibility_timeout_seconds <= longest:
-            raise ValueError(
-                f"LABELER_VISIBILITY_TIMEOUT_SECONDS ({self.visibility_timeout_seconds}) must "
-                f"exceed the longest task time limit ({longest}), or a slow task runs twice"
-            )
+        # A batch waiting out its retry backoff stays reserved by the worker, then runs.
+        batch = self.inference_time_limit_seconds + self.retry_backoff_max_seconds
+        for name, timeout, longest in (
+            ("VISIBILITY_TIMEOUT", self.visibility_timeout_seconds,
+             max(batch, self.training_time_limit_seconds)),
+            ("INFERENCE_VISIBILITY_TIMEOUT", self.inference_visibility_timeout_seconds, batch),
+        ):  # fmt: skip
+            if timeout <= longest:
+                raise ValueError(
+                    f"LABELER_{name}_SECONDS ({timeout}) must exceed the longest time a task "
+                    f"can stay reserved ({longest} s: its time limit, plus the retry backoff "
+                    "cap for a batch), or a slow task runs twice"
+                )
         return self
 
     @model_validator(mode="after")

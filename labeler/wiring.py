@@ -176,6 +176,7 @@ def celery_config(settings: Settings) -> CeleryConfig:
         retrain_cron=settings.retrain_cron,
         retrain_expires=settings.retrain_expires_seconds,
         visibility_timeout=settings.visibility_timeout_seconds,
+        inference_visibility_timeout=settings.inference_visibility_timeout_seconds,
         inference_soft_time_limit=int(settings.inference_time_limit_seconds * 0.8),
         inference_time_limit=settings.inference_time_limit_seconds,
         inference_retry_backoff_max=settings.retry_backoff_max_seconds,
@@ -189,5 +190,5 @@ def build_app(
 ) -> LabelerCelery:
     """The Celery app for a producer (no queues) or a worker serving ``queues``."""
     return create_app(
-        celery_config(settings), lambda: ProcessEngines(settings, queues, multiprocess_dir)
+        celery_config(settings), lambda: ProcessEngines(settings, queues, multiprocess_dir), queues
     )

@@ -19,6 +19,7 @@ from kombu import Queue
 
 from monitoring.metrics import Metrics
 from tasks.contracts import CLASSIFY_BATCH
+from tasks.queues import own_reservations
 from tasks.training import RETRAIN
 from workers.batch import BatchClassifier
 from workers.retrain import Retrainer
@@ -37,8 +38,10 @@ class CeleryConfig:
     broker_url: str
     result_backend: str
     # Redis re-delivers a reserved but unacknowledged message after this long: it must exceed the
-    # longest task, or a slow task would run twice at once.
+    # longest task, or a slow task would run twice at once. Workers serving only the inference
+    # queue use the second, shorter one (a batch takes seconds, a retrain up to hours).
     visibility_timeout: int = 7200
+    inference_visibility_timeout: int = 600
     inference_soft_time_limit: int = 240
     inference_time_limit: int = 300
     training_soft_time_limit: int = 6600
@@ -88,8 +91,13 @@ class LabelerCelery(Celery):  # type: ignore[misc]
         return self._engines
 
 
-def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> LabelerCelery:
-    """Build the app and register every task."""
+def create_app(
+    config: CeleryConfig,
+    engines_factory: Callable[[], Engines],
+    queues: frozenset[str] = frozenset(),
+) -> LabelerCelery:
+    """Build the app for a producer (no ``queues``) or a worker serving ``queues``, and
+    register every task."""
     from tasks.inference import register_inference
     from tasks.training import register_training
 
@@ -106,14 +114,7 @@ def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> 
         # A replacement child (after a crash or a hard time limit) imports TensorFlow and loads
         # the model before it reports UP; with Celery's 4 s it is killed and replaced, in a loop.
         worker_proc_alive_timeout=PROCESS_START_TIMEOUT,
-        broker_transport_options={
-            "visibility_timeout": config.visibility_timeout,
-            # kombu looks for messages past their visibility timeout every interval x throttle
-            # seconds, 10 x 10 by default: sweep every 10 s instead, so a vanished worker's
-            # batch comes back within visibility_timeout + 10 s, as documented.
-            "unacked_restore_interval": 10,
-            "unacked_restore_throttle": 1,
-        },
+        broker_transport_options=_broker_transport_options(config, queues),
         result_backend_transport_options={"visibility_timeout": config.visibility_timeout},
         broker_connection_retry_on_startup=True,
         # Let a batch running when the broker connection drops finish: its labels are written
@@ -164,6 +165,23 @@ def create_app(config: CeleryConfig, engines_factory: Callable[[], Engines]) -> 
         app.engines().metrics.task_retries.labels(task, error).inc()
 
     return app
+
+
+def _broker_transport_options(config: CeleryConfig, queues: frozenset[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "visibility_timeout": config.visibility_timeout,
+        # kombu looks for messages past their visibility timeout every interval x throttle
+        # seconds, 10 x 10 by default: sweep every 10 s instead, so a vanished worker's batch
+        # comes back within visibility_timeout + 10 s, as documented.
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+    }
+    if queues == {INFERENCE_QUEUE}:
+        # A vanished batch worker's message comes back in minutes, not after a retrain's hours;
+        # its own hash keeps the short timeout away from retrains reserved by other workers.
+        options |= own_reservations(INFERENCE_QUEUE)
+        options["visibility_timeout"] = config.inference_visibility_timeout
+    return options
 
 
 def _start_task_metrics_at_zero(metrics: Metrics) -> None:

@@ -2,7 +2,8 @@
 
 kombu's Redis transport keeps a queue as a list named after it (plus one list per extra
 priority step, ``<queue>\\x06\\x16<n>``) and reserved messages in the ``unacked`` hash, whose
-values are ``[message, exchange, routing_key]``.
+values are ``[message, exchange, routing_key]``. A worker serving a single queue may keep its
+reserved messages in hashes of its own (:func:`own_reservations`), ``unacked:<queue>``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,27 @@ from typing import Any
 
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's default priority_steps
-UNACKED_HASH = "unacked"
+UNACKED_HASH = "unacked"  # kombu's default
 _SAMPLE_MESSAGES = 200  # payloads read per backlog check; longer queues are extrapolated
+
+
+def unacked_hash(queue: str) -> str:
+    """The hash of messages reserved by workers that serve only ``queue``."""
+    return f"{UNACKED_HASH}:{queue}"
+
+
+def own_reservations(queue: str) -> dict[str, str]:
+    """kombu transport options that keep a worker's reserved messages apart from other workers'.
+
+    kombu re-delivers every message in its hash that was reserved longer ago than the sweeping
+    worker's visibility timeout, whichever queue it came from. Workers with a short timeout
+    therefore need a hash of their own, or they would re-deliver a long task still running.
+    """
+    return {
+        "unacked_key": unacked_hash(queue),
+        "unacked_index_key": f"unacked_index:{queue}",
+        "unacked_mutex_key": f"unacked_mutex:{queue}",
+    }
 
 
 def _priority_lists(queue: str) -> list[str]:
@@ -36,7 +56,10 @@ def queue_depths(client: Any, queues: Iterable[str]) -> dict[tuple[str, str], in
         depths[(queue, "waiting")] = int(sum(chunk))
         depths[(queue, "reserved")] = 0
     # Reserved messages are few (workers x prefetch), so reading them all is cheap.
-    for raw in client.hvals(UNACKED_HASH):
+    pipe = client.pipeline(transaction=False)
+    for name in [UNACKED_HASH, *map(unacked_hash, names)]:
+        pipe.hvals(name)
+    for raw in (raw for values in pipe.execute() for raw in values):
         try:
             routing_key = json.loads(raw)[2]
         except (ValueError, IndexError, TypeError):

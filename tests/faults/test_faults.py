@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import redis
 from labeler.settings import settings_from_env
 from labeler.wiring import build_app
 from tasks.contracts import CLASSIFY_BATCH
+from tasks.queues import UNACKED_HASH, unacked_hash
 from tests.conftest import DigitsFixture
 from tests.support.deployment import (
     S3Deployment,
@@ -37,13 +39,14 @@ from tests.workers.test_dispatch import aws_event, minio_event
 pytestmark = pytest.mark.slow
 
 INFERENCE = "inference"
-UNACKED = "unacked"  # kombu's hash of messages reserved by a worker and not yet acknowledged
+# kombu's hash of messages reserved by a worker serving only the inference queue, not yet acked
+UNACKED = unacked_hash(INFERENCE)
 # Redis re-delivers a vanished worker's message after the visibility timeout, which must exceed
-# every time limit; a batch here takes well under a second.
+# a batch's time limit plus its retry backoff cap; a batch here takes well under a second.
 SHORT_VISIBILITY = {
-    "visibility_timeout_seconds": 20,
-    "training_time_limit_seconds": 15,
+    "inference_visibility_timeout_seconds": 20,
     "inference_time_limit_seconds": 15,
+    "retry_backoff_max_seconds": 3,
 }
 
 
@@ -95,6 +98,15 @@ def _assert_labeled_once(d: S3Deployment, prefix: str, etags: dict[str, str]) ->
     assert not rewritten, f"labels written more than once: {rewritten}"
 
 
+def _reserve_a_retrain_an_hour_ago(broker: redis.Redis) -> str:
+    """Put a retrain in the training workers' reserved hash as kombu does; its delivery tag."""
+    tag = f"retrain-{uuid.uuid4().hex[:8]}"
+    message = {"body": "", "headers": {}, "properties": {"delivery_tag": tag}}
+    broker.hset(UNACKED_HASH, tag, json.dumps([message, "", "training"]))
+    broker.zadd(f"{UNACKED_HASH}_index", {tag: time.time() - 3600})
+    return tag
+
+
 # --- 1. SIGKILL mid-run ---------------------------------------------------------------------------
 
 KILL_IMAGES, KILL_BATCH = 1000, 25
@@ -112,6 +124,7 @@ def test_sigkill_of_a_child_then_of_the_whole_worker_mid_run_loses_nothing(
         redis_url, batch_max_images=KILL_BATCH, inference_batch_size=KILL_BATCH, **SHORT_VISIBILITY
     )
     broker = redis.Redis.from_url(redis_url)
+    retrain = _reserve_a_retrain_an_hour_ago(broker)
     log = tmp_path / "worker.log"
     worker = WorkerProcess(env, log, "--queues", INFERENCE).start()
     try:
@@ -148,6 +161,10 @@ def test_sigkill_of_a_child_then_of_the_whole_worker_mid_run_loses_nothing(
             assert worker.log_tail(1_000_000).count(f"{task}] received") == 2
             assert f"{task}] succeeded" in worker.log_tail(1_000_000)
         _assert_labeled_once(d, prefix, etags)
+        # The batch workers swept their reservations with a 20 s timeout for over a minute; a
+        # retrain reserved an hour ago by a training worker is still running, not re-delivered.
+        assert broker.hexists(UNACKED_HASH, retrain)
+        assert broker.llen("training") == 0
     finally:
         worker.stop()
         broker.close()
@@ -339,15 +356,16 @@ def test_a_poison_message_is_rejected_once_counted_and_does_not_loop(
             def log() -> str:
                 return worker.log_tail(1_000_000)
 
-            holds_for(
-                lambda: (
+            def settled() -> bool:
+                return (
                     log().count(REJECTED) == len(poisons)
                     and broker.llen(INFERENCE) == 0
                     and broker.hlen(UNACKED) == 0
-                ),
-                5,
-                "each poison message logged once, and nothing left to deliver again",
-            )
+                )
+
+            # The good batch's result is stored a moment before its message is acknowledged.
+            wait_until(settled, 10, "every message acknowledged")
+            holds_for(settled, 5, "each poison message logged once, and nothing left to deliver")
             rejected = scrape(
                 port, "labeler_tasks_rejected_total", task=CLASSIFY_BATCH, reason="invalid_payload"
             )

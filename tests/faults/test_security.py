@@ -33,6 +33,7 @@ from storage.keys import label_key
 from storage.registry import ModelMetadata, ModelRegistry
 from tasks.app import INFERENCE_QUEUE, LabelerCelery
 from tasks.contracts import CLASSIFY_BATCH
+from tasks.queues import unacked_hash
 from tests.conftest import DigitsFixture
 from tests.support.corpus import DigitView, confident_views
 from tests.support.digits import CLASSES, INPUT_SIZE, register_digits
@@ -235,8 +236,9 @@ def test_a_pickle_message_is_refused_not_run_and_not_redelivered(
             )
 
     wait_until(lambda: secure.log().count(REFUSED_PICKLE) >= 2, 60, "both pickles refused")
+    reserved = unacked_hash(INFERENCE_QUEUE)  # a worker serving only this queue holds them there
     wait_until(
-        lambda: broker.llen(INFERENCE_QUEUE) == 0 and broker.hlen("unacked") == 0,
+        lambda: broker.llen(INFERENCE_QUEUE) == 0 and broker.hlen(reserved) == 0,
         10,
         "the refused messages acknowledged, not queued or held",
     )

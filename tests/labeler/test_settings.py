@@ -86,6 +86,43 @@ def test_half_s3_credentials_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"LABELER_INFERENCE_VISIBILITY_TIMEOUT_SECONDS": "360"},  # 300 s limit + 60 s backoff
+            "LABELER_INFERENCE_VISIBILITY_TIMEOUT_SECONDS (360) must exceed the longest time a "
+            "task can stay reserved (360 s",
+        ),
+        (
+            {"LABELER_TRAINING_TIME_LIMIT_SECONDS": "7200"},
+            "LABELER_VISIBILITY_TIMEOUT_SECONDS (7200) must exceed the longest time a task can "
+            "stay reserved (7200 s",
+        ),
+    ],
+)
+def test_a_visibility_timeout_a_task_can_outlast_is_refused(
+    monkeypatch: pytest.MonkeyPatch, overrides: dict[str, str], expected: str
+) -> None:
+    for name, value in overrides.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert expected in str(info.value)
+
+
+def test_visibility_timeouts_that_outlast_every_task_are_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LABELER_INFERENCE_VISIBILITY_TIMEOUT_SECONDS", "361")
+    monkeypatch.setenv("LABELER_TRAINING_TIME_LIMIT_SECONDS", "7199")
+    settings = load_settings()
+    assert (settings.inference_visibility_timeout_seconds, settings.visibility_timeout_seconds) == (
+        361,
+        7200,
+    )
+
+
 def test_cli_exits_2_with_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"LABELER_BATCH_MAX_IMAGES": "-1", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(

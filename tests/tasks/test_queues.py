@@ -8,7 +8,7 @@ from labeler.settings import load_settings
 from labeler.wiring import build_app
 from tasks.app import INFERENCE_QUEUE, QUEUES, TRAINING_QUEUE
 from tasks.contracts import CLASSIFY_BATCH
-from tasks.queues import queue_depths, waiting_images
+from tasks.queues import queue_depths, unacked_hash, waiting_images
 
 
 def _send(redis_url: str, sizes: list[int]) -> None:
@@ -33,9 +33,14 @@ def test_queue_depths_count_waiting_and_reserved(redis_url: str) -> None:
     raw = client.lpop(INFERENCE_QUEUE)
     assert raw is not None
     client.hset("unacked", "tag-1", f'[{raw.decode()}, "", "{INFERENCE_QUEUE}"]')
+    # ...or into a hash of its own, if it serves only one queue.
+    raw = client.lpop(INFERENCE_QUEUE)
+    assert raw is not None
+    own = unacked_hash(INFERENCE_QUEUE)
+    client.hset(own, "tag-2", f'[{raw.decode()}, "", "{INFERENCE_QUEUE}"]')
 
     depths = queue_depths(client, QUEUES)
 
-    assert depths[(INFERENCE_QUEUE, "waiting")] == 2
-    assert depths[(INFERENCE_QUEUE, "reserved")] == 1
+    assert depths[(INFERENCE_QUEUE, "waiting")] == 1
+    assert depths[(INFERENCE_QUEUE, "reserved")] == 2
     assert depths[(TRAINING_QUEUE, "waiting")] == depths[(TRAINING_QUEUE, "reserved")] == 0
