@@ -87,25 +87,26 @@ def test_half_s3_credentials_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "expected"),
+    ("variable", "value", "expected"),
     [
         (
-            {"LABELER_INFERENCE_VISIBILITY_TIMEOUT_SECONDS": "360"},  # 300 s limit + 60 s backoff
+            "LABELER_INFERENCE_VISIBILITY_TIMEOUT_SECONDS",
+            "360",  # the 300 s time limit plus the 60 s retry backoff cap
             "LABELER_INFERENCE_VISIBILITY_TIMEOUT_SECONDS (360) must exceed the longest time a "
             "task can stay reserved (360 s",
         ),
         (
-            {"LABELER_TRAINING_TIME_LIMIT_SECONDS": "7200"},
+            "LABELER_TRAINING_TIME_LIMIT_SECONDS",
+            "7200",
             "LABELER_VISIBILITY_TIMEOUT_SECONDS (7200) must exceed the longest time a task can "
             "stay reserved (7200 s",
         ),
     ],
 )
 def test_a_visibility_timeout_a_task_can_outlast_is_refused(
-    monkeypatch: pytest.MonkeyPatch, overrides: dict[str, str], expected: str
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
 ) -> None:
-    for name, value in overrides.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert expected in str(info.value)

@@ -44,3 +44,18 @@ def test_queue_depths_count_waiting_and_reserved(redis_url: str) -> None:
     assert depths[(INFERENCE_QUEUE, "waiting")] == 1
     assert depths[(INFERENCE_QUEUE, "reserved")] == 2
     assert depths[(TRAINING_QUEUE, "waiting")] == depths[(TRAINING_QUEUE, "reserved")] == 0
+
+
+def test_only_a_batch_worker_sweeps_its_own_reservations_with_the_short_timeout() -> None:
+    settings = load_settings(broker_url="redis://127.0.0.1:6379/0")
+    options = {
+        queues: build_app(settings, frozenset(queues)).conf.broker_transport_options
+        for queues in [(INFERENCE_QUEUE,), (TRAINING_QUEUE,), QUEUES, ()]
+    }
+
+    batch = options[(INFERENCE_QUEUE,)]
+    assert batch["unacked_key"] == unacked_hash(INFERENCE_QUEUE)
+    assert batch["visibility_timeout"] == settings.inference_visibility_timeout_seconds == 600
+    for others in [(TRAINING_QUEUE,), QUEUES, ()]:
+        assert "unacked_key" not in options[others]  # kombu's default hash
+        assert options[others]["visibility_timeout"] == settings.visibility_timeout_seconds
