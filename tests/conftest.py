@@ -14,7 +14,7 @@ from labeler.sample_data import Sample
 from storage import S3Options, S3Store, make_s3_client
 from storage.s3 import S3Client
 from tests.support.processes import TEST_CREDENTIALS
-from tests.support.services import MotoServer, RedisServer
+from tests.support.services import MotoServer, RedisServer, remove_bucket
 
 
 @pytest.fixture(scope="session")
@@ -58,11 +58,7 @@ def bucket(s3_client: S3Client) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=name)
     yield name
-    paginator = s3_client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=name):  # pages of at most 1,000: one DeleteObjects each
-        if objects := [{"Key": item["Key"]} for item in page.get("Contents", [])]:
-            s3_client.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
-    s3_client.delete_bucket(Bucket=name)
+    remove_bucket(s3_client, name)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from storage.s3 import S3Client
 from tests.conftest import TEST_CREDENTIALS
 from tests.support.digits import register_digits
 from tests.support.processes import labeler_env
+from tests.support.services import remove_bucket
 
 ROOT = "labeler"  # every area lives under s3://<bucket>/labeler/<area>
 MODEL = "digits"
@@ -137,20 +138,7 @@ def s3_deployment(
             register_digits(Stores(deployment.storage_settings).registry(), model_path)
         yield deployment
     finally:
-        _remove_bucket(deployment.s3, deployment.bucket)
-
-
-def _remove_bucket(s3: S3Client, bucket: str) -> None:
-    while True:  # list afresh each time: paging on past deleted markers skips versions
-        page = s3.list_object_versions(Bucket=bucket, MaxKeys=1000)
-        doomed = [
-            {"Key": v["Key"], "VersionId": v["VersionId"]}
-            for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
-        ]
-        if not doomed:
-            break
-        s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
-    s3.delete_bucket(Bucket=bucket)
+        remove_bucket(deployment.s3, deployment.bucket)
 
 
 # --- observing processes ------------------------------------------------------------------------

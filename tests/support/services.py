@@ -1,5 +1,5 @@
-"""Real services for the tests: a private redis-server, a moto S3 server, a TCP proxy, and a
-producer that pushes bucket events into Redis as MinIO does.
+"""Real services for the tests: a private redis-server, a moto S3 server (and a way to remove a
+bucket from it), a TCP proxy, and a producer that pushes bucket events into Redis as MinIO does.
 
 Each runs in its own process (or thread, for the proxy and the producer) on a loopback port and
 is stopped by the fixture that started it. A missing binary skips locally but fails under
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from storage.s3 import S3Client
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -56,7 +58,8 @@ def _own_ports() -> range:
     return range(start, start + share)
 
 
-_next_port = _own_ports().start + random.randrange(len(_own_ports()))  # runs don't replay ports
+_OWN_PORTS = _own_ports()
+_next_port = _OWN_PORTS.start + random.randrange(len(_OWN_PORTS))  # runs don't replay ports
 _port_lock = threading.Lock()
 
 
@@ -68,16 +71,15 @@ def free_ports(count: int) -> int:
     """The first of ``count`` consecutive loopback ports that nothing listens on, none of them
     handed out before by this test process (until its share of the range wraps around)."""
     global _next_port
-    ports = _own_ports()
     with _port_lock:
-        for _ in range(len(ports)):
+        for _ in range(len(_OWN_PORTS)):
             first = _next_port
-            if first + count > ports.stop:
-                first = ports.start
+            if first + count > _OWN_PORTS.stop:
+                first = _OWN_PORTS.start
             _next_port = first + count
             if all(_bindable(first + n) for n in range(count)):
                 return first
-    raise RuntimeError(f"no {count} free consecutive ports in {ports}")
+    raise RuntimeError(f"no {count} free consecutive ports in {_OWN_PORTS}")
 
 
 def _bindable(port: int) -> bool:
@@ -109,6 +111,20 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def remove_bucket(s3: S3Client, bucket: str) -> None:
+    """Delete every object version and delete marker in ``bucket``, then the bucket."""
+    while True:  # list afresh each time: paging on past deleted markers skips versions
+        page = s3.list_object_versions(Bucket=bucket, MaxKeys=1000)
+        doomed = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+        ]
+        if not doomed:
+            break
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
+    s3.delete_bucket(Bucket=bucket)
 
 
 class RedisServer:
