@@ -20,8 +20,7 @@ from bench.procstat import CpuWindow
 from storage import LocalStore
 from storage.registry import ModelMetadata, ModelRegistry
 from storage.results import LabelStore
-from tasks.app import INFERENCE_QUEUE
-from tasks.contracts import CLASSIFY_BATCH, ClassifyBatchRequest
+from tasks.contracts import CLASSIFY_BATCH, INFERENCE_QUEUE, ClassifyBatchRequest
 from workers.batch import make_record
 from workers.decoding import configure_pillow, decode_image
 from workers.model_runtime import LoadedModel, ModelRuntime

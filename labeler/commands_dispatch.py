@@ -16,8 +16,8 @@ from labeler.settings import Settings, env_name
 from labeler.wiring import Stores, build_app
 from monitoring.metrics import Metrics
 from storage import Area
-from tasks.app import INFERENCE_QUEUE, LabelerCelery
-from tasks.contracts import CLASSIFY_BATCH, ClassifyBatchRequest
+from tasks.app import LabelerCelery
+from tasks.contracts import CLASSIFY_BATCH, INFERENCE_QUEUE, ClassifyBatchRequest
 from tasks.queues import waiting_images
 from workers.dispatch import DispatchConfig, Dispatcher
 from workers.events import s3_root

@@ -16,8 +16,13 @@ from labeler.wiring import Stores, build_app
 from monitoring.exposition import reset_multiprocess_dir
 from monitoring.metrics import Metrics
 from storage import Area
-from tasks.app import INFERENCE_QUEUE, QUEUES, TRAINING_QUEUE
-from tasks.contracts import CLASSIFY_BATCH, ClassifyBatchRequest
+from tasks.contracts import (
+    CLASSIFY_BATCH,
+    INFERENCE_QUEUE,
+    QUEUES,
+    TRAINING_QUEUE,
+    ClassifyBatchRequest,
+)
 
 
 @click.command()

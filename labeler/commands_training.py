@@ -12,8 +12,7 @@ from labeler.cli_common import broker_or_exit, settings_or_exit
 from labeler.wiring import Stores, build_app
 from storage import Area
 from storage.keys import report_key
-from tasks.app import TRAINING_QUEUE
-from tasks.training import RETRAIN
+from tasks.contracts import RETRAIN, TRAINING_QUEUE
 
 
 @click.command()

@@ -16,7 +16,7 @@ import redis
 from labeler.settings import Settings, env_name
 from monitoring.exposition import MetricsServer, exposition_registry
 from monitoring.metrics import Metrics
-from tasks.app import QUEUES
+from tasks.contracts import QUEUES
 from tasks.queues import queue_depths
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storage import Area, InvalidStoreUri, S3Options, check_store_uri, join_uri
+from storage import Area, InvalidStoreUri, PermanentError, S3Options, check_store_uri, join_uri
 
 ENV_PREFIX = "LABELER_"
 
@@ -36,7 +36,7 @@ def _store_uri(value: str) -> str:
 StoreUri = Annotated[str, AfterValidator(_store_uri)]
 
 
-class ConfigError(Exception):
+class ConfigError(PermanentError):
     """Settings that cannot work; the message names each variable and what is allowed."""
 
 

@@ -17,7 +17,8 @@ from monitoring.metrics import Metrics
 from storage import Area, ObjectStore, make_s3_client, open_store
 from storage.registry import ModelRegistry
 from storage.results import LabelStore
-from tasks.app import INFERENCE_QUEUE, CeleryConfig, LabelerCelery, create_app
+from tasks.app import LabelerCelery, create_app
+from tasks.contracts import INFERENCE_QUEUE, CeleryConfig
 
 if TYPE_CHECKING:
     from workers.batch import BatchClassifier

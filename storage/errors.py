@@ -1,22 +1,45 @@
-"""Storage errors, split by what the caller should do.
+"""labeler's error family, and the storage errors in it.
 
-``TransientStorageError`` means "try again later" (timeouts, 5xx, throttling, endpoint down):
-Celery tasks retry it with backoff. ``PermanentStorageError`` means retrying cannot help (missing
-object, bad key, no permission): the caller records it and moves on.
+Every error labeler raises on purpose is a :class:`LabelerError`, split by what the caller should
+do: a :class:`TransientError` may succeed later (Celery tasks retry it with backoff: storage
+timeouts, 5xx, throttling, no model yet); a :class:`PermanentError` never will as made (a bad
+payload, key or image, a refused model): record it and move on. The root lives here, in the
+package every other one imports, so each layer's errors join it without an upward import.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 
-class StorageError(Exception):
+
+class LabelerError(Exception):
+    """Root of every error labeler raises on purpose."""
+
+
+class TransientError(LabelerError):
+    """The same call may succeed later: retry with backoff."""
+
+
+class PermanentError(LabelerError):
+    """Retrying cannot help: report it, record it, or fix the input."""
+
+
+def error_classes(root: type[LabelerError] = LabelerError) -> Iterator[type[LabelerError]]:
+    """``root`` and every subclass defined so far (of the modules imported), depth first."""
+    yield root
+    for sub in sorted(root.__subclasses__(), key=lambda c: c.__name__):
+        yield from error_classes(sub)
+
+
+class StorageError(LabelerError):
     """Root of every error raised by ``storage``."""
 
 
-class TransientStorageError(StorageError):
+class TransientStorageError(StorageError, TransientError):
     """The store could not answer now; the same call may succeed later."""
 
 
-class PermanentStorageError(StorageError):
+class PermanentStorageError(StorageError, PermanentError):
     """The call can never succeed as made."""
 
 
@@ -41,5 +64,5 @@ class ObjectTooLarge(PermanentStorageError):
         self.limit = limit
 
 
-class InvalidStoreUri(ValueError):
+class InvalidStoreUri(PermanentError, ValueError):
     """A storage URI that is neither ``s3://bucket[/prefix]`` nor ``file:///dir``."""

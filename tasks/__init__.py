@@ -1,22 +1,20 @@
 """The Celery layer: the app, queues, task contracts and thin task bodies."""
 
-from tasks.app import (
-    INFERENCE_QUEUE,
-    QUEUES,
-    TRAINING_QUEUE,
-    CeleryConfig,
-    LabelerCelery,
-    create_app,
-)
+from tasks.app import LabelerCelery, create_app
 from tasks.contracts import (
     CLASSIFY_BATCH,
+    INFERENCE_QUEUE,
+    QUEUES,
+    RETRAIN,
+    TRAINING_QUEUE,
     BatchResult,
+    CeleryConfig,
     ClassifyBatchRequest,
     InvalidPayload,
+    RetrainRequest,
     parse_payload,
 )
 from tasks.queues import queue_depths, waiting_images
-from tasks.training import RETRAIN, RetrainRequest
 
 __all__ = [
     "CLASSIFY_BATCH",

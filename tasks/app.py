@@ -9,71 +9,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from celery import Celery
+from celery import Celery, current_app
 from celery.schedules import crontab
 from celery.signals import task_retry, worker_process_init, worker_process_shutdown
 from kombu import Queue
 
 from monitoring.metrics import Metrics
-from tasks.contracts import CLASSIFY_BATCH
+from storage import TransientError, error_classes
+from tasks.contracts import (
+    INFERENCE_QUEUE,
+    QUEUES,
+    RETRAIN,
+    TASK_QUEUES,
+    CeleryConfig,
+    Engines,
+)
+from tasks.inference import register_inference
 from tasks.queues import own_reservations
-from tasks.training import RETRAIN
-from workers.batch import BatchClassifier
-from workers.retrain import Retrainer
-
-INFERENCE_QUEUE = "inference"
-TRAINING_QUEUE = "training"
-QUEUES = (INFERENCE_QUEUE, TRAINING_QUEUE)
+from tasks.training import register_training
 
 PROCESS_START_TIMEOUT = 120.0  # seconds a new prefork child may take to build its engines
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CeleryConfig:
-    broker_url: str
-    result_backend: str
-    # Redis re-delivers a reserved but unacknowledged message after this long: it must exceed the
-    # longest task, or a slow task would run twice at once. Workers serving only the inference
-    # queue use the second, shorter one (a batch takes seconds, a retrain up to hours).
-    visibility_timeout: int = 7200
-    inference_visibility_timeout: int = 600
-    inference_soft_time_limit: int = 240
-    inference_time_limit: int = 300
-    training_soft_time_limit: int = 6600
-    training_time_limit: int = 7000
-    # A batch that failed on a transient storage error waits 2, 4, 8... s, at most this long, so
-    # an outage's backlog drains soon after storage is back.
-    inference_retry_backoff_max: int = 60
-    retrain_cron: str = "0 2 * * *"  # UTC
-    retrain_expires: int = 3600  # a scheduled run that waited this long is dropped
-
-
-class Engines(Protocol):
-    """What task bodies need from their process; built once per worker process."""
-
-    @property
-    def metrics(self) -> Metrics: ...
-
-    @property
-    def classifier(self) -> BatchClassifier: ...
-
-    @property
-    def retrainer(self) -> Retrainer: ...
-
-    @property
-    def redis(self) -> Any: ...
-
-    @property
-    def model_name(self) -> str: ...
-
-    def warm_up(self) -> None: ...
-
-    def shutdown(self) -> None: ...
 
 
 class LabelerCelery(Celery):  # type: ignore[misc]
@@ -90,6 +49,11 @@ class LabelerCelery(Celery):  # type: ignore[misc]
             self._engines = self._engines_factory()
         return self._engines
 
+    @property
+    def built_engines(self) -> Engines | None:
+        """This process's engines if they were built, without building them."""
+        return self._engines
+
 
 def create_app(
     config: CeleryConfig,
@@ -98,9 +62,6 @@ def create_app(
 ) -> LabelerCelery:
     """Build the app for a producer (no ``queues``) or a worker serving ``queues``, and
     register every task."""
-    from tasks.inference import register_inference
-    from tasks.training import register_training
-
     app = LabelerCelery(config, engines_factory)
     app.conf.update(
         task_serializer="json",
@@ -124,10 +85,7 @@ def create_app(
         # message to come back after the visibility timeout, and the re-run writes nothing.
         worker_cancel_long_running_tasks_on_connection_loss=False,
         task_queues=[Queue(name) for name in QUEUES],
-        task_routes={
-            CLASSIFY_BATCH: {"queue": INFERENCE_QUEUE},
-            RETRAIN: {"queue": TRAINING_QUEUE},
-        },
+        task_routes={task: {"queue": queue} for task, queue in TASK_QUEUES.items()},
         task_default_queue=INFERENCE_QUEUE,
         task_track_started=True,
         result_expires=24 * 3600,
@@ -142,27 +100,9 @@ def create_app(
             "task": RETRAIN,
             "schedule": crontab(*config.retrain_cron.split()),
             "kwargs": {"payload": {"reason": "schedule"}},
-            "options": {"queue": TRAINING_QUEUE, "expires": config.retrain_expires},
+            "options": {"queue": TASK_QUEUES[RETRAIN], "expires": config.retrain_expires},
         }
     }
-
-    @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _build_engines(**_: Any) -> None:
-        engines = app.engines()
-        _start_task_metrics_at_zero(engines.metrics)
-        engines.warm_up()
-
-    @worker_process_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _process_exiting(**_: Any) -> None:
-        if app._engines is not None:
-            app._engines.shutdown()
-
-    @task_retry.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _count_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
-        task = getattr(request, "task", "unknown")
-        cause = getattr(reason, "exc", None) or reason  # Celery wraps the cause in a Retry
-        error = type(cause).__name__ if isinstance(cause, BaseException) else "Retry"
-        app.engines().metrics.task_retries.labels(task, error).inc()
 
     return app
 
@@ -185,9 +125,47 @@ def _broker_transport_options(config: CeleryConfig, queues: frozenset[str]) -> d
 
 
 def _start_task_metrics_at_zero(metrics: Metrics) -> None:
-    """Export every task's bounded series from the start, so rates and alerts see 0, not gaps."""
-    for task in (CLASSIFY_BATCH, RETRAIN):
+    """Export every task's bounded series from the start, so rates and alerts see 0, not gaps.
+
+    The retry series are one per transient error class: the family is the one list of them.
+    """
+    for task in TASK_QUEUES:
         metrics.tasks_in_progress.labels(task)
         metrics.tasks_rejected.labels(task, "invalid_payload")
-        for error in ("TransientStorageError", "ModelUnavailable"):
-            metrics.task_retries.labels(task, error)
+        for error in error_classes(TransientError):
+            metrics.task_retries.labels(task, error.__name__)
+
+
+# Worker process hooks, connected once per process (at import), for whichever app the worker
+# runs: Celery makes it the current app.
+def _worker_app() -> LabelerCelery | None:
+    app = current_app._get_current_object()
+    return app if isinstance(app, LabelerCelery) else None
+
+
+@worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
+def _build_engines(**_: Any) -> None:
+    app = _worker_app()
+    if app is None:
+        return
+    engines = app.engines()
+    _start_task_metrics_at_zero(engines.metrics)
+    engines.warm_up()
+
+
+@worker_process_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
+def _process_exiting(**_: Any) -> None:
+    app = _worker_app()
+    if app is not None and app.built_engines is not None:
+        app.built_engines.shutdown()
+
+
+@task_retry.connect(weak=False)  # type: ignore[untyped-decorator]
+def _count_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+    app = _worker_app()
+    if app is None:
+        return
+    task = getattr(request, "task", "unknown")
+    cause = getattr(reason, "exc", None) or reason  # Celery wraps the cause in a Retry
+    error = type(cause).__name__ if isinstance(cause, BaseException) else "Retry"
+    app.engines().metrics.task_retries.labels(task, error).inc()

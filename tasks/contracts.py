@@ -1,24 +1,41 @@
-"""Task payloads and results: what crosses the queue, validated on both ends.
+"""Everything that crosses the queue, defined once: task and queue names, payloads, results,
+and what a task body may ask of its process (:class:`Engines`).
 
 Messages carry keys, never image bytes. Payloads are plain JSON objects so that any producer
-(the dispatcher, the CLI, another language) can send them.
+(the dispatcher, the CLI, another language) can send them. This module is a leaf: the app and
+the task bodies import it, never each other.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from storage import InvalidKey, validate_key
+from storage import InvalidKey, PermanentError, validate_key
+
+if TYPE_CHECKING:
+    from monitoring.metrics import Metrics
+    from workers.batch import BatchClassifier
+    from workers.retrain import Retrainer
+
+INFERENCE_QUEUE = "inference"
+TRAINING_QUEUE = "training"
+QUEUES = (INFERENCE_QUEUE, TRAINING_QUEUE)
 
 CLASSIFY_BATCH = "labeler.classify_batch"
+RETRAIN = "labeler.retrain"
+# Each task's queue: the routes, the task decorators and the beat schedule all read this.
+TASK_QUEUES = {CLASSIFY_BATCH: INFERENCE_QUEUE, RETRAIN: TRAINING_QUEUE}
+
 MAX_KEYS_PER_BATCH = 4096
 
 P = TypeVar("P", bound=BaseModel)
 
 
-class InvalidPayload(ValueError):
+class InvalidPayload(PermanentError, ValueError):
     """A task message that does not match its contract; retrying cannot fix it."""
 
 
@@ -46,6 +63,65 @@ class BatchResult(BaseModel):
     errored: int
     skipped: int
     model_version: int
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = "manual"
+
+
+class Engines(Protocol):
+    """What task bodies need from their process; built once per worker process."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def classifier(self) -> BatchClassifier: ...
+
+    @property
+    def retrainer(self) -> Retrainer: ...
+
+    @property
+    def redis(self) -> Any: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    def warm_up(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CeleryConfig:
+    broker_url: str
+    result_backend: str
+    # Redis re-delivers a reserved but unacknowledged message after this long: it must exceed the
+    # longest task, or a slow task would run twice at once. Workers serving only the inference
+    # queue use the second, shorter one (a batch takes seconds, a retrain up to hours).
+    visibility_timeout: int = 7200
+    inference_visibility_timeout: int = 600
+    inference_soft_time_limit: int = 240
+    inference_time_limit: int = 300
+    training_soft_time_limit: int = 6600
+    training_time_limit: int = 7000
+    # A batch that failed on a transient storage error waits 2, 4, 8... s, at most this long, so
+    # an outage's backlog drains soon after storage is back.
+    inference_retry_backoff_max: int = 60
+    retrain_cron: str = "0 2 * * *"  # UTC
+    retrain_expires: int = 3600  # a scheduled run that waited this long is dropped
+
+
+class TaskApp(Protocol):
+    """The app as task modules see it: where they register, their limits, their engines."""
+
+    labeler_config: CeleryConfig
+
+    def task(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]: ...
+
+    def engines(self) -> Engines: ...
 
 
 def parse_payload(model: type[P], payload: Any) -> P:

@@ -4,33 +4,31 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from storage import TransientStorageError
+from storage import TransientError
 from tasks.contracts import (
     CLASSIFY_BATCH,
+    TASK_QUEUES,
     BatchResult,
     ClassifyBatchRequest,
     InvalidPayload,
+    TaskApp,
     parse_payload,
 )
-from workers.errors import ModelUnavailable
-
-if TYPE_CHECKING:
-    from tasks.app import LabelerCelery
 
 log = logging.getLogger(__name__)
 
 
-def register_inference(app: LabelerCelery) -> None:
+def register_inference(app: TaskApp) -> None:
     config = app.labeler_config
 
-    @app.task(  # type: ignore[untyped-decorator]
+    @app.task(
         name=CLASSIFY_BATCH,
-        queue="inference",
+        queue=TASK_QUEUES[CLASSIFY_BATCH],
         # Transient: storage hiccups and "no model yet". A bad image is a record, not an error,
         # and a bad payload can never succeed: neither is retried.
-        autoretry_for=(TransientStorageError, ModelUnavailable),
+        autoretry_for=(TransientError,),
         retry_backoff=2,
         retry_backoff_max=config.inference_retry_backoff_max,
         retry_jitter=True,
@@ -58,7 +56,7 @@ def register_inference(app: LabelerCelery) -> None:
                 outcome = engines.classifier.classify(
                     request.keys, batch_id=request.batch_id, model_version=request.model_version
                 )
-            except (TransientStorageError, ModelUnavailable):
+            except TransientError:
                 metrics.batches.labels("retry").inc()
                 raise
             except Exception:

@@ -3,36 +3,24 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 from redis.exceptions import LockError
 
-from storage import TransientStorageError
-from tasks.contracts import parse_payload
-
-if TYPE_CHECKING:
-    from tasks.app import LabelerCelery
-
-RETRAIN = "labeler.retrain"
+from storage import TransientError
+from tasks.contracts import RETRAIN, TASK_QUEUES, RetrainRequest, TaskApp, parse_payload
 
 log = logging.getLogger(__name__)
 
 
-class RetrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str = "manual"
-
-
-def register_training(app: LabelerCelery) -> None:
+def register_training(app: TaskApp) -> None:
     config = app.labeler_config
 
-    @app.task(  # type: ignore[untyped-decorator]
+    @app.task(
         name=RETRAIN,
         bind=True,
-        queue="training",
-        autoretry_for=(TransientStorageError,),
+        queue=TASK_QUEUES[RETRAIN],
+        autoretry_for=(TransientError,),
         retry_backoff=30,
         retry_jitter=True,
         max_retries=3,

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from storage import PermanentError
 from storage.records import ErrorReason
 
 __all__ = ["ALLOWED_FORMATS", "ImageRejected", "configure_pillow", "decode_image"]
@@ -32,7 +33,7 @@ _UNPREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}
 _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
-class ImageRejected(Exception):
+class ImageRejected(PermanentError):
     """The bytes are not an image this system will label: a permanent, per-image outcome.
 
     Attributes:

@@ -31,8 +31,8 @@ from labeler.wiring import Stores, build_app
 from storage import Area, ErrorReason, LabelRecord, ObjectStore, make_s3_client
 from storage.keys import label_key
 from storage.registry import ModelMetadata, ModelRegistry
-from tasks.app import INFERENCE_QUEUE, LabelerCelery
-from tasks.contracts import CLASSIFY_BATCH
+from tasks.app import LabelerCelery
+from tasks.contracts import CLASSIFY_BATCH, INFERENCE_QUEUE
 from tasks.queues import unacked_hash
 from tests.conftest import DigitsFixture
 from tests.support.corpus import DigitView, confident_views

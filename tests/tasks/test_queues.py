@@ -6,8 +6,7 @@ import redis
 
 from labeler.settings import load_settings
 from labeler.wiring import build_app
-from tasks.app import INFERENCE_QUEUE, QUEUES, TRAINING_QUEUE
-from tasks.contracts import CLASSIFY_BATCH
+from tasks.contracts import CLASSIFY_BATCH, INFERENCE_QUEUE, QUEUES, TRAINING_QUEUE
 from tasks.queues import queue_depths, unacked_hash, waiting_images
 
 

@@ -17,8 +17,8 @@ from labeler.settings import Settings, settings_from_env
 from labeler.wiring import Stores, build_app
 from storage import Area, LabelRecord
 from storage.keys import label_key, report_key
-from tasks.app import TRAINING_QUEUE, LabelerCelery
-from tasks.training import RETRAIN
+from tasks.app import LabelerCelery
+from tasks.contracts import RETRAIN, TRAINING_QUEUE
 from tests.support.deployment import s3_deployment
 from tests.support.processes import run_labeler, running_worker
 from tests.support.services import MotoServer, RedisServer, wait_until
