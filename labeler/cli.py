@@ -11,7 +11,7 @@ from labeler.commands_dispatch import dispatch
 from labeler.commands_models import models
 from labeler.commands_run import classify, submit, worker
 from labeler.commands_training import beat, report, retrain
-from labeler.config_table import markdown_table
+from labeler.readme_tables import errors_markdown_table, markdown_table
 
 
 @click.group()
@@ -22,10 +22,11 @@ def main() -> None:
 
 @main.command()
 @click.option("--markdown", is_flag=True, help="Print the README's configuration table.")
-def config(markdown: bool) -> None:
+@click.option("--errors-markdown", is_flag=True, help="Print the README's error table.")
+def config(markdown: bool, errors_markdown: bool) -> None:
     """Validate the environment and print the effective settings (secrets masked)."""
-    if markdown:
-        click.echo(markdown_table())
+    if markdown or errors_markdown:
+        click.echo(markdown_table() if markdown else errors_markdown_table())
         return
     settings = settings_or_exit()
     values = json.loads(settings.model_dump_json())

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from labeler.config_table import BEGIN, END, markdown_table
+from labeler.readme_tables import (
+    BEGIN,
+    END,
+    ERRORS_BEGIN,
+    ERRORS_END,
+    errors_markdown_table,
+    markdown_table,
+)
 from labeler.settings import ConfigError, load_settings
 from storage import Area
 
@@ -137,3 +144,12 @@ def test_readme_configuration_table_matches_settings() -> None:
     readme = (ROOT / "README.md").read_text()
     start, end = readme.index(BEGIN), readme.index(END) + len(END)
     assert readme[start:end] == markdown_table(), "run `labeler config --markdown` into README"
+
+
+def test_readme_error_table_matches_the_error_family() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.index(ERRORS_BEGIN), readme.index(ERRORS_END) + len(ERRORS_END)
+    table = errors_markdown_table()
+    assert readme[start:end] == table, "run `labeler config --errors-markdown` into README"
+    assert "| `ModelUnavailable` | transient |" in table
+    assert "| `ImageRejected` | permanent |" in table
