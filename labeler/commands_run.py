@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
+import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +14,7 @@ from labeler.observability import multiprocess_dir_or_reexec, start_observabilit
 from labeler.wiring import Stores, build_app
 from monitoring.exposition import reset_multiprocess_dir
 from monitoring.metrics import Metrics
-from storage import Area
+from storage import Area, LabelRecord
 from tasks.contracts import (
     CLASSIFY_BATCH,
     INFERENCE_QUEUE,
@@ -127,35 +126,53 @@ def _wait_for(pending: dict[str, tuple[Any, int]], total: int, timeout: float) -
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def classify(files: tuple[str, ...]) -> None:
-    """Classify local FILES with the production model, no broker; print JSON lines."""
-    import numpy as np
+    """Classify local FILES with the production model, no broker; print JSON lines.
 
-    from storage import RecordError
-    from workers.batch import make_record
-    from workers.decoding import ImageRejected, configure_pillow, decode_image
+    The same engine as a worker (byte and pixel limits, decode threads, record format), reading
+    the files instead of incoming/ and printing the records, in the order given, instead of
+    writing them to labels/.
+    """
+    from monitoring.metrics import Metrics
+    from storage import LocalFiles
+    from workers.batch import BatchClassifier, EngineLimits
+    from workers.decoding import configure_pillow
     from workers.model_runtime import ModelRuntime
 
     settings = settings_or_exit()
     configure_pillow(settings.max_image_pixels)
     runtime = ModelRuntime(Stores(settings).registry(), batch_size=settings.inference_batch_size)
-    model = runtime.current()
-    size = model.metadata.input_size
-    for start in range(0, len(files), model.batch_size):
-        chunk = files[start : start + model.batch_size]
-        decoded: list[tuple[str, str, Any]] = []
-        for name in chunk:
-            data = Path(name).read_bytes()
-            etag = hashlib.md5(data).hexdigest()  # noqa: S324 - the same ETag S3 would give
-            try:
-                decoded.append(
-                    (name, etag, decode_image(data, size, max_pixels=settings.max_image_pixels))
-                )
-            except ImageRejected as exc:
-                error = RecordError(reason=exc.reason, detail=exc.detail)
-                record = make_record(name, etag, model.metadata, None, error)
-                click.echo(record.model_dump_json(exclude_none=True))
-        if decoded:
-            probabilities = model.predict(np.stack([pixels for _, _, pixels in decoded]))
-            for (name, etag, _), probs in zip(decoded, probabilities, strict=True):
-                record = make_record(name, etag, model.metadata, probs)
-                click.echo(record.model_dump_json(exclude_none=True))
+    limits = EngineLimits(
+        settings.io_threads,
+        settings.decode_threads,
+        settings.max_object_bytes,
+        settings.max_image_pixels,
+    )
+    printed = _PrintedRecords()
+    classifier = BatchClassifier(LocalFiles(), printed, runtime, Metrics(None), limits)
+    try:
+        size = settings.batch_max_images
+        for start in range(0, len(files), size):
+            chunk = files[start : start + size]
+            classifier.classify(chunk, batch_id=f"cli-{start // size}")
+            printed.flush(chunk)
+    finally:
+        classifier.close()
+
+
+class _PrintedRecords:
+    """A record sink for the CLI: nothing is ever done before, records print in input order."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, LabelRecord] = {}
+        self._lock = threading.Lock()
+
+    def read(self, source_key: str) -> LabelRecord | None:
+        return None
+
+    def write(self, record: LabelRecord) -> None:
+        with self._lock:  # written from the engine's I/O threads
+            self._records[record.source_key] = record
+
+    def flush(self, keys: tuple[str, ...]) -> None:
+        for key in dict.fromkeys(keys):
+            click.echo(self._records.pop(key).model_dump_json(exclude_none=True))

@@ -16,7 +16,7 @@ from storage.errors import (
     error_classes,
 )
 from storage.keys import Area, label_key, source_key
-from storage.local import LocalStore
+from storage.local import LocalFiles, LocalStore
 from storage.records import ErrorReason, LabelRecord, Prediction, RecordError, Timings
 from storage.s3 import S3Options, S3Store, make_s3_client
 from storage.uri import check_store_uri, join_uri, open_store
@@ -30,6 +30,7 @@ __all__ = [
     "InvalidStoreUri",
     "LabelRecord",
     "LabelerError",
+    "LocalFiles",
     "LocalStore",
     "ObjectInfo",
     "ObjectNotFound",

@@ -45,21 +45,7 @@ class LocalStore:
         return f"LocalStore({self.uri!r})"
 
     def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
-        path = self._path(key)
-        with _os_errors(key), _open_regular_file(path, key) as f:
-            before = os.fstat(f.fileno())
-            if max_bytes is not None and before.st_size > max_bytes:
-                raise ObjectTooLarge(key, before.st_size, max_bytes)
-            data = f.read()
-            after = os.fstat(f.fileno())
-        # Unchanged while we read (same inode, size, mtime): a cached hash still describes it.
-        etag = (
-            self._etags.get(_signature(after)) if _signature(before) == _signature(after) else None
-        )
-        if etag is None or len(data) != after.st_size:
-            etag = hashlib.md5(data).hexdigest()  # noqa: S324
-            self._etags.put(_signature(after), etag)
-        return Blob(ObjectInfo(key, len(data), etag, after.st_mtime), data)
+        return _read_file(self._path(key), key, max_bytes, self._etags)
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -146,6 +132,37 @@ class LocalStore:
 
 
 _Signature = tuple[int, int, int]
+
+
+class LocalFiles:
+    """Files named by their paths, as a read-only image source (``labeler classify FILE...``).
+
+    Reads like :class:`LocalStore` (the same size limit before reading, the same errors and
+    ETags), but a key is any path on this machine, as the user typed it.
+    """
+
+    def __init__(self) -> None:
+        self.uri = "file:"
+        self._etags = _EtagCache(ETAG_CACHE_ENTRIES)
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
+        return _read_file(Path(key), key, max_bytes, self._etags)
+
+
+def _read_file(path: Path, key: str, max_bytes: int | None, etags: _EtagCache) -> Blob:
+    """The file's bytes and info; ``ObjectTooLarge`` before reading when over ``max_bytes``."""
+    with _os_errors(key), _open_regular_file(path, key) as f:
+        before = os.fstat(f.fileno())
+        if max_bytes is not None and before.st_size > max_bytes:
+            raise ObjectTooLarge(key, before.st_size, max_bytes)
+        data = f.read()
+        after = os.fstat(f.fileno())
+    # Unchanged while we read (same inode, size, mtime): a cached hash still describes it.
+    etag = etags.get(_signature(after)) if _signature(before) == _signature(after) else None
+    if etag is None or len(data) != after.st_size:
+        etag = hashlib.md5(data).hexdigest()  # noqa: S324 - MD5 is S3's ETag, not a security hash
+        etags.put(_signature(after), etag)
+    return Blob(ObjectInfo(key, len(data), etag, after.st_mtime), data)
 
 
 def _signature(st: os.stat_result) -> _Signature:

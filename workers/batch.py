@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -23,18 +24,17 @@ import numpy.typing as npt
 from monitoring.metrics import Metrics
 from storage import (
     AccessDenied,
+    Blob,
     ErrorReason,
     InvalidKey,
     LabelRecord,
     ObjectNotFound,
-    ObjectStore,
     ObjectTooLarge,
     Prediction,
     RecordError,
     Timings,
 )
 from storage.registry import ModelMetadata
-from storage.results import LabelStore
 from workers.decoding import ImageRejected, decode_image
 from workers.model_runtime import LoadedModel, ModelRuntime
 
@@ -47,6 +47,20 @@ _PERMANENT_REASONS: dict[type[Exception], ErrorReason] = {
     AccessDenied: ErrorReason.ACCESS_DENIED,
     InvalidKey: ErrorReason.INVALID_KEY,
 }
+
+
+class ImageSource(Protocol):
+    """Where images are read: an object store's ``incoming/``, or local files for the CLI."""
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> Blob: ...
+
+
+class RecordSink(Protocol):
+    """Where records go: the ``labels/`` store, or standard output for the CLI."""
+
+    def read(self, source_key: str) -> LabelRecord | None: ...
+
+    def write(self, record: LabelRecord) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -85,8 +99,8 @@ class BatchClassifier:
 
     def __init__(
         self,
-        incoming: ObjectStore,
-        labels: LabelStore,
+        incoming: ImageSource,
+        labels: RecordSink,
         runtime: ModelRuntime,
         metrics: Metrics,
         limits: EngineLimits,
