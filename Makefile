@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all install system-deps lint format test demo bench clean lock
+.PHONY: all install system-deps lint format test test-unit demo bench clean lock
 
 all: test
 
@@ -38,10 +38,16 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Two test files at a time (each file's fixtures stay in one process): the end-to-end tests
-# mostly wait on worker processes, so this halves the wall time on 2 cores.
-test: lint
-	$(PY) -m pytest -n 2 --dist loadfile
+# The unit tier: in-process, no servers, no subprocesses (tests/unit/conftest.py refuses
+# them); what a developer runs in a loop, in seconds.
+test-unit: install
+	$(PY) -m pytest -p no:xdist tests/unit
+
+# Lint, the unit tier, then everything else two test files at a time (each file's fixtures
+# stay in one process): the end-to-end tests mostly wait on worker processes, so this halves
+# the wall time on 2 cores.
+test: lint test-unit
+	$(PY) -m pytest -n 2 --dist loadfile --ignore=tests/unit
 
 demo: install
 	$(VENV)/bin/labeler demo

@@ -9,7 +9,6 @@ from typing import Any
 from storage import TransientError
 from tasks.contracts import (
     CLASSIFY_BATCH,
-    TASK_QUEUES,
     BatchResult,
     ClassifyBatchRequest,
     InvalidPayload,
@@ -25,7 +24,7 @@ def register_inference(app: TaskApp) -> None:
 
     @app.task(
         name=CLASSIFY_BATCH,
-        queue=TASK_QUEUES[CLASSIFY_BATCH],
+        shared=False,  # this app's task only: Celery adds shared tasks to every later app
         # Transient: storage hiccups and "no model yet". A bad image is a record, not an error,
         # and a bad payload can never succeed: neither is retried.
         autoretry_for=(TransientError,),

@@ -8,7 +8,7 @@ from typing import Any
 from redis.exceptions import LockError
 
 from storage import TransientError
-from tasks.contracts import RETRAIN, TASK_QUEUES, RetrainRequest, TaskApp, parse_payload
+from tasks.contracts import RETRAIN, RetrainRequest, TaskApp, parse_payload
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +18,8 @@ def register_training(app: TaskApp) -> None:
 
     @app.task(
         name=RETRAIN,
+        shared=False,  # this app's task only: Celery adds shared tasks to every later app
         bind=True,
-        queue=TASK_QUEUES[RETRAIN],
         autoretry_for=(TransientError,),
         retry_backoff=30,
         retry_jitter=True,

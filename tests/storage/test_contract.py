@@ -1,4 +1,5 @@
-"""One behaviour contract, run against both backends: a real moto S3 endpoint and a directory."""
+"""One behaviour contract, run against both backends (a real moto S3 endpoint and a directory)
+and against the unit tier's in-memory store, so that fake behaves like them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from storage import (
     ObjectTooLarge,
     S3Store,
 )
+from tests.support.memory_store import MemoryStore
 
 ODD_KEYS = [
     "with space.jpg",
@@ -30,10 +32,12 @@ ODD_KEYS = [
 ]
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
     if request.param == "local":
         yield LocalStore(tmp_path / "store")
+    elif request.param == "memory":
+        yield MemoryStore()
     else:
         yield request.getfixturevalue("s3_store")
 

@@ -1,0 +1,20 @@
+"""The unit tier: in-process only. Anything that starts a process or opens a network connection
+fails here, so a test that needs a server belongs beside the end-to-end tests instead."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_processes_or_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("the unit tier starts no process and talks to no server")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

@@ -1,0 +1,69 @@
+"""The Celery app's wiring, without a broker: routes and retries come from the contracts and the
+error family, and building apps does not pile up signal handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery.signals import task_retry, worker_process_init, worker_process_shutdown
+
+from storage import PermanentError, TransientError, error_classes
+from tasks.app import create_app
+from tasks.contracts import (
+    CLASSIFY_BATCH,
+    RETRAIN,
+    TASK_QUEUES,
+    CeleryConfig,
+    ClassifyBatchRequest,
+    InvalidPayload,
+    parse_payload,
+)
+from workers.errors import ModelUnavailable
+
+CONFIG = CeleryConfig(broker_url="redis://127.0.0.1:1/0", result_backend="redis://127.0.0.1:1/0")
+
+
+def no_engines() -> Any:
+    raise AssertionError("a producer app never builds engines")
+
+
+def test_building_apps_connects_the_worker_hooks_once() -> None:
+    signals = (worker_process_init, worker_process_shutdown, task_retry)
+    create_app(CONFIG, no_engines)
+    before = [len(s.receivers) for s in signals]
+    for _ in range(3):
+        create_app(CONFIG, no_engines, frozenset({"inference"}))
+    assert [len(s.receivers) for s in signals] == before
+
+
+def test_routes_queues_and_retries_come_from_one_definition() -> None:
+    app = create_app(CONFIG, no_engines)
+    for task, queue in TASK_QUEUES.items():
+        assert app.conf.task_routes[task] == {"queue": queue}
+        assert app.tasks[task].autoretry_for == (TransientError,)
+    assert app.conf.beat_schedule["nightly-retrain"]["options"]["queue"] == TASK_QUEUES[RETRAIN]
+    assert set(TASK_QUEUES) == {CLASSIFY_BATCH, RETRAIN}
+
+
+def test_the_error_family_splits_by_what_to_do() -> None:
+    assert issubclass(ModelUnavailable, TransientError)
+    assert issubclass(InvalidPayload, PermanentError)
+    transient = {e.__name__ for e in error_classes(TransientError)}
+    assert {"TransientStorageError", "ModelUnavailable"} <= transient
+    assert not transient & {e.__name__ for e in error_classes(PermanentError)}
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        ([], "payload must be a JSON object, got list"),
+        ({"batch_id": "b", "keys": []}, "keys: List should have at least 1 item"),
+        ({"batch_id": "b", "keys": ["../x.jpg"]}, "keys:"),
+        ({"batch_id": "b", "keys": ["a.jpg"], "pickle": 1}, "pickle: Extra inputs"),
+    ],
+)
+def test_a_bad_payload_says_what_is_wrong(payload: Any, problem: str) -> None:
+    with pytest.raises(InvalidPayload, match="ClassifyBatchRequest") as caught:
+        parse_payload(ClassifyBatchRequest, payload)
+    assert problem in str(caught.value)
