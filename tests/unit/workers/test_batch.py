@@ -64,6 +64,13 @@ def png(red: int) -> bytes:
     return out.getvalue()
 
 
+def put_pngs(store: MemoryStore, count: int, red: int) -> list[str]:
+    keys = [f"{i:03}.png" for i in range(count)]
+    for key in keys:
+        store.put(key, png(red))
+    return keys
+
+
 @pytest.fixture
 def stores() -> tuple[MemoryStore, MemoryStore]:
     configure_pillow(10**6)
@@ -136,9 +143,7 @@ def test_same_etag_and_version_is_skipped_a_change_of_either_is_not(
     stores: tuple[MemoryStore, MemoryStore],
 ) -> None:
     incoming, labels = stores
-    keys = [f"{i}.png" for i in range(6)]
-    for key in keys:
-        incoming.put(key, png(30))
+    keys = put_pngs(incoming, 6, red=30)
     classifier(incoming, labels, FakeModel(version=1)).classify(keys, batch_id="first")
     puts = labels.calls["put"]
 
@@ -146,10 +151,10 @@ def test_same_etag_and_version_is_skipped_a_change_of_either_is_not(
     assert (again.labeled, again.skipped) == (0, 6)
     assert labels.calls["put"] == puts  # nothing rewritten
 
-    incoming.put("2.png", png(240))  # re-uploaded: a new ETag
+    incoming.put("002.png", png(240))  # re-uploaded: a new ETag
     changed = classifier(incoming, labels, FakeModel(version=1)).classify(keys, batch_id="c")
     assert (changed.labeled, changed.skipped) == (1, 5)
-    assert records(labels, ["2.png"])["2.png"].label == "light"
+    assert records(labels, ["002.png"])["002.png"].label == "light"
 
     newer = classifier(incoming, labels, FakeModel(version=2)).classify(keys, batch_id="v2")
     assert (newer.labeled, newer.skipped) == (6, 0)
@@ -160,10 +165,8 @@ def test_a_transient_error_fails_the_batch_and_the_retry_redoes_only_what_is_mis
     stores: tuple[MemoryStore, MemoryStore],
 ) -> None:
     incoming, labels = stores
-    keys = [f"{i}.png" for i in range(8)]
-    for key in keys:
-        incoming.put(key, png(100))
-    flaky = FlakyStore(incoming, failing="5.png")
+    keys = put_pngs(incoming, 8, red=100)
+    flaky = FlakyStore(incoming, failing="005.png")
 
     with pytest.raises(TransientStorageError):
         classifier(flaky, labels, FakeModel(batch_size=2)).classify(keys, batch_id="try1")  # type: ignore[arg-type]
@@ -176,9 +179,7 @@ def test_a_transient_error_fails_the_batch_and_the_retry_redoes_only_what_is_mis
 
 def test_fetching_goes_on_while_the_model_runs(stores: tuple[MemoryStore, MemoryStore]) -> None:
     incoming, labels = stores
-    keys = [f"{i:03}.png" for i in range(40)]
-    for key in keys:
-        incoming.put(key, png(60))
+    keys = put_pngs(incoming, 40, red=60)
     model = FakeModel(batch_size=4)
     first_call_running = threading.Event()
     fetched_meanwhile = threading.Event()
