@@ -72,7 +72,7 @@ def submit(prefix: str, wait: bool, timeout: float, model_version: int | None) -
     if not keys:
         click.echo(f"nothing under incoming/{prefix}")
         return
-    broker_or_exit(settings)
+    settings = broker_or_exit(settings)
     app = build_app(settings)
     run = uuid.uuid4().hex[:12]
     size = settings.batch_max_images

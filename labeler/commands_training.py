@@ -22,7 +22,7 @@ from tasks.training import RETRAIN
 def retrain(wait: bool, timeout: float) -> None:
     """Queue a retrain now (it runs on a `labeler worker --queues training`)."""
     settings = settings_or_exit()
-    broker_or_exit(settings)
+    settings = broker_or_exit(settings)
     app = build_app(settings)
     result = app.send_task(RETRAIN, kwargs={"payload": {"reason": "cli"}}, queue=TRAINING_QUEUE)
     click.echo(f"retrain queued (task {result.id})")
