@@ -28,6 +28,7 @@ from tasks.app import QUEUES
 from tasks.queues import queue_depths
 
 HTTP_TIMEOUT = 3.0
+REDIS = "redis"  # the private redis-server's component name under `labeler up`
 PING_TIMEOUT = 2.0
 
 
@@ -77,6 +78,8 @@ def probe(settings: Settings, record: StackRecord | None, urls: dict[str, str]) 
         status.celery_nodes = _celery_nodes(settings)
     for component in components:
         _check(component, status.celery_nodes)
+        if component.name == REDIS and status.broker != "ok":  # the stack's private broker
+            component.up, component.detail = False, f"broker {status.broker}"
     status.components = components
     status.images = _images([c.url for c in components if c.url])
     status.model, status.last_retrain = _models(settings)
