@@ -67,6 +67,11 @@ def _text(s: StackStatus) -> str:
     if s.images:
         shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(s.images.items()))
         lines.append(f"images     {shown} (since the workers started)")
+    if s.last_minute is not None:
+        window = s.last_minute.get("window_seconds", 0)
+        counts = {k: v for k, v in s.last_minute.items() if k != "window_seconds"}
+        shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none"
+        lines.append(f"           {shown} in the last {window} s")
     if s.model:
         lines.append(f"model      {s.model['name']} v{s.model['version']} in production since "
                      f"{s.model['promoted_at']} ({s.model['source']})")  # fmt: skip

@@ -19,11 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import click
 import redis
 from prometheus_client import CollectorRegistry
 
+from labeler.activity import ActivitySampler
 from labeler.settings import Settings, env_name
 from labeler.stack_record import (
     ComponentState,
@@ -105,6 +107,9 @@ class Stack:
         self.broker_url = ""
         self._redis: SupervisedProcess | None = None
         self._children: dict[str, SupervisedProcess] = {}
+        urls = [f"http://127.0.0.1:{c.metrics_port}" for c in components if c.metrics_port]
+        self._activity = ActivitySampler(urls)
+        self._recent: dict[str, Any] | None = None
 
     def __enter__(self) -> Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -119,6 +124,7 @@ class Stack:
                 child.start()
                 self._children[component.name] = child
             self._write_record()
+            self._activity.start()
         except BaseException:
             self.stop()
             raise
@@ -144,11 +150,14 @@ class Stack:
             if event == "restarted" and self.metrics is not None:
                 self.metrics.component_restarts.labels(child.name).inc()
             changed = changed or event is not None
-        if changed:
+        recent = self._activity.recent()
+        if changed or recent != self._recent:
+            self._recent = recent
             self._write_record()
 
     def stop(self) -> None:
         """Stop the components (they finish their batches), then Redis; forget the record."""
+        self._activity.stop()
         for child in self._children.values():
             child.terminate()
         deadline = time.monotonic() + STOP_TIMEOUT
@@ -171,7 +180,7 @@ class Stack:
         record = StackRecord(
             pid=os.getpid(), data_dir=str(self.data_dir.resolve()), broker_url=self.broker_url,
             private_redis=self._redis is not None, metrics_port=self.metrics_port,
-            components=[self._state(child) for child in self._supervised()],
+            components=[self._state(child) for child in self._supervised()], recent=self._recent,
         )  # fmt: skip
         write_record(self.data_dir, record)
 

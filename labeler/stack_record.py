@@ -38,6 +38,7 @@ class StackRecord(BaseModel):
     started_at: float = Field(default_factory=time.time)
     metrics_port: int | None = None  # the supervisor's own /metrics (component restarts)
     components: list[ComponentState] = Field(default_factory=list)
+    recent: dict[str, float] | None = None  # images by outcome in the last minute, and "at"
 
 
 def run_dir(data_dir: Path) -> Path:

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
+from labeler.activity import SAMPLE_SECONDS, images_finished
 from labeler.settings import Settings
 from labeler.stack_record import StackRecord, pid_alive
 from labeler.wiring import Stores, build_app
@@ -28,6 +28,7 @@ from tasks.app import QUEUES
 from tasks.queues import queue_depths
 
 HTTP_TIMEOUT = 3.0
+STALE_SECONDS = 6 * SAMPLE_SECONDS  # an older sample means the sampler is stuck
 REDIS = "redis"  # the private redis-server's component name under `labeler up`
 PING_TIMEOUT = 2.0
 
@@ -52,7 +53,8 @@ class StackStatus:
     components: list[ComponentStatus] = field(default_factory=list)
     celery_nodes: list[str] = field(default_factory=list)
     queues: dict[str, dict[str, int]] = field(default_factory=dict)
-    images: dict[str, int] = field(default_factory=dict)
+    images: dict[str, int] = field(default_factory=dict)  # since the workers started
+    last_minute: dict[str, int] | None = None  # sampled by `labeler up`
     model: dict[str, Any] | None = None
     last_retrain: dict[str, Any] | None = None
     next_retrain: dict[str, Any] | None = None
@@ -81,7 +83,9 @@ def probe(settings: Settings, record: StackRecord | None, urls: dict[str, str]) 
         if component.name == REDIS and status.broker != "ok":  # the stack's private broker
             component.up, component.detail = False, f"broker {status.broker}"
     status.components = components
-    status.images = _images([c.url for c in components if c.url])
+    status.images = images_finished([c.url for c in components if c.url])
+    if record is not None and record.recent and time.time() - record.recent["at"] < STALE_SECONDS:
+        status.last_minute = {k: int(v) for k, v in record.recent.items() if k != "at"}
     status.model, status.last_retrain = _models(settings)
     status.next_retrain = _next_retrain(settings.retrain_cron)
     return status
@@ -158,25 +162,6 @@ def _celery_nodes(settings: Settings) -> list[str]:
     finally:
         app.close()
     return sorted(node for reply in replies for node in reply)
-
-
-def _images(urls: list[str]) -> dict[str, int]:
-    """Images finished since each worker started, from their /metrics, by outcome."""
-    totals: dict[str, int] = {}
-    for base in urls:
-        try:
-            with urllib.request.urlopen(f"{base}/metrics", timeout=HTTP_TIMEOUT) as reply:  # noqa: S310
-                text = reply.read().decode()
-        except (OSError, ValueError):
-            continue
-        for family in text_string_to_metric_families(text):
-            if family.name != "labeler_images_processed":
-                continue
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    outcome = sample.labels.get("outcome", "")
-                    totals[outcome] = totals.get(outcome, 0) + int(sample.value)
-    return totals
 
 
 def _models(settings: Settings) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

@@ -126,6 +126,12 @@ def test_commands_find_the_stack_and_status_shows_it_whole(
         assert document["last_retrain"]["outcome"] == "passed the gate"
         assert document["queues"]["inference"] == {"waiting": 0, "reserved": 0}
         assert document["images"]["labeled"] == 20
+        wait_until(
+            lambda: (_status(env)[1]["last_minute"] or {}).get("labeled") == 20,
+            30,
+            "the 20 images in the last minute's activity",
+            every=1,
+        )
         text = subprocess.run([*LABELER, "status"], env=env, capture_output=True, text=True)
         assert text.returncode == 0
         assert text.stdout.startswith("OK"), text.stdout
