@@ -177,7 +177,7 @@ def test_up_restarts_what_dies_and_every_image_gets_one_record(
             old = up.pid(name)
             os.kill(old, signal.SIGKILL)  # the main process only, as the OOM killer would
             wait_until(lambda: up.pid(name) != old, 10, f"{name} restarted")  # noqa: B023
-        assert done_at_kill[0] < 800, "the first kill came after the run: make it longer"
+        assert max(done_at_kill) < 800, f"a kill came after the run (done: {done_at_kill})"
         wait_until(lambda: len(_labels(data_dir, "burst")) == 800, 300, "all 800 labeled")
         assert up.process.poll() is None, up.tail()
         records = [
