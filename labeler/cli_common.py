@@ -30,30 +30,39 @@ def settings_or_exit() -> Settings:
 
 
 def broker_or_exit(settings: Settings) -> Settings:
-    """The settings to queue work with: the configured broker if it answers, else the broker of
-    the ``labeler up`` running on the same data directory (said in one line), else exit.
+    """The settings to queue work with (see :func:`find_broker`), or exit saying what to fix.
 
     One PING before queuing anything: a wrong password or an unreachable broker is one clear
     line now, not a minute of Celery reconnecting and a traceback.
     """
-    problem = broker_problem(settings)
+    found = find_broker(settings)
+    problem = broker_problem(found)
     if problem is None:
-        return settings
-    record = read_record(settings.data_dir)
-    if record is not None and record.broker_url != settings.broker_url:
-        found = settings.model_copy(update={"broker_url": record.broker_url})
-        if broker_problem(found) is None:
-            click.echo(
-                f"no broker answers at {settings.broker_url}: using the broker of the stack "
-                f"running on {record.data_dir} (pid {record.pid}), {record.broker_url}",
-                err=True,
-            )
-            return found
+        return found
     raise click.ClickException(
         f"cannot use the broker at {settings.broker_url}: {problem} (check "
         f"{env_name('broker_url')} and {env_name('redis_password')}, or start `labeler up` "
         f"on {env_name('data_dir')} {settings.data_dir})"
     )
+
+
+def find_broker(settings: Settings) -> Settings:
+    """The configured broker if it answers, else the broker of the ``labeler up`` running on the
+    same data directory if that one answers (said in one line), else the configured one."""
+    if broker_problem(settings) is None:
+        return settings
+    record = read_record(settings.data_dir)
+    if record is None or record.broker_url == settings.broker_url:
+        return settings
+    found = settings.model_copy(update={"broker_url": record.broker_url})
+    if broker_problem(found) is not None:
+        return settings
+    click.echo(
+        f"no broker answers at {settings.broker_url}: using the broker of the stack running "
+        f"on {record.data_dir} (pid {record.pid}), {record.broker_url}",
+        err=True,
+    )
+    return found
 
 
 def broker_problem(settings: Settings) -> str | None:

@@ -19,7 +19,13 @@ from labeler.stack_record import StackRecord, read_record
 from storage import LabelRecord
 from tests.conftest import DigitsFixture
 from tests.support.digits import CLASSES
-from tests.support.processes import LABELER, labeler_env, run_labeler
+from tests.support.processes import (
+    LABELER,
+    DispatcherProcess,
+    labeler_env,
+    run_labeler,
+    running_worker,
+)
 from tests.support.services import free_port, free_ports, wait_until
 
 pytestmark = pytest.mark.slow
@@ -225,3 +231,40 @@ def test_one_stack_per_data_dir_and_a_killed_one_is_taken_over(tmp_path: Path) -
         assert again.broker_url == record.broker_url, "the private Redis keeps its port"
     finally:
         assert third.stop() == 0, third.tail()
+
+
+def test_status_checks_a_stack_it_did_not_start_given_its_urls(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # As against docker compose: a broker, a worker and a dispatcher started on their own.
+    worker_port, dispatcher_port = free_port(), free_port()
+    common = {"data_dir": tmp_path / "data", "broker_url": redis_url}
+    args = [
+        "status", "--json",
+        "--component", f"inference-worker=http://127.0.0.1:{worker_port}",
+        "--component", f"dispatcher=http://127.0.0.1:{dispatcher_port}",
+    ]  # fmt: skip
+    status_env = labeler_env(**common)
+    worker_env = labeler_env(**common, metrics_port=worker_port)
+    dispatcher_env = labeler_env(**common, metrics_port=dispatcher_port, scan_interval_seconds=0)
+    with running_worker(worker_env, tmp_path / "worker.log", "--queues", "inference"):
+        dispatcher = DispatcherProcess(dispatcher_env, tmp_path / "dispatcher.log").start()
+        try:
+            whole = subprocess.run(
+                [*LABELER, *args], env=status_env, capture_output=True, text=True
+            )
+        finally:
+            dispatcher.stop()
+        broken = subprocess.run([*LABELER, *args], env=status_env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    document = json.loads(whole.stdout)
+    assert [(c["name"], c["up"]) for c in document["components"]] == [
+        ("inference-worker", True), ("dispatcher", True),
+    ]  # fmt: skip
+    assert any(node.startswith("inference@") for node in document["celery_nodes"])
+    assert document["source"] == "the given URLs"
+    assert broken.returncode == 1
+    dispatcher_status = _component(json.loads(broken.stdout), "dispatcher")
+    assert not dispatcher_status["up"]
+    assert "/healthz does not answer" in dispatcher_status["detail"]
+    assert _component(json.loads(broken.stdout), "inference-worker")["up"]
