@@ -64,7 +64,8 @@ class Component:
     celery_node: str | None = None
 
 
-# (name, args, metrics port offset or None, Celery node prefix). Adding a component is one line.
+# (name, args, metrics port offset or None, Celery node prefix). Adding a component is one line;
+# offset 3 is `labeler up` itself, so a new one with /healthz takes 4.
 _COMPONENTS: list[tuple[str, tuple[str, ...], int | None, str | None]] = [
     ("inference-worker", ("worker", "--queues", "inference"), 0, "inference"),
     ("training-worker", ("worker", "--queues", "training"), 1, "training"),

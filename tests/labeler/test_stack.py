@@ -103,10 +103,10 @@ def test_commands_find_the_stack_and_status_shows_it_whole(
     env = labeler_env(
         data_dir=data_dir, broker_url=_dead_broker(), model_name="digits", metrics_port=port,
         scan_interval_seconds=0,  # only `labeler submit` queues work here
-        train_image_size=32, train_architecture="small_cnn", train_max_epochs=4,
+        train_image_size=32, train_architecture="small_cnn", train_max_epochs=2,
         train_fine_tune_epochs=1, gate_min_accuracy=0,
     )  # fmt: skip
-    for sample in digit_samples()[:400]:
+    for sample in digit_samples()[:300]:
         path = data_dir / "training" / sample.label / sample.key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(sample.data)
