@@ -49,20 +49,20 @@ class ActivitySampler(threading.Thread):
         self.urls = urls
         self._samples: deque[tuple[float, dict[str, int]]] = deque()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()  # not _stop: Thread has a method of that name
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             totals = images_finished(self.urls)
             now = time.time()
             with self._lock:
                 self._samples.append((now, totals))
                 while len(self._samples) > 1 and self._samples[1][0] <= now - WINDOW_SECONDS:
                     self._samples.popleft()
-            self._stop.wait(SAMPLE_SECONDS)
+            self._stopping.wait(SAMPLE_SECONDS)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def recent(self) -> dict[str, Any] | None:
         """``{"window_seconds", "at", <outcome>: count}`` over up to the last minute."""
@@ -71,4 +71,5 @@ class ActivitySampler(threading.Thread):
                 return None
             (first, old), (last, new) = self._samples[0], self._samples[-1]
         counts = {k: v - old.get(k, 0) if v >= old.get(k, 0) else v for k, v in new.items()}
-        return {"window_seconds": round(last - first), "at": last, **counts}
+        return {"window_seconds": round(last - first), "at": last, "labeled": 0, "error": 0,
+                **counts}  # fmt: skip
