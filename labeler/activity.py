@@ -23,6 +23,11 @@ WINDOW_SECONDS = 60.0
 
 def images_finished(urls: list[str]) -> dict[str, int]:
     """``labeler_images_processed_total`` summed over the components at ``urls``, by outcome."""
+    return counter_totals(urls, "labeler_images_processed", "outcome")
+
+
+def counter_totals(urls: list[str], family_name: str, label: str) -> dict[str, int]:
+    """A counter family summed over the components' /metrics at ``urls``, by one label."""
     totals: dict[str, int] = {}
     for base in urls:
         try:
@@ -32,12 +37,12 @@ def images_finished(urls: list[str]) -> dict[str, int]:
         except (OSError, ValueError):
             continue
         for family in text_string_to_metric_families(text):
-            if family.name != "labeler_images_processed":
+            if family.name != family_name:
                 continue
             for sample in family.samples:
                 if sample.name.endswith("_total"):
-                    outcome = sample.labels.get("outcome", "")
-                    totals[outcome] = totals.get(outcome, 0) + int(sample.value)
+                    value = sample.labels.get(label, "")
+                    totals[value] = totals.get(value, 0) + int(sample.value)
     return totals
 
 

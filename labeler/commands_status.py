@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -39,11 +40,11 @@ def status(as_json: bool, data_dir: str | None, components: tuple[str, ...]) -> 
         urls[name] = url
     record = read_record(settings.data_dir)
     if record is None and not urls:
-        click.echo(
+        problem = (
             f"no `labeler up` is running on {settings.data_dir.resolve()}; start one, or name "
-            "the components of another stack with --component NAME=URL",
-            err=True,
+            "the components of another stack with --component NAME=URL"
         )
+        click.echo(json.dumps({"ok": False, "error": problem}) if as_json else problem)
         sys.exit(1)
     if record is not None and broker_problem(settings) is not None:
         settings = settings.model_copy(update={"broker_url": record.broker_url})
@@ -84,6 +85,9 @@ def _text(s: StackStatus) -> str:
         lines.append(
             f"retrain    last: v{r['version']} {r['outcome']}, {_age(r['age_seconds'])} ago"
         )
+    if any(s.retrains.values()):
+        shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(s.retrains.items()) if n)
+        lines.append(f"           since the workers started: {shown}")
     if s.next_retrain:
         n = s.next_retrain
         lines.append(

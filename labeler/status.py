@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from labeler.activity import SAMPLE_SECONDS, images_finished
+from labeler.activity import SAMPLE_SECONDS, counter_totals, images_finished
 from labeler.settings import Settings
 from labeler.stack_record import StackRecord, pid_alive
 from labeler.wiring import Stores, build_app
@@ -55,6 +55,7 @@ class StackStatus:
     queues: dict[str, dict[str, int]] = field(default_factory=dict)
     images: dict[str, int] = field(default_factory=dict)  # since the workers started
     last_minute: dict[str, int] | None = None  # sampled by `labeler up`
+    retrains: dict[str, int] = field(default_factory=dict)  # since the workers started
     model: dict[str, Any] | None = None
     last_retrain: dict[str, Any] | None = None
     next_retrain: dict[str, Any] | None = None
@@ -83,7 +84,9 @@ def probe(settings: Settings, record: StackRecord | None, urls: dict[str, str]) 
         if component.name == REDIS and status.broker != "ok":  # the stack's private broker
             component.up, component.detail = False, f"broker {status.broker}"
     status.components = components
-    status.images = images_finished([c.url for c in components if c.url])
+    bases = [c.url for c in components if c.url]
+    status.images = images_finished(bases)
+    status.retrains = counter_totals(bases, "labeler_retrains", "outcome")
     if record is not None and record.recent and time.time() - record.recent["at"] < STALE_SECONDS:
         status.last_minute = {k: int(v) for k, v in record.recent.items() if k != "at"}
     status.model, status.last_retrain = _models(settings)

@@ -130,6 +130,7 @@ def test_commands_find_the_stack_and_status_shows_it_whole(
         assert all(c["up"] for c in document["components"]), document
         assert document["model"]["version"] == 1
         assert document["last_retrain"]["outcome"] == "passed the gate"
+        assert document["retrains"]["promoted"] == 1
         assert document["queues"]["inference"] == {"waiting": 0, "reserved": 0}
         assert document["images"]["labeled"] == 20
         wait_until(
