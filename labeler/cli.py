@@ -10,6 +10,7 @@ from labeler.cli_common import settings_or_exit
 from labeler.commands_dispatch import dispatch
 from labeler.commands_models import models
 from labeler.commands_run import classify, submit, worker
+from labeler.commands_status import status
 from labeler.commands_training import beat, report, retrain
 from labeler.readme_tables import errors_markdown_table, markdown_table
 
@@ -53,6 +54,7 @@ main.add_command(retrain)
 main.add_command(beat)
 main.add_command(report)
 main.add_command(dispatch)
+main.add_command(status)
 
 
 @main.command()

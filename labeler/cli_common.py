@@ -1,5 +1,5 @@
-"""What CLI commands share: settings that fail with a readable message and exit code 2, and a
-broker check for the commands that queue work."""
+"""What CLI commands share: settings that fail with a readable message and exit code 2, and the
+broker for the commands that queue work (the configured one, or the running stack's)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 import redis
 
 from labeler.settings import ConfigError, Settings, env_name, load_settings
+from labeler.stack_record import read_record
 
 
 def settings_or_exit() -> Settings:
@@ -28,18 +29,51 @@ def settings_or_exit() -> Settings:
     return settings
 
 
-def broker_or_exit(settings: Settings) -> None:
-    """One PING before queuing anything: a wrong password or an unreachable broker is one clear
-    line now, not a minute of Celery reconnecting and a traceback."""
+def broker_or_exit(settings: Settings) -> Settings:
+    """The settings to queue work with (see :func:`find_broker`), or exit saying what to fix.
+
+    One PING before queuing anything: a wrong password or an unreachable broker is one clear
+    line now, not a minute of Celery reconnecting and a traceback.
+    """
+    found = find_broker(settings)
+    problem = broker_problem(found)
+    if problem is None:
+        return found
+    raise click.ClickException(
+        f"cannot use the broker at {settings.broker_url}: {problem} (check "
+        f"{env_name('broker_url')} and {env_name('redis_password')}, or start `labeler up` "
+        f"on {env_name('data_dir')} {settings.data_dir})"
+    )
+
+
+def find_broker(settings: Settings) -> Settings:
+    """The configured broker if it answers, else the broker of the ``labeler up`` running on the
+    same data directory if that one answers (said in one line), else the configured one."""
+    if broker_problem(settings) is None:
+        return settings
+    record = read_record(settings.data_dir)
+    if record is None or record.broker_url == settings.broker_url:
+        return settings
+    found = settings.model_copy(update={"broker_url": record.broker_url})
+    if broker_problem(found) is not None:
+        return settings
+    click.echo(
+        f"no broker answers at {settings.broker_url}: using the broker of the stack running "
+        f"on {record.data_dir} (pid {record.pid}), {record.broker_url}",
+        err=True,
+    )
+    return found
+
+
+def broker_problem(settings: Settings) -> str | None:
+    """None if the broker answers a PING on a fresh connection, else what went wrong."""
     client = redis.Redis.from_url(
         settings.broker_connection_url(), socket_connect_timeout=5, socket_timeout=5
     )
     try:
         client.ping()
     except redis.RedisError as exc:  # redis-py's messages name host and port, never the password
-        raise click.ClickException(
-            f"cannot use the broker at {settings.broker_url}: {exc} (check "
-            f"{env_name('broker_url')} and {env_name('redis_password')})"
-        ) from None
+        return str(exc)
     finally:
         client.close()
+    return None

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import click
 
-from labeler.cli_common import settings_or_exit
+from labeler.cli_common import find_broker, settings_or_exit
 from labeler.observability import start_observability
 from labeler.settings import Settings, env_name
 from labeler.wiring import Stores, build_app
@@ -34,7 +34,7 @@ def dispatch() -> None:
     """
     from prometheus_client import REGISTRY
 
-    settings = settings_or_exit()
+    settings = find_broker(settings_or_exit())
     metrics = Metrics(REGISTRY)  # one process: no multiprocess mode
     dispatcher = build_dispatcher(settings, metrics)
     start_observability(settings, metrics, None)

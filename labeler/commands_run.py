@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from labeler.cli_common import broker_or_exit, settings_or_exit
+from labeler.cli_common import broker_or_exit, find_broker, settings_or_exit
 from labeler.observability import multiprocess_dir_or_reexec, start_observability
 from labeler.wiring import Stores, build_app
 from monitoring.exposition import reset_multiprocess_dir
@@ -40,7 +40,7 @@ from tasks.contracts import (
 @click.option("--hostname", help="Celery node name (default: <queues>@<host>).")
 def worker(queues: str, concurrency: int, pool: str, hostname: str | None) -> None:
     """Start a Celery worker for the given queues."""
-    settings = settings_or_exit()
+    settings = find_broker(settings_or_exit())
     wanted = frozenset(q.strip() for q in queues.split(",") if q.strip())
     if not wanted or not wanted <= set(QUEUES):
         raise click.BadParameter(f"choose from {', '.join(QUEUES)}", param_hint="--queues")
@@ -76,7 +76,7 @@ def submit(prefix: str, wait: bool, timeout: float, model_version: int | None) -
     if not keys:
         click.echo(f"nothing under incoming/{prefix}")
         return
-    broker_or_exit(settings)
+    settings = broker_or_exit(settings)
     app = build_app(settings)
     run = uuid.uuid4().hex[:12]
     size = settings.batch_max_images

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from labeler.cli_common import broker_or_exit, settings_or_exit
+from labeler.cli_common import broker_or_exit, find_broker, settings_or_exit
 from labeler.wiring import Stores, build_app
 from storage import Area
 from storage.keys import report_key
@@ -21,7 +21,7 @@ from tasks.contracts import RETRAIN, TRAINING_QUEUE
 def retrain(wait: bool, timeout: float) -> None:
     """Queue a retrain now (it runs on a `labeler worker --queues training`)."""
     settings = settings_or_exit()
-    broker_or_exit(settings)
+    settings = broker_or_exit(settings)
     app = build_app(settings)
     result = app.send_task(RETRAIN, kwargs={"payload": {"reason": "cli"}}, queue=TRAINING_QUEUE)
     click.echo(f"retrain queued (task {result.id})")
@@ -66,7 +66,7 @@ def _progress_line(state: str, info: dict[str, Any]) -> str:
 @click.command()
 def beat() -> None:
     """Run celery beat: queues the retrain on LABELER_RETRAIN_CRON (UTC)."""
-    settings = settings_or_exit()
+    settings = find_broker(settings_or_exit())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
     app.start(

@@ -6,11 +6,12 @@ from monitoring.exposition import (
     mark_process_dead,
     reset_multiprocess_dir,
 )
-from monitoring.metrics import Metrics
+from monitoring.metrics import Metrics, SupervisorMetrics
 
 __all__ = [
     "Metrics",
     "MetricsServer",
+    "SupervisorMetrics",
     "exposition_registry",
     "mark_process_dead",
     "reset_multiprocess_dir",

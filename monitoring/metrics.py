@@ -195,3 +195,16 @@ class Metrics:
                 self.events.labels(source, outcome)
         for reason in FLUSH_REASONS:
             self.dispatched_batches.labels(reason)
+
+
+class SupervisorMetrics:
+    """The metrics of `labeler up`'s supervisor process: what its supervision did."""
+
+    def __init__(self, registry: CollectorRegistry, components: list[str]) -> None:
+        self.component_restarts = Counter(
+            "labeler_component_restarts_total",
+            "Restarts of a `labeler up` component (or its private Redis) after it exited.",
+            ["component"], registry=registry,
+        )  # fmt: skip
+        for name in components:  # the supervisor's fixed component list: a bounded set
+            self.component_restarts.labels(name)

@@ -45,7 +45,7 @@ def test_up_labels_dropped_files_and_carries_on_after_a_restart(
     tmp_path: Path, digits: DigitsFixture
 ) -> None:
     data_dir = tmp_path / "data"
-    port = free_ports(3)  # the inference worker, the training worker and the dispatcher
+    port = free_ports(4)  # the inference worker, the training worker, the dispatcher, `up`
     env = labeler_env(
         data_dir=data_dir,
         broker_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing answers: a private Redis

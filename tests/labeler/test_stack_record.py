@@ -1,0 +1,69 @@
+"""The stack record, the data directory's lock and the private Redis's stable port."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labeler.embedded import _stable_port
+from labeler.stack_record import (
+    StackRecord,
+    StackRunning,
+    lock_data_dir,
+    read_record,
+    record_path,
+    remove_record,
+    write_record,
+)
+
+
+def _record(pid: int) -> StackRecord:
+    return StackRecord(
+        pid=pid, data_dir="/d", broker_url="redis://127.0.0.1:7000/0", private_redis=True
+    )
+
+
+def test_a_record_is_read_back_while_its_process_lives_and_is_stale_after(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_record(tmp_path, _record(child.pid))
+        found = read_record(tmp_path)
+        assert found is not None
+        assert found.broker_url == "redis://127.0.0.1:7000/0"
+        assert [p.name for p in record_path(tmp_path).parent.iterdir()] == ["stack.json"]
+    finally:
+        child.kill()
+        child.wait()
+    assert read_record(tmp_path) is None
+    stale = read_record(tmp_path, stale=True)
+    assert stale is not None
+    assert stale.pid == child.pid
+    remove_record(tmp_path)
+    assert read_record(tmp_path, stale=True) is None
+
+
+def test_a_second_lock_on_a_data_dir_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    held = lock_data_dir(tmp_path)
+    try:
+        write_record(tmp_path, _record(held_pid := int(Path(held.name).read_text())))
+        with pytest.raises(StackRunning, match=f"pid {held_pid} using the broker at redis://"):
+            lock_data_dir(tmp_path)
+    finally:
+        held.close()
+    lock_data_dir(tmp_path).close()  # released: the next one gets it
+
+
+def test_the_private_redis_port_is_kept_unless_taken(tmp_path: Path) -> None:
+    path = tmp_path / "port"
+    first = _stable_port(path)
+    assert _stable_port(path) == first
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first))
+        taken.listen()
+        second = _stable_port(path)
+    assert second != first
+    assert path.read_text().strip() == str(second)
