@@ -24,7 +24,7 @@ from labeler.stack_record import StackRecord, pid_alive
 from labeler.wiring import Stores, build_app
 from storage import Area, ObjectNotFound
 from storage.keys import report_key
-from tasks.app import QUEUES
+from tasks.contracts import QUEUES
 from tasks.queues import queue_depths
 
 HTTP_TIMEOUT = 3.0
