@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,7 +29,6 @@ from typing import Any
 
 from bench import naive_worker
 from bench.deployment import (
-    REPO_ROOT,
     Deployment,
     Services,
     local_deployment,
@@ -38,6 +36,7 @@ from bench.deployment import (
     save_mobilenet,
 )
 from bench.engine_profile import profile_engine
+from bench.header import run_header
 from bench.images import ImageSet, keys_for, make_image_set, place_in_store, place_local
 from bench.measure import (
     RESULT_TIMEOUT,
@@ -54,7 +53,6 @@ from bench.procstat import (
     CpuWindow,
     RssSampler,
     busy_cores,
-    machine_info,
     process_tree,
     rss_bytes,
 )
@@ -154,10 +152,12 @@ def local_runs(
     for images, count in ((ctx.small, ctx.plan.small_images), (ctx.big, ctx.plan.big_images)):
         for per_task in ctx.plan.per_task:
             name = f"local-{images.name}-b{per_task}"
+            run = Run(name, keys_for(name, count), per_task)
+            # The worker loads and traces its model during the warm-up: the bare reference
+            # before the run starts only after that, so the two never share the cores.
+            warm_seconds = _warm_local(ctx, deployment, images, run)
             before = bare()
-            result = _local_run(
-                ctx, deployment, images, Run(name, keys_for(name, count), per_task), pids
-            )
+            result = _local_run(deployment, images, run, pids, warm_seconds)
             result["adjacent_bare"] = [before, bare()]
             runs.append(result)
             print(f"  {name}: {result['images_per_second']} images/s", flush=True)
@@ -165,15 +165,23 @@ def local_runs(
     return deployment, runs
 
 
-def _local_run(
-    ctx: Context, deployment: Deployment, images: ImageSet, run: Run, pids: dict[str, list[int]]
-) -> dict[str, Any]:
+def _warm_local(ctx: Context, deployment: Deployment, images: ImageSet, run: Run) -> float:
+    """Place the run's images and warm the worker on a batch of others; returns its seconds."""
     assert deployment.local_root is not None
     warm = Run(
         f"warm-{run.name}", keys_for(f"warm-{run.name}", ctx.plan.warmup_images), run.per_task
     )
     place_local(images, deployment.local_root / "incoming", warm.keys + run.keys, ctx.originals)
-    warm_seconds = warm_up(deployment, warm)
+    return warm_up(deployment, warm)
+
+
+def _local_run(
+    deployment: Deployment,
+    images: ImageSet,
+    run: Run,
+    pids: dict[str, list[int]],
+    warm_seconds: float,
+) -> dict[str, Any]:
     result = timed_run(deployment, run, pids)
     return {
         "name": run.name,
@@ -366,16 +374,16 @@ def main() -> None:
         "inference.quick.json" if args.quick else "inference.json"
     )
     signal.signal(signal.SIGTERM, _interrupt)  # run the finally blocks: stop what we started
+    header = run_header()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="labeler-bench-") as tmp:
         measured = run_benchmark(plan, Path(tmp))
     results = {
+        **header,
         "benchmark": "inference (issue 3)",
         "quick": args.quick,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "total_seconds": round(time.perf_counter() - started, 1),
-        "machine": machine_info(),
-        "code": _code_version(),
         "plan": asdict(plan),
         **measured,
     }
@@ -389,19 +397,6 @@ def _write(results: dict[str, Any], output: Path) -> None:
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(summary(results))
     print(f"results: {output}")
-
-
-def _code_version() -> dict[str, Any]:
-    """The commit and the files changed since (read-only git commands)."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
-        return done.stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "changed_files": git("status", "--porcelain").splitlines(),
-    }
 
 
 def _interrupt(*_: object) -> None:
