@@ -208,7 +208,7 @@ def engine_throughput(bench: Bench) -> dict[str, Any]:
         sent: list[int] = []
         engine = Dispatcher(
             client, store, lambda keys, sent=sent: sent.append(len(keys)), lambda: 0,
-            Metrics(CollectorRegistry()), config,
+            Metrics(CollectorRegistry()), config, labels=bench.labels,
         )  # fmt: skip
         client.rpush(config.events_list, *items)
         thread = threading.Thread(target=engine.run)

@@ -12,7 +12,7 @@ from urllib.parse import unquote_plus
 from storage import InvalidKey, ObjectStore, S3Store, validate_key
 from workers.metered_store import MeteredStore
 
-SOURCE_MINIO, SOURCE_S3, SOURCE_SCAN = "minio", "s3", "scan"
+SOURCE_MINIO, SOURCE_S3, SOURCE_SCAN, SOURCE_WATCH = "minio", "s3", "scan", "watch"
 QUEUED, DUPLICATE, IGNORED, INVALID = "queued", "duplicate", "ignored", "invalid"
 
 

@@ -300,3 +300,40 @@ def _scrape(port: int) -> dict[tuple[str, str], float]:
         for s in family.samples
         if s.name == "labeler_events_total"
     }
+
+
+def test_images_waiting_longer_than_the_retry_budget_for_a_model_are_labeled_once_it_comes(
+    redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
+) -> None:
+    # The story of issue 13: `labeler up` before any model, images dropped, the model later.
+    data_dir = tmp_path / "data"
+    broker = redis_server.url.removesuffix("/0") + "/2"  # its own queues
+    redis.Redis.from_url(broker).flushdb()
+    env = labeler_env(
+        broker_url=broker, data_dir=data_dir, model_name="digits", batch_max_images=BATCH,
+        batch_max_wait_ms=200, inference_batch_size=16, scan_interval_seconds=0.5,
+        retry_backoff_max_seconds=1, metrics_port=0,
+    )  # fmt: skip
+    incoming = data_dir / "incoming" / "early"
+    incoming.mkdir(parents=True)
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--queues", "inference").start()
+    dispatcher = DispatcherProcess(env, tmp_path / "dispatch.log").start()
+    try:
+        for i in range(5):
+            (incoming / f"{i}.png").write_bytes(digits.held_out[80 + i].data)
+        # Past the 30 retries a batch used to get: its 31st try, retried or failed for good.
+        wait_until(
+            lambda: (log := worker.log_path.read_bytes()).count(b" retry: Retry in") > 30
+            or b"raised unexpected" in log,
+            180, "the batch tried past the old budget", every=1.0,
+        )  # fmt: skip
+        run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
+
+        labels = data_dir / "labels" / "early"
+        wait_until(lambda: len(list(labels.glob("*.png.json"))) == 5, 90, "5 labels", every=0.5)
+        records = [LabelRecord.model_validate_json(p.read_bytes()) for p in labels.iterdir()]
+        assert all(r.ok and r.label in CLASSES for r in records)
+        assert sum(dispatcher.sent()) == 5  # waited, not sent again
+    finally:
+        dispatcher.stop(signal.SIGKILL)
+        worker.stop()
