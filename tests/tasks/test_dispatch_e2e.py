@@ -6,8 +6,11 @@ Events are pushed with RPUSH in the formats MinIO and AWS really send.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import signal
+import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -334,6 +337,46 @@ def test_images_waiting_longer_than_the_retry_budget_for_a_model_are_labeled_onc
         records = [LabelRecord.model_validate_json(p.read_bytes()) for p in labels.iterdir()]
         assert all(r.ok and r.label in CLASSES for r in records)
         assert sum(dispatcher.sent()) == 5  # waited, not sent again
+    finally:
+        dispatcher.stop(signal.SIGKILL)
+        worker.stop()
+
+
+def test_the_watcher_labels_completed_local_files_with_the_scan_off(
+    redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    broker = redis_server.url.removesuffix("/0") + "/3"  # its own queues
+    redis.Redis.from_url(broker).flushdb()
+    env = labeler_env(
+        broker_url=broker, data_dir=data_dir, model_name="digits", batch_max_images=BATCH,
+        batch_max_wait_ms=200, inference_batch_size=16, scan_interval_seconds=0, metrics_port=0,
+    )  # fmt: skip
+    run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
+    incoming = data_dir / "incoming"
+    outside = tmp_path / "camera"
+    (outside / "roll").mkdir(parents=True)
+    for i in range(10):
+        (outside / "roll" / f"{i}.png").write_bytes(digits.held_out[90 + i].data)
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--queues", "inference").start()
+    dispatcher = DispatcherProcess(env, tmp_path / "dispatch.log").start()
+    try:
+        shutil.copytree(outside / "roll", incoming / "copied" / "deep")
+        os.rename(outside / "roll", incoming / "moved")
+        big = hashlib.md5()  # noqa: S324 - the ETag the record must carry
+        with (incoming / "slow.png").open("wb") as f:  # an image padded to 20 MB, written slowly
+            for chunk in [digits.held_out[100].data] + [bytes(1 << 20)] * 20:
+                f.write(chunk)
+                f.flush()
+                big.update(chunk)
+                time.sleep(0.05)  # pacing the writer, not waiting for a condition
+
+        labels = data_dir / "labels"
+        wait_until(lambda: len(list(labels.rglob("*.json"))) == 21, 90, "21 labels", every=0.5)
+        slow = LabelRecord.model_validate_json((labels / "slow.png.json").read_bytes())
+        assert slow.ok
+        assert slow.source_etag == big.hexdigest()
+        assert sum(dispatcher.sent()) == 21  # each file once, the slow one only when complete
     finally:
         dispatcher.stop(signal.SIGKILL)
         worker.stop()
