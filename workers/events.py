@@ -51,13 +51,25 @@ def parse_event(raw: bytes | str, root: S3Root | None) -> ParsedEvent:
 
     Accepted shapes: MinIO ``access`` format as MinIO writes it (``[{"Event": [record, ...],
     "EventTime": ...}]``) and as documented (``[timestamp, {"EventName", "Key", "Records"}]``),
-    and S3 event JSON (``{"Records": [record, ...]}``, as sent to SQS). Only ObjectCreated
-    records for keys under ``root`` become objects; other records are ignored, broken ones invalid.
+    S3 event JSON (``{"Records": [record, ...]}``, as sent to SQS), the same wrapped by SNS
+    (``{"Type": "Notification", "Message": "<S3 event JSON>"}``), and EventBridge "Object
+    Created" events (``detail.bucket.name``, ``detail.object.key``). Only creations of keys
+    under ``root`` become objects; other records are ignored (``s3:TestEvent`` too), broken
+    ones invalid.
     """
     try:
         doc = json.loads(raw)
     except ValueError:  # not JSON, or not UTF-8
         return ParsedEvent(SOURCE_S3, invalid=1)
+    if isinstance(doc, dict) and doc.get("Type") == "Notification":  # SNS-wrapped
+        message = doc.get("Message")
+        return (
+            parse_event(message, root)
+            if isinstance(message, str)
+            else ParsedEvent(SOURCE_S3, invalid=1)
+        )
+    if isinstance(doc, dict) and doc.get("source") == "aws.s3" and "detail-type" in doc:
+        return _eventbridge(doc, root)
     source, records = _records(doc)
     if records is None:
         if isinstance(doc, dict) and doc.get("Event") == "s3:TestEvent":
@@ -91,6 +103,23 @@ def _records(doc: Any) -> tuple[str, list[Any] | None]:
     return SOURCE_MINIO, None
 
 
+def _eventbridge(doc: dict[str, Any], root: S3Root | None) -> ParsedEvent:
+    """An EventBridge event from S3; its key is not URL-encoded (unlike notification records)."""
+    if doc["detail-type"] != "Object Created":
+        return ParsedEvent(SOURCE_S3, ignored=1)
+    try:
+        bucket, obj = doc["detail"]["bucket"]["name"], doc["detail"]["object"]
+        key = obj["key"]
+    except (KeyError, TypeError):
+        return ParsedEvent(SOURCE_S3, invalid=1)
+    if not isinstance(bucket, str) or not isinstance(key, str):
+        return ParsedEvent(SOURCE_S3, invalid=1)
+    outcome = _under_root(bucket, key, obj.get("etag"), root)
+    if isinstance(outcome, CreatedObject):
+        return ParsedEvent(SOURCE_S3, objects=[outcome])
+    return ParsedEvent(SOURCE_S3, ignored=int(outcome == IGNORED), invalid=int(outcome == INVALID))
+
+
 def _created_object(record: Any, root: S3Root | None) -> CreatedObject | str:
     try:
         name, bucket = record["eventName"], record["s3"]["bucket"]["name"]
@@ -103,6 +132,11 @@ def _created_object(record: Any, root: S3Root | None) -> CreatedObject | str:
     if not name.removeprefix("s3:").startswith("ObjectCreated:"):
         return IGNORED  # deletes, reads, replication, ...
     key = unquote_plus(encoded)  # both encode spaces as "+"; MinIO also escapes "/" as %2F
+    return _under_root(bucket, key, obj.get("eTag") or obj.get("etag"), root)
+
+
+def _under_root(bucket: str, key: str, etag: Any, root: S3Root | None) -> CreatedObject | str:
+    """A created object under ``root`` (its key made relative), else IGNORED or INVALID."""
     if root is None or bucket != root.bucket or not key.startswith(root.prefix):
         return IGNORED  # another bucket, or labels/, models/, ...: never a feedback loop
     relative = key[len(root.prefix) :]
@@ -112,5 +146,4 @@ def _created_object(record: Any, root: S3Root | None) -> CreatedObject | str:
         validate_key(relative)
     except InvalidKey:
         return INVALID
-    etag = obj.get("eTag") or obj.get("etag")
     return CreatedObject(relative, str(etag).strip('"') if etag else None)

@@ -94,7 +94,57 @@ def aws_event(bucket: str, key: str, etag: str | None, event: str = "ObjectCreat
     return json.dumps({"Records": [s3_record(bucket, key, etag, event=event, minio=False)]})
 
 
-FORMATS = {"minio": minio_event, "minio_documented": minio_documented_event, "aws": aws_event}
+def sns_event(bucket: str, key: str, etag: str | None, event: str = "ObjectCreated:Put") -> str:
+    """An S3 notification published to SNS, as an SQS subscription receives it (not raw)."""
+    return json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:uploads",
+            "Subject": "Amazon S3 Notification",
+            "Message": aws_event(bucket, key, etag, event),
+            "Timestamp": EVENT_TIME,
+            "SignatureVersion": "1",
+        }
+    )
+
+
+def eventbridge_event(
+    bucket: str, key: str, etag: str | None, detail_type: str = "Object Created"
+) -> str:
+    """An EventBridge event from S3 (its key is not URL-encoded)."""
+    obj: dict[str, Any] = {"key": key, "size": 1234, "sequencer": "0064D3901D00059242"}
+    if etag is not None:
+        obj["etag"] = etag
+    return json.dumps(
+        {
+            "version": "0",
+            "id": "c9888434-815d-c6f4-9fc2-4dd7bdeccaaf",
+            "detail-type": detail_type,
+            "source": "aws.s3",
+            "account": "123456789012",
+            "time": EVENT_TIME,
+            "region": "us-east-1",
+            "resources": [f"arn:aws:s3:::{bucket}"],
+            "detail": {
+                "version": "0",
+                "bucket": {"name": bucket},
+                "object": obj,
+                "request-id": "XRRTKJXSZQCWNQR1",
+                "requester": "123456789012",
+                "reason": "PutObject",
+            },
+        }
+    )
+
+
+FORMATS = {
+    "minio": minio_event,
+    "minio_documented": minio_documented_event,
+    "aws": aws_event,
+    "sns": sns_event,
+    "eventbridge": eventbridge_event,
+}
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -106,7 +156,7 @@ def test_created_events_map_back_to_incoming_keys(fmt: str, key: str) -> None:
 
     assert parsed.objects == [CreatedObject(key, "0123abcd")]
     assert (parsed.ignored, parsed.invalid) == (0, 0)
-    assert parsed.source == ("s3" if fmt == "aws" else "minio")
+    assert parsed.source == ("minio" if fmt.startswith("minio") else "s3")
 
 
 @pytest.mark.parametrize(
@@ -128,6 +178,17 @@ def test_created_events_map_back_to_incoming_keys(fmt: str, key: str) -> None:
         (json.dumps({"Records": []}), 0, 1),
         (json.dumps({"Records": [{"eventName": "ObjectCreated:Put"}]}), 0, 1),
         (json.dumps([EVENT_TIME, {"EventName": "s3:ObjectCreated:Put"}]), 0, 1),
+        (sns_event("photos", "labeler/incoming/a.jpg", None, "ObjectRemoved:Delete"), 1, 0),
+        (
+            json.dumps({"Type": "Notification", "Message": json.dumps({"Event": "s3:TestEvent"})}),
+            1,
+            0,
+        ),
+        (json.dumps({"Type": "Notification", "Message": "not json"}), 0, 1),
+        (json.dumps({"Type": "Notification"}), 0, 1),
+        (eventbridge_event("photos", "labeler/incoming/a.jpg", "e", "Object Deleted"), 1, 0),
+        (eventbridge_event("photos", "labeler/labels/a.jpg.json", "e"), 1, 0),
+        (json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": {}}), 0, 1),
     ],
 )
 def test_other_events_are_ignored_and_broken_ones_invalid(
