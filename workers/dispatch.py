@@ -145,6 +145,11 @@ class Dispatcher:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    @property
+    def reconciling(self) -> bool:
+        """Whether a reconciliation pass is under way."""
+        return self._scan is not None
+
     def stop(self) -> None:
         """Ask :meth:`run` to finish; safe to call from a signal handler."""
         self._stopping = True

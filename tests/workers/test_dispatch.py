@@ -512,7 +512,9 @@ def test_stop_flushes_what_is_held_and_acknowledges_it(
 def write_records(labels: LocalStore, keys: list[str]) -> None:
     """What the worker would write for ``keys``: a record per key, newer than the object."""
     for key in keys:
-        labels.put(f"{key}.json", b'{"source_key": "%s"}' % key.encode())
+        path = labels.root / f"{key}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b'{"source_key": "%s"}' % key.encode())
 
 
 def test_the_scan_sends_what_has_no_record_and_asks_redis_only_about_those(
@@ -559,8 +561,10 @@ def test_reconciliation_sends_exactly_the_objects_without_a_fresh_record(
 ) -> None:
     store, labels = LocalStore(tmp_path / "incoming"), LocalStore(tmp_path / "labels")
     keys = [f"{i % 7}/{i:05d}.png" for i in range(5000)]
+    for folder in range(7):
+        (tmp_path / "incoming" / str(folder)).mkdir()
     for key in keys:
-        store.put(key, key.encode())
+        (tmp_path / "incoming" / key).write_bytes(key.encode())  # as a copy would: no fsync
     unlabeled = set(keys[::500])  # 10 of them
     write_records(labels, [k for k in keys if k not in unlabeled])
     reuploaded = keys[1]
@@ -570,7 +574,7 @@ def test_reconciliation_sends_exactly_the_objects_without_a_fresh_record(
         client, store, labels=labels, batch_max_images=64, batch_max_wait=0.0, scan_interval=3600
     )
 
-    h.turn_until(lambda: h.dispatcher._scan is None and len(h.keys_sent()) >= 11)
+    h.turn_until(lambda: not h.dispatcher.reconciling and len(h.keys_sent()) >= 11)
     h.dispatcher.step()
 
     assert sorted(h.keys_sent()) == sorted([*unlabeled, reuploaded])
