@@ -22,6 +22,7 @@ from tasks.queues import waiting_images
 from workers.dispatch import DispatchConfig, Dispatcher
 from workers.events import s3_root
 from workers.metered_store import MeteredStore
+from workers.sqs import SqsInbox
 from workers.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,11 @@ def build_dispatcher(settings: Settings, metrics: Metrics) -> Dispatcher:
     )
     stores = Stores(settings, metrics)
     incoming = stores.area(Area.INCOMING)
-    if s3_root(incoming) is None and not config.scan_interval:
+    watcher = incoming_watcher(settings, incoming)
+    if s3_root(incoming) is None and watcher is None and not config.scan_interval:
         log.warning(
-            "%s is not in S3 (no events) and %s is 0: nothing will ever be dispatched",
-            incoming.uri, env_name("scan_interval_seconds"),
+            "%s is not in S3 (no events), not watched, and %s is 0: nothing will ever be "
+            "dispatched", incoming.uri, env_name("scan_interval_seconds"),
         )  # fmt: skip
     return Dispatcher(
         client,
@@ -115,8 +117,30 @@ def build_dispatcher(settings: Settings, metrics: Metrics) -> Dispatcher:
         metrics,
         config,
         labels=stores.area(Area.LABELS),
-        watcher=incoming_watcher(settings, incoming),
+        watcher=watcher,
+        sqs=sqs_inbox(settings),
     )
+
+
+def sqs_inbox(settings: Settings) -> SqsInbox | None:
+    """The SQS intake when LABELER_EVENTS_SQS_URL is set: its own client, standard retries."""
+    if settings.events_sqs_url is None:
+        return None
+    import boto3
+    from botocore.config import Config
+
+    options = settings.s3_options()
+    client = boto3.session.Session(
+        aws_access_key_id=options.access_key_id,
+        aws_secret_access_key=options.secret_access_key,
+        region_name=options.region,
+    ).client(
+        "sqs",
+        endpoint_url=settings.events_sqs_endpoint_url,
+        # A long poll lasts up to 1 s here (see Dispatcher.step); reads get room beyond it.
+        config=Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=30),
+    )
+    return SqsInbox(client, settings.events_sqs_url)
 
 
 def batch_sender(app: LabelerCelery) -> Callable[[list[str]], None]:

@@ -174,6 +174,15 @@ class Settings(BaseSettings):
         description="How long the dispatcher remembers a sent (key, ETag) so a repeated event "
         "is not sent again: the in-flight window. Later repeats are no-ops at the worker.",
     )
+    events_sqs_url: str | None = Field(
+        None,
+        description="An SQS queue the dispatcher long-polls for S3 notifications (direct, "
+        "SNS-wrapped or EventBridge). Give the queue a redrive policy: unparseable messages "
+        "are left for it to dead-letter. Uses the S3 credentials and region.",
+    )
+    events_sqs_endpoint_url: str | None = Field(
+        None, description="SQS endpoint (a local emulator); default: AWS's for the region."
+    )
     watch_incoming: bool = Field(
         True,
         description="On a local incoming/ directory, pick up completed files at once through "

@@ -46,6 +46,7 @@ from workers.events import (
 )
 from workers.inbox import EventInbox, Held
 from workers.reconcile import Reconciler
+from workers.sqs import SqsHeld, SqsInbox
 from workers.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class Dispatcher:
         *,
         labels: ObjectStore,
         watcher: DirectoryWatcher | None = None,
+        sqs: SqsInbox | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._redis = redis
@@ -127,6 +129,7 @@ class Dispatcher:
         self.config = config
         self._clock = clock
         self._watcher = watcher
+        self._sqs = sqs
         self._root = s3_root(incoming)
         self._inbox = EventInbox(redis, config.events_list, config.take_max)
         self._ledger = DedupLedger(redis, config.dedup_prefix, config.dedup_ttl)
@@ -134,7 +137,8 @@ class Dispatcher:
         self._stopping = False
         self._buffer: dict[str, _Entry] = {}
         self._taken: list[Held] = []  # taken, not yet parsed
-        self._acks: list[Held] = []  # settled events whose LREM is still to be done
+        self._acks: list[Held] = []  # settled events still to be acknowledged
+        self._rejects: list[SqsHeld] = []  # unparseable SQS messages, to make visible again
         self._marks: dict[str, str] = {}  # enqueued keys whose marker is still to be written
         self._scan: Iterator[list[ObjectInfo]] | None = None
         self._next_scan = 0.0 if config.scan_interval else float("inf")
@@ -161,14 +165,14 @@ class Dispatcher:
             True when everything held was flushed at the end, False when some events were left
             in the processing list for the next start.
         """
+        if self._watcher is not None:
+            self._watcher.start()  # before saying so: files copied from now on are seen
         log.info(
             "dispatching events from Redis list %r (%s) and reconciling %s %s",
             self.config.events_list, "mapped to " + repr(self._root) if self._root else "unused",
             self._incoming.uri,
             f"every {self.config.scan_interval:g}s" if self.config.scan_interval else "never",
         )  # fmt: skip
-        if self._watcher is not None:
-            self._watcher.start()
         delay, recovered = 0.0, False
         while not self._stopping:
             try:
@@ -222,6 +226,10 @@ class Dispatcher:
             if self._watcher is not None:  # it, not the events list, says when to wake up
                 self._watcher.wait(wait)
                 wait = 0.0
+            if self._sqs is not None:  # the same: SQS long-polls in whole seconds
+                self._sqs.extend(now)
+                self._taken += self._sqs.take(1 if wait > 0 else 0, now)
+                wait = 0.0
             self._taken += self._inbox.take(wait)
             self._watched(self._clock())
             self._scan_some(self._clock())
@@ -264,7 +272,9 @@ class Dispatcher:
                 log.warning("event with %d unusable records: %.300r", event.invalid, held.raw)
             for obj in objects:
                 self._offer(obj.key, obj.etag or "", source, held, sent, now)
-            if held.pending == 0:
+            if isinstance(held, SqsHeld) and event.invalid and not objects:
+                self._rejects.append(held)  # SQS's redrive policy dead-letters it
+            elif held.pending == 0:
                 self._acks.append(held)
 
     def _with_etags(self, objects: list[CreatedObject]) -> tuple[list[CreatedObject], int]:
@@ -340,14 +350,21 @@ class Dispatcher:
 
         One MULTI/EXEC: markers go in before the events that carried them are removed.
         """
+        if self._sqs is not None and self._rejects:
+            self._sqs.reject(self._rejects)
+            self._rejects = []
         if not self._marks and not self._acks:
             return
+        listed = [held for held in self._acks if not isinstance(held, SqsHeld)]
         pipe = self._redis.pipeline(transaction=True)
         self._ledger.mark(pipe, self._marks)
-        self._inbox.ack(pipe, self._acks)
+        self._inbox.ack(pipe, listed)
         pipe.execute()
-        self._inbox.acked(self._acks)
-        self._marks, self._acks = {}, []
+        self._inbox.acked(listed)
+        self._marks = {}
+        if self._sqs is not None:  # deleted only now: their keys' markers are in
+            self._sqs.ack([held for held in self._acks if isinstance(held, SqsHeld)])
+        self._acks = []
 
     def _watched(self, now: float) -> None:
         """Buffer the files the directory watcher found complete."""

@@ -7,6 +7,7 @@ Events are pushed with RPUSH in the formats MinIO and AWS really send.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import boto3
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,7 +37,13 @@ from tests.support.processes import (
     run_labeler,
 )
 from tests.support.services import EventSource, MotoServer, RedisServer, free_port, wait_until
-from tests.workers.test_dispatch import aws_event, minio_documented_event, minio_event
+from tests.workers.test_dispatch import (
+    aws_event,
+    eventbridge_event,
+    minio_documented_event,
+    minio_event,
+    sns_event,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -380,3 +388,75 @@ def test_the_watcher_labels_completed_local_files_with_the_scan_off(
     finally:
         dispatcher.stop(signal.SIGKILL)
         worker.stop()
+
+
+def test_sqs_bucket_notifications_label_awkward_keys_and_garbage_is_dead_lettered(
+    deployment: Deployment, digits: DigitsFixture, s3_server: MotoServer
+) -> None:
+    d = deployment
+    sqs = boto3.client(
+        "sqs", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
+        aws_access_key_id="testing-key", aws_secret_access_key="testing-secret",
+    )  # fmt: skip
+    name = f"labeler-{uuid.uuid4().hex[:8]}"
+    dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    redrive = {"deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"], "maxReceiveCount": "2"}
+    queue_url = sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": json.dumps(redrive)})[
+        "QueueUrl"
+    ]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    notified = d.site.full_key("sqs/")
+    d.site.s3.put_bucket_notification_configuration(
+        Bucket=d.site.bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": queue_arn["Attributes"]["QueueArn"],
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": notified}]}},
+                }
+            ]
+        },
+    )
+    dispatcher = d.dispatcher(
+        events_sqs_url=queue_url, events_sqs_endpoint_url=s3_server.endpoint_url
+    )
+    try:
+        names = ["a b.png", "a+b.png", "100%.png", "ünï 猫.png"]
+        keys = {f"sqs/{n}" for n in names}
+        for i, key in enumerate(sorted(keys)):
+            d.site.put(key, digits.held_out[110 + i].data)  # S3 notifies the queue itself
+        wrapped = {"wrapped/sns a+b.png": sns_event, "wrapped/eb a+b ü.png": eventbridge_event}
+        for i, (key, builder) in enumerate(wrapped.items()):
+            etag = d.site.put(key, digits.held_out[120 + i].data)  # outside the notified prefix
+            sqs.send_message(
+                QueueUrl=queue_url, MessageBody=builder(d.site.bucket, d.site.full_key(key), etag)
+            )
+        sqs.send_message(QueueUrl=queue_url, MessageBody="not an event at all")
+
+        _wait_labeled(d, "sqs/", keys, 90)
+        _wait_labeled(d, "wrapped/", set(wrapped), 60)
+        assert set(d.site.label_writes("sqs/").values()) == {1}
+        assert all(d.site.record(k).ok for k in keys | set(wrapped))
+
+        def dead_lettered() -> list[str]:
+            reply = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=1)
+            return [m["Body"] for m in reply.get("Messages", [])]
+
+        found: list[str] = []
+        wait_until(lambda: found.extend(dead_lettered()) or found, 60, "the garbage in the DLQ")
+        assert found == ["not an event at all"]
+        attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])
+        wait_until(
+            lambda: sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])[
+                "Attributes"
+            ]["ApproximateNumberOfMessagesNotVisible"] == "0",
+            30, "every message deleted",
+        )  # fmt: skip
+        assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
+        assert dispatcher.stop() == 0
+    finally:
+        d.site.s3.put_bucket_notification_configuration(
+            Bucket=d.site.bucket, NotificationConfiguration={}
+        )
