@@ -19,7 +19,8 @@ from storage import Area, LocalStore, ObjectStore
 from tasks.app import INFERENCE_QUEUE, LabelerCelery
 from tasks.contracts import CLASSIFY_BATCH, ClassifyBatchRequest
 from tasks.queues import waiting_images
-from workers.dispatch import DispatchConfig, Dispatcher
+from workers.dispatch import Dispatcher
+from workers.dispatch_config import DispatchConfig
 from workers.events import s3_root
 from workers.metered_store import MeteredStore
 from workers.sqs import SqsInbox

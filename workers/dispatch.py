@@ -1,10 +1,12 @@
-"""The batching dispatcher: object events and reconciliation finds become batches of keys.
+"""The batching dispatcher: object events, watched files and reconciliation finds become
+batches of keys.
 
-Two sources feed one buffer: the event inbox (:mod:`workers.inbox`, a Redis list that MinIO's
-``notify_redis`` or an S3 relay pushes to) and the reconciliation scan (:mod:`workers.reconcile`),
-the safety net for missed events, and the source itself where there are no events. Keys leave in
-batches (``batch_max_images`` or ``batch_max_wait``, whichever first), de-duplicated by
-(key, ETag) against the ledger (:mod:`workers.dedup`) over the in-flight window.
+Its sources: the Redis events list (:mod:`workers.inbox`; MinIO's ``notify_redis`` or a relay),
+an SQS queue (:mod:`workers.sqs`), the inotify watcher of a local incoming directory
+(:mod:`workers.watcher`), and the reconciliation scan (:mod:`workers.reconcile`), the safety net
+for missed events and the source itself where there are none. Keys leave in batches
+(``batch_max_images`` or ``batch_max_wait``, whichever first), de-duplicated by (key, ETag)
+against the ledger (:mod:`workers.dedup`) over the in-flight window.
 
 An event is acknowledged only after every key it carried has been enqueued and marked sent
 (one MULTI/EXEC), found a duplicate, or ignored.
@@ -25,14 +27,13 @@ from monitoring.metrics import Metrics
 from storage import (
     InvalidKey,
     ObjectInfo,
-    ObjectNotFound,
     ObjectStore,
     StorageError,
-    TransientStorageError,
     validate_key,
 )
 from workers.backpressure import Backpressure
 from workers.dedup import DedupLedger
+from workers.dispatch_config import DispatchConfig, EnqueueFailed
 from workers.events import (
     DUPLICATE,
     IGNORED,
@@ -43,6 +44,7 @@ from workers.events import (
     CreatedObject,
     parse_event,
     s3_root,
+    with_etags,
 )
 from workers.inbox import EventInbox, Held
 from workers.reconcile import Reconciler
@@ -52,42 +54,6 @@ from workers.watcher import DirectoryWatcher
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]  # monotonic seconds
-
-
-class EnqueueFailed(Exception):
-    """``enqueue`` raised: the batch stays buffered and is sent again on the next turn."""
-
-
-@dataclass(frozen=True)
-class DispatchConfig:
-    """How the dispatcher batches, scans and throttles. Times are in seconds."""
-
-    events_list: str = "labeler:events"
-    batch_max_images: int = 64
-    batch_max_wait: float = 0.5
-    scan_interval: float = 3600.0  # 0: never reconcile (events only)
-    backlog_high_water: int = 10_000
-    backlog_low_water: int = 5_000
-    dedup_ttl: int = 6 * 3600  # the in-flight window
-    dedup_prefix: str = "labeler:dispatched:"
-    poll: float = 0.5  # longest blocking wait: how soon a stop request is noticed
-    backlog_check: float = 1.0  # between two backlog() calls (each reads Redis)
-    take_max: int = 64  # events moved per round trip
-    scan_chunk: int = 1000  # listed objects handled per turn, so events keep flowing
-
-    def __post_init__(self) -> None:
-        if self.batch_max_images < 1 or self.take_max < 1 or self.scan_chunk < 1:
-            raise ValueError("batch_max_images, take_max and scan_chunk must be at least 1")
-        if self.batch_max_wait < 0 or self.scan_interval < 0 or self.poll <= 0:
-            raise ValueError("batch_max_wait and scan_interval must be >= 0, poll > 0")
-        if not 0 <= self.backlog_low_water < self.backlog_high_water:
-            raise ValueError("backlog_low_water must be >= 0 and below backlog_high_water")
-        if self.dedup_ttl < 1:
-            raise ValueError("dedup_ttl must be at least 1 second")
-
-    @property
-    def processing_list(self) -> str:
-        return f"{self.events_list}:processing"
 
 
 @dataclass(eq=False)
@@ -258,7 +224,7 @@ class Dispatcher:
         parsed = [parse_event(held.raw, self._root) for held in self._taken]
         found: list[tuple[Held, str, list[CreatedObject]]] = []
         for held, event in zip(self._taken, parsed, strict=True):
-            objects, gone = self._with_etags(event.objects)
+            objects, gone = with_etags(self._incoming, event.objects)
             event.ignored += gone
             found.append((held, event.source, objects))
         sent = self._ledger.sent(
@@ -276,23 +242,6 @@ class Dispatcher:
                 self._rejects.append(held)  # SQS's redrive policy dead-letters it
             elif held.pending == 0:
                 self._acks.append(held)
-
-    def _with_etags(self, objects: list[CreatedObject]) -> tuple[list[CreatedObject], int]:
-        ready, gone = [], 0
-        for obj in objects:
-            if obj.etag is not None:
-                ready.append(obj)
-                continue
-            try:
-                ready.append(CreatedObject(obj.key, self._incoming.head(obj.key).etag))
-            except ObjectNotFound:
-                gone += 1  # deleted since: nothing to label
-            except TransientStorageError:
-                raise
-            except StorageError as exc:
-                log.warning("cannot HEAD %r (%s): sending it without an ETag", obj.key, exc)
-                ready.append(CreatedObject(obj.key, ""))  # the worker records why it failed
-        return ready, gone
 
     def _offer(
         self,
@@ -371,7 +320,7 @@ class Dispatcher:
         if self._watcher is None or not (keys := self._watcher.ready()):
             return
         try:
-            objects, gone = self._with_etags([CreatedObject(key, None) for key in keys])
+            objects, gone = with_etags(self._incoming, [CreatedObject(key, None) for key in keys])
         except StorageError:
             self._watcher.again(keys)
             raise

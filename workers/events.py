@@ -5,12 +5,23 @@ ignored (not a creation, or outside incoming/), or invalid."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
-from storage import InvalidKey, ObjectStore, S3Store, validate_key
+from storage import (
+    InvalidKey,
+    ObjectNotFound,
+    ObjectStore,
+    S3Store,
+    StorageError,
+    TransientStorageError,
+    validate_key,
+)
 from workers.metered_store import MeteredStore
+
+log = logging.getLogger(__name__)
 
 SOURCE_MINIO, SOURCE_S3, SOURCE_SCAN, SOURCE_WATCH = "minio", "s3", "scan", "watch"
 QUEUED, DUPLICATE, IGNORED, INVALID = "queued", "duplicate", "ignored", "invalid"
@@ -147,3 +158,26 @@ def _under_root(bucket: str, key: str, etag: Any, root: S3Root | None) -> Create
     except InvalidKey:
         return INVALID
     return CreatedObject(relative, str(etag).strip('"') if etag else None)
+
+
+def with_etags(store: ObjectStore, objects: list[CreatedObject]) -> tuple[list[CreatedObject], int]:
+    """``objects`` with their ETags, HEADing those whose event did not say; and how many are gone.
+
+    Raises:
+        TransientStorageError: the store is unreachable; nothing was decided, try again later.
+    """
+    ready, gone = [], 0
+    for obj in objects:
+        if obj.etag is not None:
+            ready.append(obj)
+            continue
+        try:
+            ready.append(CreatedObject(obj.key, store.head(obj.key).etag))
+        except ObjectNotFound:
+            gone += 1  # deleted since: nothing to label
+        except TransientStorageError:
+            raise
+        except StorageError as exc:
+            log.warning("cannot HEAD %r (%s): sending it without an ETag", obj.key, exc)
+            ready.append(CreatedObject(obj.key, ""))  # the worker records why it failed
+    return ready, gone

@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry
 from monitoring.metrics import Metrics
 from storage import LocalStore, ObjectStore, S3Store
 from tests.support.services import wait_until
-from workers.dispatch import DispatchConfig, Dispatcher
+from workers.dispatch import Dispatcher
+from workers.dispatch_config import DispatchConfig
 from workers.events import CreatedObject, S3Root, parse_event
 from workers.metered_store import MeteredStore
 
