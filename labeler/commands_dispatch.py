@@ -141,7 +141,9 @@ def sqs_inbox(settings: Settings) -> SqsInbox | None:
         # A long poll lasts up to 1 s here (see Dispatcher.step); reads get room beyond it.
         config=Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=30),
     )
-    return SqsInbox(client, settings.events_sqs_url)
+    return SqsInbox(
+        client, settings.events_sqs_url, visibility=settings.events_sqs_visibility_seconds
+    )
 
 
 def batch_sender(app: LabelerCelery) -> Callable[[list[str]], None]:

@@ -183,6 +183,13 @@ class Settings(BaseSettings):
     events_sqs_endpoint_url: str | None = Field(
         None, description="SQS endpoint (a local emulator); default: AWS's for the region."
     )
+    events_sqs_visibility_seconds: int = Field(
+        60,
+        ge=10,
+        le=43200,
+        description="How long a received SQS message stays hidden; extended while it waits for "
+        "its batch. A killed dispatcher's messages come back after this long.",
+    )
     watch_incoming: bool = Field(
         True,
         description="On a local incoming/ directory, pick up completed files at once through "

@@ -48,7 +48,7 @@ from workers.events import (
 )
 from workers.inbox import EventInbox, Held
 from workers.reconcile import Reconciler
-from workers.sqs import SqsHeld, SqsInbox
+from workers.sqs import SqsHeld, SqsInbox, SqsUnavailable
 from workers.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class Dispatcher:
                     recovered = True
                 self.step()
                 delay = 0.0
-            except (RedisError, StorageError, EnqueueFailed) as exc:
+            except (RedisError, StorageError, EnqueueFailed, SqsUnavailable) as exc:
                 delay = min(max(2 * delay, 0.25), 10.0)
                 log.warning("dispatcher: %s: %s; retrying in %.2fs", type(exc).__name__, exc, delay)
                 recovered = False  # a lost reply may have moved events we do not know about
@@ -170,7 +170,7 @@ class Dispatcher:
             while self._buffer:
                 self._flush("shutdown")
             self._settle()
-        except (RedisError, StorageError, EnqueueFailed) as exc:
+        except (RedisError, StorageError, EnqueueFailed, SqsUnavailable) as exc:
             log.error(
                 "could not flush at shutdown (%s); %d events stay in %s for the next start",
                 exc, self._inbox.held, self.config.processing_list,
@@ -310,10 +310,14 @@ class Dispatcher:
         self._inbox.ack(pipe, listed)
         pipe.execute()
         self._inbox.acked(listed)
-        self._marks = {}
-        if self._sqs is not None:  # deleted only now: their keys' markers are in
-            self._sqs.ack([held for held in self._acks if isinstance(held, SqsHeld)])
-        self._acks = []
+        queued = [held for held in self._acks if isinstance(held, SqsHeld)]
+        self._marks, self._acks = {}, []
+        if self._sqs is not None and queued:  # deleted only now: their keys' markers are in
+            try:
+                self._sqs.ack(queued)
+            except SqsUnavailable:
+                self._acks = list(queued)  # deleted on the next turn
+                raise
 
     def _watched(self, now: float) -> None:
         """Buffer the files the directory watcher found complete."""

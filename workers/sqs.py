@@ -11,14 +11,30 @@ when their visibility runs out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from workers.inbox import Held
 
 log = logging.getLogger(__name__)
 
 _BATCH = 10  # SQS's limit per receive and per batch call
+
+
+class SqsUnavailable(Exception):
+    """An SQS call failed after botocore's retries; the dispatcher backs off and tries again."""
+
+
+@contextmanager
+def _sqs_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise SqsUnavailable(f"SQS {operation}: {exc}") from exc
 
 
 @dataclass(eq=False)
@@ -42,12 +58,13 @@ class SqsInbox:
 
     def take(self, wait: int, now: float) -> list[SqsHeld]:
         """Receive up to 10 messages, long-polling up to ``wait`` whole seconds (0-20)."""
-        reply = self._client.receive_message(
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=_BATCH,
-            WaitTimeSeconds=max(0, min(wait, 20)),
-            VisibilityTimeout=self._visibility,
-        )
+        with _sqs_errors("receive_message"):
+            reply = self._client.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=_BATCH,
+                WaitTimeSeconds=max(0, min(wait, 20)),
+                VisibilityTimeout=self._visibility,
+            )
         taken = []
         for message in reply.get("Messages", []):
             held = SqsHeld(
@@ -86,7 +103,8 @@ class SqsInbox:
             entries = [
                 {"Id": str(i), "ReceiptHandle": held.handle, **extra} for i, held in enumerate(part)
             ]
-            reply = call(QueueUrl=self.queue_url, Entries=entries)
+            with _sqs_errors(operation):
+                reply = call(QueueUrl=self.queue_url, Entries=entries)
             for failed in reply.get("Failed", []):
                 # The message stays held by SQS: it comes back and is handled again.
                 log.warning("SQS %s failed for one message: %s", operation, failed.get("Message"))

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -390,10 +391,24 @@ def test_the_watcher_labels_completed_local_files_with_the_scan_off(
         worker.stop()
 
 
-def test_sqs_bucket_notifications_label_awkward_keys_and_garbage_is_dead_lettered(
-    deployment: Deployment, digits: DigitsFixture, s3_server: MotoServer
-) -> None:
-    d = deployment
+@dataclass
+class SqsSource:
+    """A queue (with a dead-letter queue after 2 receives) the bucket notifies about sqs/."""
+
+    client: Any
+    url: str
+    dlq_url: str
+
+    def settings(self, endpoint_url: str) -> dict[str, object]:
+        return {"events_sqs_url": self.url, "events_sqs_endpoint_url": endpoint_url}
+
+    def attribute(self, name: str) -> str:
+        reply = self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=[name])
+        return str(reply["Attributes"][name])
+
+
+@pytest.fixture
+def sqs_source(deployment: Deployment, s3_server: MotoServer) -> Iterator[SqsSource]:
     sqs = boto3.client(
         "sqs", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
         aws_access_key_id="testing-key", aws_secret_access_key="testing-secret",
@@ -402,61 +417,83 @@ def test_sqs_bucket_notifications_label_awkward_keys_and_garbage_is_dead_lettere
     dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
     redrive = {"deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"], "maxReceiveCount": "2"}
-    queue_url = sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": json.dumps(redrive)})[
-        "QueueUrl"
-    ]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
-    notified = d.site.full_key("sqs/")
-    d.site.s3.put_bucket_notification_configuration(
-        Bucket=d.site.bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {
-                    "QueueArn": queue_arn["Attributes"]["QueueArn"],
-                    "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": notified}]}},
-                }
-            ]
+    url = sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": json.dumps(redrive)})
+    source = SqsSource(sqs, url["QueueUrl"], dlq_url)
+    rule = {
+        "QueueArn": source.attribute("QueueArn"),
+        "Events": ["s3:ObjectCreated:*"],
+        "Filter": {
+            "Key": {"FilterRules": [{"Name": "prefix", "Value": deployment.site.full_key("sqs/")}]}
         },
+    }
+    s3 = deployment.site.s3
+    s3.put_bucket_notification_configuration(
+        Bucket=deployment.site.bucket, NotificationConfiguration={"QueueConfigurations": [rule]}
     )
-    dispatcher = d.dispatcher(
-        events_sqs_url=queue_url, events_sqs_endpoint_url=s3_server.endpoint_url
+    yield source
+    s3.put_bucket_notification_configuration(
+        Bucket=deployment.site.bucket, NotificationConfiguration={}
     )
-    try:
-        names = ["a b.png", "a+b.png", "100%.png", "ünï 猫.png"]
-        keys = {f"sqs/{n}" for n in names}
-        for i, key in enumerate(sorted(keys)):
-            d.site.put(key, digits.held_out[110 + i].data)  # S3 notifies the queue itself
-        wrapped = {"wrapped/sns a+b.png": sns_event, "wrapped/eb a+b ü.png": eventbridge_event}
-        for i, (key, builder) in enumerate(wrapped.items()):
-            etag = d.site.put(key, digits.held_out[120 + i].data)  # outside the notified prefix
-            sqs.send_message(
-                QueueUrl=queue_url, MessageBody=builder(d.site.bucket, d.site.full_key(key), etag)
-            )
-        sqs.send_message(QueueUrl=queue_url, MessageBody="not an event at all")
 
-        _wait_labeled(d, "sqs/", keys, 90)
-        _wait_labeled(d, "wrapped/", set(wrapped), 60)
-        assert set(d.site.label_writes("sqs/").values()) == {1}
-        assert all(d.site.record(k).ok for k in keys | set(wrapped))
 
-        def dead_lettered() -> list[str]:
-            reply = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=1)
-            return [m["Body"] for m in reply.get("Messages", [])]
+def test_sqs_bucket_notifications_label_awkward_keys_and_garbage_is_dead_lettered(
+    deployment: Deployment, digits: DigitsFixture, s3_server: MotoServer, sqs_source: SqsSource
+) -> None:
+    d, sqs = deployment, sqs_source
+    dispatcher = d.dispatcher(**sqs.settings(s3_server.endpoint_url))
+    names = ["a b.png", "a+b.png", "100%.png", "ünï 猫.png"]
+    keys = {f"sqs/{n}" for n in names}
+    for i, key in enumerate(sorted(keys)):
+        d.site.put(key, digits.held_out[110 + i].data)  # S3 notifies the queue itself
+    wrapped = {"wrapped/sns a+b.png": sns_event, "wrapped/eb a+b ü.png": eventbridge_event}
+    for i, (key, builder) in enumerate(wrapped.items()):
+        etag = d.site.put(key, digits.held_out[120 + i].data)  # outside the notified prefix
+        body = builder(d.site.bucket, d.site.full_key(key), etag)
+        sqs.client.send_message(QueueUrl=sqs.url, MessageBody=body)
+    sqs.client.send_message(QueueUrl=sqs.url, MessageBody="not an event at all")
 
-        found: list[str] = []
-        wait_until(lambda: found.extend(dead_lettered()) or found, 60, "the garbage in the DLQ")
-        assert found == ["not an event at all"]
-        attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])
-        wait_until(
-            lambda: sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])[
-                "Attributes"
-            ]["ApproximateNumberOfMessagesNotVisible"] == "0",
-            30, "every message deleted",
-        )  # fmt: skip
-        assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
-        assert dispatcher.stop() == 0
-    finally:
-        d.site.s3.put_bucket_notification_configuration(
-            Bucket=d.site.bucket, NotificationConfiguration={}
-        )
+    _wait_labeled(d, "sqs/", keys, 90)
+    _wait_labeled(d, "wrapped/", set(wrapped), 60)
+    assert set(d.site.label_writes("sqs/").values()) == {1}
+    assert all(d.site.record(k).ok for k in keys | set(wrapped))
+    dead: list[str] = []
+
+    def dead_lettered() -> bool:
+        reply = sqs.client.receive_message(QueueUrl=sqs.dlq_url, WaitTimeSeconds=1)
+        dead.extend(m["Body"] for m in reply.get("Messages", []))
+        return bool(dead)
+
+    wait_until(dead_lettered, 60, "the garbage in the dead-letter queue")
+    assert dead == ["not an event at all"]
+    wait_until(
+        lambda: sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0",
+        30, "every message deleted",
+    )  # fmt: skip
+    assert sqs.attribute("ApproximateNumberOfMessages") == "0"
+    assert dispatcher.stop() == 0
+
+
+def test_sqs_dispatcher_sigkilled_with_messages_in_flight_labels_every_object_once(
+    deployment: Deployment, digits: DigitsFixture, s3_server: MotoServer, sqs_source: SqsSource
+) -> None:
+    d, sqs = deployment, sqs_source
+    settings = {**sqs.settings(s3_server.endpoint_url), "events_sqs_visibility_seconds": 10}
+    first = d.dispatcher(batch_max_wait_ms=3000, **settings)
+    etags = d.site.put_images("sqs/killed/", digits.held_out, 120)
+
+    wait_until(
+        lambda: int(sqs.attribute("ApproximateNumberOfMessagesNotVisible")) >= 3,
+        30, "messages received and held",
+    )  # fmt: skip
+    first.stop(signal.SIGKILL)
+    second = d.dispatcher(**settings)
+
+    _wait_labeled(d, "sqs/killed/", set(etags), 150)
+    assert set(d.site.label_writes("sqs/killed/").values()) == {1}
+    assert len(d.site.label_writes("sqs/killed/")) == 120
+    wait_until(
+        lambda: sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0"
+        and sqs.attribute("ApproximateNumberOfMessages") == "0",
+        60, "every message deleted",
+    )  # fmt: skip
+    assert second.stop() == 0
