@@ -55,9 +55,11 @@ def child(root: str, redis_url: str) -> None:
         listed = 0
         listings = 0
 
-        def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        def list(
+            self, prefix: str = "", *, start_after: str | None = None, etags: bool = True
+        ) -> Iterator[ObjectInfo]:
             self.listings += 1
-            for info in super().list(prefix, start_after=start_after):
+            for info in super().list(prefix, start_after=start_after, etags=etags):
                 self.listed += 1
                 yield info
 

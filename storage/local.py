@@ -85,7 +85,9 @@ class LocalStore:
         self._etags.put(_signature(st), etag)
         return ObjectInfo(key, len(data), etag, st.st_mtime)
 
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str = "", *, start_after: str | None = None, etags: bool = True
+    ) -> Iterator[ObjectInfo]:
         """Stream the objects in key order, as S3 does; memory is one directory's names."""
         validate_prefix(prefix)
         with _os_errors(prefix):
@@ -102,8 +104,10 @@ class LocalStore:
                     target = os.readlink(path) if path.is_symlink() else str(path.resolve())
                     etag = hashlib.md5(f"outside:{target}".encode()).hexdigest()  # noqa: S324
                     yield ObjectInfo(key, st.st_size, etag, st.st_mtime)
-                    continue
-                yield self._info(key, path, st)
+                elif etags:
+                    yield self._info(key, path, st)
+                else:
+                    yield ObjectInfo(key, st.st_size, "", st.st_mtime)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -344,21 +344,26 @@ class Dispatcher:
             self._scan = self._reconciler.chunks()
         try:
             unlabeled = next(self._scan, None)
-        except StorageError:
+            if unlabeled is None:  # the pass is over
+                self._scan, self._next_scan = None, now + self.config.scan_interval
+                return
+            self._send_unlabeled(unlabeled, now)
+        except StorageError:  # a pass is whole or not at all: start again soon
             self._scan, self._next_scan = None, now + min(self.config.scan_interval, 5.0)
             raise
-        if unlabeled is None:  # the pass is over
-            self._scan, self._next_scan = None, now + self.config.scan_interval
-            return
-        sent = self._ledger.sent(info.key for info in unlabeled if info.key not in self._buffer)
+
+    def _send_unlabeled(self, unlabeled: list[ObjectInfo], now: float) -> None:
+        valid = []
         for info in unlabeled:
             try:
-                validate_key(info.key)
+                valid.append(CreatedObject(validate_key(info.key), info.etag or None))
             except InvalidKey:
                 log.warning("cannot label %r: %s", info.key, "not a valid object key")
                 self._count(SOURCE_SCAN, INVALID)
-                continue
-            self._offer(info.key, info.etag, SOURCE_SCAN, None, sent, now)
+        objects, _gone = with_etags(self._incoming, valid)  # HEADs only what is unlabeled
+        sent = self._ledger.sent(obj.key for obj in objects if obj.key not in self._buffer)
+        for obj in objects:
+            self._offer(obj.key, obj.etag or "", SOURCE_SCAN, None, sent, now)
 
     # --- helpers ------------------------------------------------------------------------------
 

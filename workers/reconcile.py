@@ -29,12 +29,13 @@ class Reconciler:
         self._chunk = chunk
 
     def chunks(self) -> Iterator[list[ObjectInfo]]:
-        """One pass: for each chunk listed, the objects to send (often none).
+        """One pass: for each chunk listed, the objects to send (often none); their ``etag``
+        is empty where the listing did not give it for free (a local directory).
 
         Raises:
             StorageError: from either listing; the pass is over, start a new one later.
         """
-        listing = iter(self._incoming.list())
+        listing = iter(self._incoming.list(etags=False))
         records = _RecordCursor(self._labels)
         while chunk := list(itertools.islice(listing, self._chunk)):
             stamps = records.stamps([label_key(info.key) for info in chunk], chunk[0].key)
@@ -59,7 +60,7 @@ class _RecordCursor:
         """``last_modified`` of the records among ``wanted``; ``floor`` sorts before them all."""
         low, high, wanted_set = min(wanted), max(wanted), set(wanted)
         if self._listing is None or (self._last is not None and self._last >= low):
-            self._listing = iter(self._labels.list(start_after=floor))
+            self._listing = iter(self._labels.list(start_after=floor, etags=False))
             self._peek, self._last = None, None
         found: dict[str, float] = {}
         while True:
