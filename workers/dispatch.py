@@ -14,11 +14,9 @@ An event is acknowledged only after every key it carried has been enqueued and m
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -32,13 +30,12 @@ from storage import (
     validate_key,
 )
 from workers.backpressure import Backpressure
+from workers.batcher import Batcher
 from workers.dedup import DedupLedger
 from workers.dispatch_config import DispatchConfig, EnqueueFailed
 from workers.events import (
-    DUPLICATE,
     IGNORED,
     INVALID,
-    QUEUED,
     SOURCE_SCAN,
     SOURCE_WATCH,
     CreatedObject,
@@ -54,16 +51,6 @@ from workers.watcher import DirectoryWatcher
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]  # monotonic seconds
-
-
-@dataclass(eq=False)
-class _Entry:
-    """A buffered key: the ETag to mark, who found it, and the events waiting on it."""
-
-    etag: str
-    source: str
-    since: float  # when it was buffered (clock seconds)
-    holders: list[Held] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -90,7 +77,6 @@ class Dispatcher:
     ) -> None:
         self._redis = redis
         self._incoming = incoming
-        self._enqueue = enqueue
         self._metrics = metrics
         self.config = config
         self._clock = clock
@@ -101,17 +87,17 @@ class Dispatcher:
         self._ledger = DedupLedger(redis, config.dedup_prefix, config.dedup_ttl)
         self._reconciler = Reconciler(incoming, labels, config.scan_chunk)
         self._stopping = False
-        self._buffer: dict[str, _Entry] = {}
         self._taken: list[Held] = []  # taken, not yet parsed
-        self._acks: list[Held] = []  # settled events still to be acknowledged
         self._rejects: list[SqsHeld] = []  # unparseable SQS messages, to make visible again
-        self._marks: dict[str, str] = {}  # enqueued keys whose marker is still to be written
         self._scan: Iterator[list[ObjectInfo]] | None = None
         self._next_scan = 0.0 if config.scan_interval else float("inf")
         self._backpressure = Backpressure(
             backlog, metrics, config.backlog_high_water, config.backlog_low_water,
             config.backlog_check,
         )  # fmt: skip
+        self._batcher = Batcher(
+            enqueue, metrics, self._backpressure, config.batch_max_images, config.batch_max_wait
+        )
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -166,9 +152,9 @@ class Dispatcher:
         """Handle what was taken, send what is buffered, and settle; False if that failed."""
         try:
             self._handle_taken(self._clock())
-            self._flush_due(self._clock())
-            while self._buffer:
-                self._flush("shutdown")
+            self._batcher.flush_due(self._clock())
+            while self._batcher:
+                self._batcher.flush("shutdown")
             self._settle()
         except (RedisError, StorageError, EnqueueFailed, SqsUnavailable) as exc:
             log.error(
@@ -201,7 +187,7 @@ class Dispatcher:
             self._scan_some(self._clock())
         now = self._clock()
         self._handle_taken(now)
-        self._flush_due(now)
+        self._batcher.flush_due(now)
         self._settle()
 
     def _wait_for(self, now: float, *, paused: bool) -> float:
@@ -209,8 +195,7 @@ class Dispatcher:
         if not paused and (self._taken or self._scan is not None):
             return 0.0
         wait = self.config.poll if paused else min(self.config.poll, self._next_scan - now)
-        if self._buffer:
-            wait = min(wait, self._oldest() + self.config.batch_max_wait - now)
+        wait = min(wait, self._batcher.deadline() - now)
         return wait if wait >= 0.01 else 0.0  # Redis reads a 0 timeout as "block forever"
 
     def _handle_taken(self, now: float) -> None:
@@ -228,71 +213,20 @@ class Dispatcher:
             event.ignored += gone
             found.append((held, event.source, objects))
         sent = self._ledger.sent(
-            obj.key for _, _, objects in found for obj in objects if obj.key not in self._buffer
+            obj.key for _, _, objects in found for obj in objects if obj.key not in self._batcher
         )
         self._taken = []
         for (held, source, objects), event in zip(found, parsed, strict=True):
-            self._count(source, IGNORED, event.ignored)
-            self._count(source, INVALID, event.invalid)
+            self._batcher.count(source, IGNORED, event.ignored)
+            self._batcher.count(source, INVALID, event.invalid)
             if event.invalid:
                 log.warning("event with %d unusable records: %.300r", event.invalid, held.raw)
             for obj in objects:
-                self._offer(obj.key, obj.etag or "", source, held, sent, now)
+                self._batcher.offer(obj.key, obj.etag or "", source, held, sent, now)
             if isinstance(held, SqsHeld) and event.invalid and not objects:
                 self._rejects.append(held)  # SQS's redrive policy dead-letters it
             elif held.pending == 0:
-                self._acks.append(held)
-
-    def _offer(
-        self,
-        key: str,
-        etag: str,
-        source: str,
-        holder: Held | None,
-        sent: dict[str, str],
-        now: float,
-    ) -> None:
-        """Buffer ``key`` unless (key, ETag) is buffered or was sent inside the window."""
-        entry = self._buffer.get(key)
-        if entry is None and sent.get(key) == etag:
-            self._count(source, DUPLICATE)
-            return
-        if entry is None:
-            entry = self._buffer[key] = _Entry(etag, source, now)
-        elif entry.etag == etag:
-            self._count(source, DUPLICATE)
-        else:
-            entry.etag = etag  # changed again before it was sent: the worker reads the latest
-        if holder is not None:
-            entry.holders.append(holder)
-            holder.pending += 1
-
-    def _oldest(self) -> float:
-        return next(iter(self._buffer.values())).since
-
-    def _flush_due(self, now: float) -> None:
-        while len(self._buffer) >= self.config.batch_max_images:
-            self._flush("full")
-        if self._buffer and now - self._oldest() >= self.config.batch_max_wait:
-            self._flush("timeout")
-
-    def _flush(self, reason: str) -> None:
-        """Enqueue the oldest keys as one batch; :meth:`_settle` then marks and acknowledges."""
-        keys = list(itertools.islice(self._buffer, self.config.batch_max_images))
-        try:
-            self._enqueue(keys)
-        except Exception as exc:
-            raise EnqueueFailed(f"{type(exc).__name__}: {exc}") from exc
-        for key in keys:
-            entry = self._buffer.pop(key)
-            self._marks[key] = entry.etag
-            self._count(entry.source, QUEUED)
-            for holder in entry.holders:
-                holder.pending -= 1
-                if holder.pending == 0:
-                    self._acks.append(holder)
-        self._metrics.dispatched_batches.labels(reason).inc()
-        self._backpressure.sent(len(keys))
+                self._batcher.acks.append(held)
 
     def _settle(self) -> None:
         """Mark enqueued keys as sent, then acknowledge events whose keys are all settled.
@@ -302,21 +236,21 @@ class Dispatcher:
         if self._sqs is not None and self._rejects:
             self._sqs.reject(self._rejects)
             self._rejects = []
-        if not self._marks and not self._acks:
+        if not self._batcher.marks and not self._batcher.acks:
             return
-        listed = [held for held in self._acks if not isinstance(held, SqsHeld)]
+        listed = [held for held in self._batcher.acks if not isinstance(held, SqsHeld)]
         pipe = self._redis.pipeline(transaction=True)
-        self._ledger.mark(pipe, self._marks)
+        self._ledger.mark(pipe, self._batcher.marks)
         self._inbox.ack(pipe, listed)
         pipe.execute()
         self._inbox.acked(listed)
-        queued = [held for held in self._acks if isinstance(held, SqsHeld)]
-        self._marks, self._acks = {}, []
+        queued = [held for held in self._batcher.acks if isinstance(held, SqsHeld)]
+        self._batcher.marks, self._batcher.acks = {}, []
         if self._sqs is not None and queued:  # deleted only now: their keys' markers are in
             try:
                 self._sqs.ack(queued)
             except SqsUnavailable:
-                self._acks = list(queued)  # deleted on the next turn
+                self._batcher.acks = list(queued)  # deleted on the next turn
                 raise
 
     def _watched(self, now: float) -> None:
@@ -328,10 +262,10 @@ class Dispatcher:
         except StorageError:
             self._watcher.again(keys)
             raise
-        self._count(SOURCE_WATCH, IGNORED, gone)
-        sent = self._ledger.sent(obj.key for obj in objects if obj.key not in self._buffer)
+        self._batcher.count(SOURCE_WATCH, IGNORED, gone)
+        sent = self._ledger.sent(obj.key for obj in objects if obj.key not in self._batcher)
         for obj in objects:
-            self._offer(obj.key, obj.etag or "", SOURCE_WATCH, None, sent, now)
+            self._batcher.offer(obj.key, obj.etag or "", SOURCE_WATCH, None, sent, now)
 
     # --- reconciliation -------------------------------------------------------------------------
 
@@ -359,17 +293,13 @@ class Dispatcher:
                 valid.append(CreatedObject(validate_key(info.key), info.etag or None))
             except InvalidKey:
                 log.warning("cannot label %r: %s", info.key, "not a valid object key")
-                self._count(SOURCE_SCAN, INVALID)
+                self._batcher.count(SOURCE_SCAN, INVALID)
         objects, _gone = with_etags(self._incoming, valid)  # HEADs only what is unlabeled
-        sent = self._ledger.sent(obj.key for obj in objects if obj.key not in self._buffer)
+        sent = self._ledger.sent(obj.key for obj in objects if obj.key not in self._batcher)
         for obj in objects:
-            self._offer(obj.key, obj.etag or "", SOURCE_SCAN, None, sent, now)
+            self._batcher.offer(obj.key, obj.etag or "", SOURCE_SCAN, None, sent, now)
 
     # --- helpers ------------------------------------------------------------------------------
-
-    def _count(self, source: str, outcome: str, n: int = 1) -> None:
-        if n:
-            self._metrics.events.labels(source, outcome).inc(n)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short steps so a stop request is honoured quickly."""
