@@ -38,7 +38,8 @@ from tests.support.digits import CLASSES, split_digits, train_digits_model
 from tests.support.processes import LABELER, WorkerProcess, labeler_env, run_labeler
 from tests.support.services import MotoServer, RedisServer, wait_until
 from tests.workers.test_dispatch import minio_event
-from workers.dispatch import DispatchConfig, Dispatcher
+from workers.dispatch import Dispatcher
+from workers.dispatch_config import DispatchConfig
 
 RESULTS = Path(__file__).parent / "results" / "dispatch.json"
 EVENTS = "labeler:events"
@@ -208,7 +209,7 @@ def engine_throughput(bench: Bench) -> dict[str, Any]:
         sent: list[int] = []
         engine = Dispatcher(
             client, store, lambda keys, sent=sent: sent.append(len(keys)), lambda: 0,
-            Metrics(CollectorRegistry()), config,
+            Metrics(CollectorRegistry()), config, labels=bench.labels,
         )  # fmt: skip
         client.rpush(config.events_list, *items)
         thread = threading.Thread(target=engine.run)

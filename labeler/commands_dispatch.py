@@ -15,12 +15,16 @@ from labeler.observability import start_observability
 from labeler.settings import Settings, env_name
 from labeler.wiring import Stores, build_app
 from monitoring.metrics import Metrics
-from storage import Area
+from storage import Area, LocalStore, ObjectStore
 from tasks.app import LabelerCelery
 from tasks.contracts import CLASSIFY_BATCH, INFERENCE_QUEUE, ClassifyBatchRequest
 from tasks.queues import waiting_images
-from workers.dispatch import DispatchConfig, Dispatcher
+from workers.dispatch import Dispatcher
+from workers.dispatch_config import DispatchConfig
 from workers.events import s3_root
+from workers.metered_store import MeteredStore
+from workers.sqs import SqsInbox
+from workers.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +67,28 @@ def dispatch_config(settings: Settings) -> DispatchConfig:
         events_list=settings.events_list,
         batch_max_images=settings.batch_max_images,
         batch_max_wait=settings.batch_max_wait_ms / 1000,
-        scan_interval=settings.scan_interval_seconds,
+        scan_interval=reconcile_interval(settings),
         backlog_high_water=high,
         backlog_low_water=low,
-        dedup_ttl=max(1, round(settings.dedup_ttl_days * 86400)),
+        dedup_ttl=max(1, round(settings.dedup_window_hours * 3600)),
     )
+
+
+def reconcile_interval(settings: Settings) -> float:
+    """LABELER_SCAN_INTERVAL_SECONDS, else hourly where events announce new objects (S3 events
+    or the local watcher) and every 30 s where the scan is the only source."""
+    if settings.scan_interval_seconds is not None:
+        return settings.scan_interval_seconds
+    events = settings.area_uri(Area.INCOMING).startswith("s3://") or settings.watch_incoming
+    return 3600.0 if events else 30.0
+
+
+def incoming_watcher(settings: Settings, incoming: ObjectStore) -> DirectoryWatcher | None:
+    """The inotify watcher of a local incoming directory, unless turned off."""
+    inner = incoming.inner if isinstance(incoming, MeteredStore) else incoming
+    if settings.watch_incoming and isinstance(inner, LocalStore):
+        return DirectoryWatcher(inner.root)
+    return None
 
 
 def build_dispatcher(settings: Settings, metrics: Metrics) -> Dispatcher:
@@ -81,11 +102,13 @@ def build_dispatcher(settings: Settings, metrics: Metrics) -> Dispatcher:
         socket_timeout=config.poll + 10,  # longer than a blocking BLMOVE
         health_check_interval=30,
     )
-    incoming = Stores(settings, metrics).area(Area.INCOMING)
-    if s3_root(incoming) is None and not config.scan_interval:
+    stores = Stores(settings, metrics)
+    incoming = stores.area(Area.INCOMING)
+    watcher = incoming_watcher(settings, incoming)
+    if s3_root(incoming) is None and watcher is None and not config.scan_interval:
         log.warning(
-            "%s is not in S3 (no events) and %s is 0: nothing will ever be dispatched",
-            incoming.uri, env_name("scan_interval_seconds"),
+            "%s is not in S3 (no events), not watched, and %s is 0: nothing will ever be "
+            "dispatched", incoming.uri, env_name("scan_interval_seconds"),
         )  # fmt: skip
     return Dispatcher(
         client,
@@ -94,6 +117,32 @@ def build_dispatcher(settings: Settings, metrics: Metrics) -> Dispatcher:
         waiting_images(client, INFERENCE_QUEUE, settings.batch_max_images),
         metrics,
         config,
+        labels=stores.area(Area.LABELS),
+        watcher=watcher,
+        sqs=sqs_inbox(settings),
+    )
+
+
+def sqs_inbox(settings: Settings) -> SqsInbox | None:
+    """The SQS intake when LABELER_EVENTS_SQS_URL is set: its own client, standard retries."""
+    if settings.events_sqs_url is None:
+        return None
+    import boto3
+    from botocore.config import Config
+
+    options = settings.s3_options()
+    client = boto3.session.Session(
+        aws_access_key_id=options.access_key_id,
+        aws_secret_access_key=options.secret_access_key,
+        region_name=options.region,
+    ).client(
+        "sqs",
+        endpoint_url=settings.events_sqs_endpoint_url,
+        # A long poll lasts up to 1 s here (see Dispatcher.step); reads get room beyond it.
+        config=Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=30),
+    )
+    return SqsInbox(
+        client, settings.events_sqs_url, visibility=settings.events_sqs_visibility_seconds
     )
 
 

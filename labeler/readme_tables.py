@@ -22,6 +22,10 @@ _ERROR_MODULES = (
     "workers.decoding",
     "tasks.contracts",
     "labeler.settings",
+    "labeler.stack_record",
+    "labeler.supervision",
+    "workers.dispatch_config",
+    "workers.sqs",
 )
 
 

@@ -128,8 +128,8 @@ class Settings(BaseSettings):
         60,
         ge=1,
         le=3600,
-        description="A batch hit by a storage outage is retried after 2, 4, 8... s, at most this "
-        "long apart (30 tries).",
+        description="A batch hit by a storage outage (or waiting for a first model) is retried "
+        "after 2, 4, 8... s, at most this long apart, until it succeeds.",
     )
     visibility_timeout_seconds: int = Field(
         7200,
@@ -153,12 +153,13 @@ class Settings(BaseSettings):
         description="Redis list (broker DB) bucket events are pushed to: MinIO notify_redis "
         "(access format) or S3 event JSON. In-flight events wait in `<list>:processing`.",
     )
-    scan_interval_seconds: float = Field(
-        30.0,
+    scan_interval_seconds: float | None = Field(
+        None,
         ge=0,
         le=86400,
-        description="How often the dispatcher lists incoming/ for objects no event announced "
-        "(the only source for a local directory). 0: events only.",
+        description="How often the dispatcher reconciles incoming/ against labels/ (sends "
+        "objects whose record is missing or older). Default: 3600 where events announce new "
+        "objects (S3 events, or the local watcher), else 30: the scan is the source. 0: never.",
     )
     backlog_high_water: int = Field(
         10_000, ge=1, description="Images waiting in the inference queue at which intake pauses."
@@ -166,12 +167,33 @@ class Settings(BaseSettings):
     backlog_low_water: int | None = Field(
         None, ge=0, description="Intake resumes below this many. Default: half the high-water."
     )
-    dedup_ttl_days: float = Field(
-        30.0,
+    dedup_window_hours: float = Field(
+        6.0,
         gt=0,
-        le=3650,
-        description="How long the dispatcher remembers a sent (key, ETag); a later repeat is "
-        "sent again and skipped by the worker.",
+        le=720,
+        description="How long the dispatcher remembers a sent (key, ETag) so a repeated event "
+        "is not sent again: the in-flight window. Later repeats are no-ops at the worker.",
+    )
+    events_sqs_url: str | None = Field(
+        None,
+        description="An SQS queue the dispatcher long-polls for S3 notifications (direct, "
+        "SNS-wrapped or EventBridge). Give the queue a redrive policy: unparseable messages "
+        "are left for it to dead-letter. Uses the S3 credentials and region.",
+    )
+    events_sqs_endpoint_url: str | None = Field(
+        None, description="SQS endpoint (a local emulator); default: AWS's for the region."
+    )
+    events_sqs_visibility_seconds: int = Field(
+        60,
+        ge=10,
+        le=43200,
+        description="How long a received SQS message stays hidden; extended while it waits for "
+        "its batch. A killed dispatcher's messages come back after this long.",
+    )
+    watch_incoming: bool = Field(
+        True,
+        description="On a local incoming/ directory, pick up completed files at once through "
+        "the filesystem's notifications (inotify). false: the scan alone finds them.",
     )
 
     # --- retraining -------------------------------------------------------------------------

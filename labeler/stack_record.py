@@ -16,6 +16,8 @@ from typing import IO
 
 from pydantic import BaseModel, Field, ValidationError
 
+from storage import PermanentError
+
 
 class ComponentState(BaseModel):
     """One supervised component as the record shows it."""
@@ -82,7 +84,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-class StackRunning(Exception):
+class StackRunning(PermanentError):
     """Another ``labeler up`` holds this data directory."""
 
 

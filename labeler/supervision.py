@@ -17,6 +17,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from storage import PermanentError
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -36,7 +38,7 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class CrashLoop(Exception):
+class CrashLoop(PermanentError):
     """A child keeps exiting; the message names it and ends with its last log lines."""
 
 

@@ -47,7 +47,7 @@ RETRAIN_OUTCOMES = ("promoted", "refused", "failed", "skipped_locked")
 GATE_DECISIONS = ("passed", "refused")
 STAGES = ("fetch", "decode", "infer", "write")
 STORAGE_OPERATIONS = ("get", "head", "put", "list", "delete")
-EVENT_SOURCES = ("minio", "s3", "scan")
+EVENT_SOURCES = ("minio", "s3", "scan", "watch")
 EVENT_OUTCOMES = ("queued", "duplicate", "ignored", "invalid")
 FLUSH_REASONS = ("full", "timeout", "shutdown")
 

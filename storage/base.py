@@ -51,8 +51,14 @@ class ObjectStore(Protocol):
         """Write atomically: readers see the old object or the new one, never a part."""
         ...
 
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        """Every object under ``prefix`` in key order, after ``start_after`` if given."""
+    def list(
+        self, prefix: str = "", *, start_after: str | None = None, etags: bool = True
+    ) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` in key order, after ``start_after`` if given.
+
+        With ``etags=False`` a backend may leave ``etag`` empty where it costs a read (a local
+        file's MD5); callers that only compare keys and times list much more cheaply.
+        """
         ...
 
     def exists(self, key: str) -> bool: ...

@@ -71,35 +71,29 @@ class LocalStore:
         self._etags.put(_signature(st), etag)
         return ObjectInfo(key, len(data), etag, st.st_mtime)
 
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str = "", *, start_after: str | None = None, etags: bool = True
+    ) -> Iterator[ObjectInfo]:
+        """Stream the objects in key order, as S3 does; memory is one directory's names."""
         validate_prefix(prefix)
-        base = self.root / prefix.rpartition("/")[0]
-        found: list[tuple[str, Path, os.stat_result]] = []
         with _os_errors(prefix):
-            for dirpath, dirnames, filenames in os.walk(base):
-                if Path(dirpath) == self.root and TEMP_DIR_NAME in dirnames:
-                    dirnames.remove(TEMP_DIR_NAME)
-                for name in filenames:
-                    path = Path(dirpath, name)
-                    key = path.relative_to(self.root).as_posix()
-                    if key.startswith(prefix) and (start_after is None or key > start_after):
-                        try:
-                            st = path.stat()
-                        except FileNotFoundError:
-                            continue  # deleted while we walked: not there any more
-                        if stat.S_ISREG(st.st_mode):  # a FIFO or socket is not an object
-                            found.append((key, path, st))
-        # os.walk order is not key order ("a-b" sorts before "a/b"): sort like S3 does.
-        found.sort(key=lambda item: item[0])
-        for key, path, st in found:
-            if not path.resolve().is_relative_to(self.root):
-                # A link out of the root is listed (its key still gets an invalid_key record)
-                # but never read: its "ETag" comes from the link itself.
-                target = os.readlink(path) if path.is_symlink() else str(path.resolve())
-                etag = hashlib.md5(f"outside:{target}".encode()).hexdigest()  # noqa: S324
-                yield ObjectInfo(key, st.st_size, etag, st.st_mtime)
-                continue
-            yield self._info(key, path, st)
+            for key, path in _sorted_files(self.root, "", prefix, start_after):
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue  # deleted while we walked: not there any more
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # a FIFO or socket is not an object
+                if not path.resolve().is_relative_to(self.root):
+                    # A link out of the root is listed (its key still gets an invalid_key record)
+                    # but never read: its "ETag" comes from the link itself.
+                    target = os.readlink(path) if path.is_symlink() else str(path.resolve())
+                    etag = hashlib.md5(f"outside:{target}".encode()).hexdigest()  # noqa: S324
+                    yield ObjectInfo(key, st.st_size, etag, st.st_mtime)
+                elif etags:
+                    yield self._info(key, path, st)
+                else:
+                    yield ObjectInfo(key, st.st_size, "", st.st_mtime)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -191,6 +185,42 @@ class _EtagCache:
             self._entries.move_to_end(signature)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
+
+
+def _sorted_files(
+    directory: Path, base: str, prefix: str, start_after: str | None
+) -> Iterator[tuple[str, Path]]:
+    """(key, path) of the files under ``directory`` in S3 key order, lazily.
+
+    A folder ``d`` sorts as ``d/`` among its siblings: every key inside it starts with that, so
+    visiting the siblings in that order yields keys in order ("a-b" before "a/b" before "a0").
+    Folders that cannot hold a wanted key (outside ``prefix``, or all before ``start_after``)
+    are not entered. Linked folders are not followed, as with ``os.walk``.
+    """
+    entries: list[tuple[str, bool]] = []
+    try:
+        scan = os.scandir(directory)
+    except OSError:
+        return  # vanished or unreadable: skipped, as os.walk does
+    with scan:
+        for entry in scan:
+            if not base and entry.name == TEMP_DIR_NAME:
+                continue
+            if entry.is_dir():
+                if not entry.is_symlink():
+                    entries.append((f"{base}{entry.name}/", True))
+            else:
+                entries.append((base + entry.name, False))
+    entries.sort()
+    for key, is_dir in entries:
+        if is_dir:
+            if not (key.startswith(prefix) or prefix.startswith(key)):
+                continue
+            if start_after is not None and key <= start_after and not start_after.startswith(key):
+                continue  # every key in there sorts before start_after
+            yield from _sorted_files(directory / key[len(base) : -1], key, prefix, start_after)
+        elif key.startswith(prefix) and (start_after is None or key > start_after):
+            yield key, directory / key[len(base) :]
 
 
 def _open_regular_file(path: Path, key: str) -> BinaryIO:

@@ -144,8 +144,10 @@ class S3Store:
             self._retried("put")(response)
         return ObjectInfo(key, len(data), _etag(response["ETag"]), time.time())
 
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        validate_prefix(prefix)
+    def list(
+        self, prefix: str = "", *, start_after: str | None = None, etags: bool = True
+    ) -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)  # ETags come with every listing page: ``etags`` changes nothing
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
         if start_after is not None:
             kwargs["StartAfter"] = self.prefix + start_after

@@ -31,7 +31,9 @@ def register_inference(app: TaskApp) -> None:
         retry_backoff=2,
         retry_backoff_max=config.inference_retry_backoff_max,
         retry_jitter=True,
-        max_retries=30,
+        # Never given up: a batch failed for a transient reason would be forgotten with no
+        # record for its images. It waits out an outage or a missing model, however long.
+        max_retries=None,
         soft_time_limit=config.inference_soft_time_limit,
         time_limit=config.inference_time_limit,
         # No STARTED write before the body: when Redis drops at that moment the write fails

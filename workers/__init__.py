@@ -4,7 +4,8 @@ is built or loaded (after fork)."""
 
 from workers.batch import BatchClassifier, BatchOutcome, EngineLimits, make_record
 from workers.decoding import ImageRejected, configure_pillow, decode_image
-from workers.dispatch import DispatchConfig, Dispatcher
+from workers.dispatch import Dispatcher
+from workers.dispatch_config import DispatchConfig
 from workers.errors import InvalidModel, ModelUnavailable
 from workers.events import parse_event, s3_root
 from workers.metered_store import MeteredStore

@@ -1,26 +1,22 @@
-"""The dispatcher engine: object events and new files in ``incoming/`` become batches of keys.
+"""The batching dispatcher: object events, watched files and reconciliation finds become
+batches of keys.
 
-Two sources feed one buffer. Events: a Redis list that MinIO (``notify_redis``, ``access``
-format) or an S3 relay pushes event JSON to. The scan: a periodic listing of the incoming store,
-the safety net for missed events and the only source for a local directory. Keys leave in
-batches (``batch_max_images`` or ``batch_max_wait``, whichever first), de-duplicated by
-(key, ETag) against Redis so at-least-once events never label an object twice.
+Its sources: the Redis events list (:mod:`workers.inbox`; MinIO's ``notify_redis`` or a relay),
+an SQS queue (:mod:`workers.sqs`), the inotify watcher of a local incoming directory
+(:mod:`workers.watcher`), and the reconciliation scan (:mod:`workers.reconcile`), the safety net
+for missed events and the source itself where there are none. Keys leave in batches
+(``batch_max_images`` or ``batch_max_wait``, whichever first), de-duplicated by (key, ETag)
+against the ledger (:mod:`workers.dedup`) over the in-flight window.
 
-Crash safety: an event is moved (``BLMOVE``) from the events list to ``<events>:processing``
-and removed from there (``LREM``) only after every key it carried has been enqueued and marked
-dispatched, or found a duplicate, or ignored. A restarted dispatcher first takes back whatever
-is left in the processing list. Run one dispatcher per events list: a second one would take the
-first one's in-flight events for abandoned ones.
+An event is acknowledged only after every key it carried has been enqueued and marked sent
+(one MULTI/EXEC), found a duplicate, or ignored.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -29,98 +25,40 @@ from monitoring.metrics import Metrics
 from storage import (
     InvalidKey,
     ObjectInfo,
-    ObjectNotFound,
     ObjectStore,
     StorageError,
-    TransientStorageError,
     validate_key,
 )
+from workers.backpressure import Backpressure
+from workers.batcher import Batcher
+from workers.dedup import DedupLedger
+from workers.dispatch_config import DispatchConfig, EnqueueFailed
 from workers.events import (
-    DUPLICATE,
     IGNORED,
     INVALID,
-    QUEUED,
     SOURCE_SCAN,
+    SOURCE_WATCH,
     CreatedObject,
     parse_event,
     s3_root,
+    with_etags,
 )
+from workers.inbox import EventInbox, Held
+from workers.reconcile import Reconciler
+from workers.sqs import SqsHeld, SqsInbox, SqsUnavailable
+from workers.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
 
-_CHECK_CHUNK = 1000  # keys per MGET
-# Up to ARGV[1] more events in one round trip, atomically: no reply lost with events moved.
-_TAKE_MORE = """
-local moved = {}
-for i = 1, tonumber(ARGV[1]) do
-  local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not item then break end
-  moved[i] = item
-end
-return moved
-"""
-
-
-class EnqueueFailed(Exception):
-    """``enqueue`` raised: the batch stays buffered and is sent again on the next turn."""
-
-
-@dataclass(frozen=True)
-class DispatchConfig:
-    """How the dispatcher batches, scans and throttles. Times are in seconds."""
-
-    events_list: str = "labeler:events"
-    batch_max_images: int = 64
-    batch_max_wait: float = 0.5
-    scan_interval: float = 30.0  # 0: never scan (events only)
-    backlog_high_water: int = 10_000
-    backlog_low_water: int = 5_000
-    dedup_ttl: int = 30 * 24 * 3600
-    dedup_prefix: str = "labeler:dispatched:"
-    poll: float = 0.5  # longest blocking wait: how soon a stop request is noticed
-    backlog_check: float = 1.0  # between two backlog() calls (each reads Redis)
-    take_max: int = 64  # events moved per round trip
-    scan_chunk: int = 1000  # listed objects handled per turn, so events keep flowing
-
-    def __post_init__(self) -> None:
-        if self.batch_max_images < 1 or self.take_max < 1 or self.scan_chunk < 1:
-            raise ValueError("batch_max_images, take_max and scan_chunk must be at least 1")
-        if self.batch_max_wait < 0 or self.scan_interval < 0 or self.poll <= 0:
-            raise ValueError("batch_max_wait and scan_interval must be >= 0, poll > 0")
-        if not 0 <= self.backlog_low_water < self.backlog_high_water:
-            raise ValueError("backlog_low_water must be >= 0 and below backlog_high_water")
-
-    @property
-    def processing_list(self) -> str:
-        return f"{self.events_list}:processing"
-
-
-# --- the engine -----------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Held:
-    """One event taken from the list; acknowledged (``LREM``) when ``pending`` reaches 0."""
-
-    raw: bytes
-    pending: int = 0
-
-
-@dataclass(eq=False)
-class _Entry:
-    """A buffered key: the ETag to mark, who found it, and the events waiting on it."""
-
-    etag: str
-    source: str
-    since: float  # when it was buffered (monotonic)
-    holders: list[_Held] = field(default_factory=list)
+Clock = Callable[[], float]  # monotonic seconds
 
 
 class Dispatcher:
-    """Turns events and scan results into ``enqueue(keys)`` calls; see the module docstring.
+    """Turns events and reconciliation finds into ``enqueue(keys)`` calls.
 
     Single-threaded: :meth:`run` loops over :meth:`step` until :meth:`stop` is called (from a
-    signal handler or another thread), then flushes what it holds.
+    signal handler or another thread), then flushes what it holds. ``clock`` (monotonic
+    seconds) decides every deadline, so tests can drive time.
     """
 
     def __init__(
@@ -131,30 +69,42 @@ class Dispatcher:
         backlog: Callable[[], int],
         metrics: Metrics,
         config: DispatchConfig,
+        *,
+        labels: ObjectStore,
+        watcher: DirectoryWatcher | None = None,
+        sqs: SqsInbox | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self._redis = redis
         self._incoming = incoming
-        self._enqueue = enqueue
-        self._backlog = backlog
         self._metrics = metrics
         self.config = config
+        self._clock = clock
+        self._watcher = watcher
+        self._sqs = sqs
         self._root = s3_root(incoming)
-        self._take_more = redis.register_script(_TAKE_MORE)
+        self._inbox = EventInbox(redis, config.events_list, config.take_max)
+        self._ledger = DedupLedger(redis, config.dedup_prefix, config.dedup_ttl)
+        self._reconciler = Reconciler(incoming, labels, config.scan_chunk)
         self._stopping = False
-        self._buffer: dict[str, _Entry] = {}
-        self._inbox: list[_Held] = []  # taken, not yet parsed
-        self._held: Counter[bytes] = Counter()  # every taken event not yet acknowledged
-        self._acks: list[_Held] = []  # settled events whose LREM is still to be done
-        self._marks: dict[str, str] = {}  # enqueued keys whose marker is still to be written
-        self._known: dict[str, str] = {}  # key -> ETag this process already settled
-        self._scan: Iterator[ObjectInfo] | None = None
-        self._scan_seen: set[str] = set()
+        self._taken: list[Held] = []  # taken, not yet parsed
+        self._rejects: list[SqsHeld] = []  # unparseable SQS messages, to make visible again
+        self._scan: Iterator[list[ObjectInfo]] | None = None
         self._next_scan = 0.0 if config.scan_interval else float("inf")
-        self._paused = False
-        self._backlog_at = float("-inf")
-        self._backlog_level = 0
+        self._backpressure = Backpressure(
+            backlog, metrics, config.backlog_high_water, config.backlog_low_water,
+            config.backlog_check,
+        )  # fmt: skip
+        self._batcher = Batcher(
+            enqueue, metrics, self._backpressure, config.batch_max_images, config.batch_max_wait
+        )
 
     # --- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def reconciling(self) -> bool:
+        """Whether a reconciliation pass is under way."""
+        return self._scan is not None
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish; safe to call from a signal handler."""
@@ -167,8 +117,10 @@ class Dispatcher:
             True when everything held was flushed at the end, False when some events were left
             in the processing list for the next start.
         """
+        if self._watcher is not None:
+            self._watcher.start()  # before saying so: files copied from now on are seen
         log.info(
-            "dispatching events from Redis list %r (%s) and scanning %s %s",
+            "dispatching events from Redis list %r (%s) and reconciling %s %s",
             self.config.events_list, "mapped to " + repr(self._root) if self._root else "unused",
             self._incoming.uri,
             f"every {self.config.scan_interval:g}s" if self.config.scan_interval else "never",
@@ -181,39 +133,33 @@ class Dispatcher:
                     recovered = True
                 self.step()
                 delay = 0.0
-            except (RedisError, StorageError, EnqueueFailed) as exc:
+            except (RedisError, StorageError, EnqueueFailed, SqsUnavailable) as exc:
                 delay = min(max(2 * delay, 0.25), 10.0)
                 log.warning("dispatcher: %s: %s; retrying in %.2fs", type(exc).__name__, exc, delay)
                 recovered = False  # a lost reply may have moved events we do not know about
                 self._sleep(delay)
+        if self._watcher is not None:
+            self._watcher.stop()
         return self.shutdown()
 
     def recover(self) -> int:
         """Take back events left in the processing list (by a killed run, or a lost reply)."""
-        mine = Counter(self._held)
-        taken = 0
-        for raw in self._redis.lrange(self.config.processing_list, 0, -1):
-            if mine[raw] > 0:
-                mine[raw] -= 1
-            else:
-                self._hold(raw)
-                taken += 1
-        if taken:
-            log.info("recovered %d events from %s", taken, self.config.processing_list)
-        return taken
+        taken = self._inbox.recover()
+        self._taken += taken
+        return len(taken)
 
     def shutdown(self) -> bool:
         """Handle what was taken, send what is buffered, and settle; False if that failed."""
         try:
-            self._handle_inbox(time.monotonic())
-            self._flush_due(time.monotonic())
-            while self._buffer:
-                self._flush("shutdown")
+            self._handle_taken(self._clock())
+            self._batcher.flush_due(self._clock())
+            while self._batcher:
+                self._batcher.flush("shutdown")
             self._settle()
-        except (RedisError, StorageError, EnqueueFailed) as exc:
+        except (RedisError, StorageError, EnqueueFailed, SqsUnavailable) as exc:
             log.error(
                 "could not flush at shutdown (%s); %d events stay in %s for the next start",
-                exc, sum(self._held.values()), self.config.processing_list,
+                exc, self._inbox.held, self.config.processing_list,
             )  # fmt: skip
             return False
         log.info("dispatcher stopped")
@@ -224,229 +170,136 @@ class Dispatcher:
     def step(self) -> None:
         """One turn: settle, take events and scan (unless paused), flush what is due."""
         self._settle()
-        now = time.monotonic()
-        if self._intake_paused(now):
+        now = self._clock()
+        if self._backpressure.paused(now):
             self._sleep(self._wait_for(now, paused=True))
         else:
-            self._take(self._wait_for(now, paused=False))
-            self._scan_some(time.monotonic())
-        now = time.monotonic()
-        self._handle_inbox(now)
-        self._flush_due(now)
+            wait = self._wait_for(now, paused=False)
+            if self._watcher is not None:  # it, not the events list, says when to wake up
+                self._watcher.wait(wait)
+                wait = 0.0
+            if self._sqs is not None:  # the same: SQS long-polls in whole seconds
+                self._sqs.extend(now)
+                self._taken += self._sqs.take(1 if wait > 0 else 0, now)
+                wait = 0.0
+            self._taken += self._inbox.take(wait)
+            self._watched(self._clock())
+            self._scan_some(self._clock())
+        now = self._clock()
+        self._handle_taken(now)
+        self._batcher.flush_due(now)
         self._settle()
 
     def _wait_for(self, now: float, *, paused: bool) -> float:
         """How long this turn may block: until the next flush or scan, at most ``poll``."""
-        if not paused and (self._inbox or self._scan is not None):
+        if not paused and (self._taken or self._scan is not None):
             return 0.0
         wait = self.config.poll if paused else min(self.config.poll, self._next_scan - now)
-        if self._buffer:
-            wait = min(wait, self._oldest() + self.config.batch_max_wait - now)
+        wait = min(wait, self._batcher.deadline() - now)
         return wait if wait >= 0.01 else 0.0  # Redis reads a 0 timeout as "block forever"
 
-    def _take(self, timeout: float) -> None:
-        events, processing = self.config.events_list, self.config.processing_list
-        moved: list[bytes] = []
-        if timeout > 0:
-            first = self._redis.blmove(events, processing, timeout, "LEFT", "RIGHT")
-            if first is None:
-                return
-            moved.append(first)
-        more = self.config.take_max - len(moved)
-        moved += self._take_more(keys=[events, processing], args=[more])
-        for raw in moved:
-            self._hold(raw)
-
-    def _hold(self, raw: bytes) -> None:
-        self._inbox.append(_Held(raw))
-        self._held[raw] += 1
-
-    def _handle_inbox(self, now: float) -> None:
+    def _handle_taken(self, now: float) -> None:
         """Parse taken events, HEAD objects whose event has no ETag, buffer what is new.
 
-        Nothing changes until every HEAD succeeded, so a transient failure leaves the inbox
-        exactly as it was for the next turn.
+        Nothing changes until every HEAD succeeded, so a transient failure leaves the taken
+        events exactly as they were for the next turn.
         """
-        if not self._inbox:
+        if not self._taken:
             return
-        parsed = [parse_event(held.raw, self._root) for held in self._inbox]
-        found: list[tuple[_Held, str, list[CreatedObject]]] = []
-        for held, event in zip(self._inbox, parsed, strict=True):
-            objects, gone = self._with_etags(event.objects)
+        parsed = [parse_event(held.raw, self._root) for held in self._taken]
+        found: list[tuple[Held, str, list[CreatedObject]]] = []
+        for held, event in zip(self._taken, parsed, strict=True):
+            objects, gone = with_etags(self._incoming, event.objects)
             event.ignored += gone
             found.append((held, event.source, objects))
-        remote = self._dispatched(obj.key for _, _, objects in found for obj in objects)
-        self._inbox = []
+        sent = self._ledger.sent(
+            obj.key for _, _, objects in found for obj in objects if obj.key not in self._batcher
+        )
+        self._taken = []
         for (held, source, objects), event in zip(found, parsed, strict=True):
-            self._count(source, IGNORED, event.ignored)
-            self._count(source, INVALID, event.invalid)
+            self._batcher.count(source, IGNORED, event.ignored)
+            self._batcher.count(source, INVALID, event.invalid)
             if event.invalid:
                 log.warning("event with %d unusable records: %.300r", event.invalid, held.raw)
             for obj in objects:
-                self._offer(obj.key, obj.etag or "", source, held, remote, now)
-            if held.pending == 0:
-                self._acks.append(held)
-
-    def _with_etags(self, objects: list[CreatedObject]) -> tuple[list[CreatedObject], int]:
-        ready, gone = [], 0
-        for obj in objects:
-            if obj.etag is not None:
-                ready.append(obj)
-                continue
-            try:
-                ready.append(CreatedObject(obj.key, self._incoming.head(obj.key).etag))
-            except ObjectNotFound:
-                gone += 1  # deleted since: nothing to label
-            except TransientStorageError:
-                raise
-            except StorageError as exc:
-                log.warning("cannot HEAD %r (%s): sending it without an ETag", obj.key, exc)
-                ready.append(CreatedObject(obj.key, ""))  # the worker records why it failed
-        return ready, gone
-
-    def _offer(
-        self,
-        key: str,
-        etag: str,
-        source: str,
-        holder: _Held | None,
-        remote: dict[str, str],
-        now: float,
-    ) -> None:
-        """Buffer ``key`` unless (key, ETag) is buffered or already dispatched."""
-        entry = self._buffer.get(key)
-        if entry is None and etag in (self._known.get(key), remote.get(key)):
-            self._known[key] = etag
-            self._count(source, DUPLICATE)
-            return
-        if entry is None:
-            entry = self._buffer[key] = _Entry(etag, source, now)
-        elif entry.etag == etag:
-            self._count(source, DUPLICATE)
-        else:
-            entry.etag = etag  # changed again before it was sent: the worker reads the latest
-        if holder is not None:
-            entry.holders.append(holder)
-            holder.pending += 1
-
-    def _dispatched(self, keys: Iterable[str]) -> dict[str, str]:
-        """The ETag each key was last dispatched with, from Redis (absent keys are left out)."""
-        wanted = list(dict.fromkeys(k for k in keys if k not in self._buffer))
-        found: dict[str, str] = {}
-        prefix = self.config.dedup_prefix
-        for start in range(0, len(wanted), _CHECK_CHUNK):
-            chunk = wanted[start : start + _CHECK_CHUNK]
-            values = self._redis.mget([prefix + k for k in chunk])
-            for key, value in zip(chunk, values, strict=True):
-                if value is not None:
-                    found[key] = value.decode() if isinstance(value, bytes) else str(value)
-        return found
-
-    def _oldest(self) -> float:
-        return next(iter(self._buffer.values())).since
-
-    def _flush_due(self, now: float) -> None:
-        while len(self._buffer) >= self.config.batch_max_images:
-            self._flush("full")
-        if self._buffer and now - self._oldest() >= self.config.batch_max_wait:
-            self._flush("timeout")
-
-    def _flush(self, reason: str) -> None:
-        """Enqueue the oldest keys as one batch; :meth:`_settle` then marks and acknowledges."""
-        keys = list(itertools.islice(self._buffer, self.config.batch_max_images))
-        try:
-            self._enqueue(keys)
-        except Exception as exc:
-            raise EnqueueFailed(f"{type(exc).__name__}: {exc}") from exc
-        for key in keys:
-            entry = self._buffer.pop(key)
-            self._marks[key] = self._known[key] = entry.etag
-            self._count(entry.source, QUEUED)
-            for holder in entry.holders:
-                holder.pending -= 1
-                if holder.pending == 0:
-                    self._acks.append(holder)
-        self._metrics.dispatched_batches.labels(reason).inc()
-        self._backlog_level += len(keys)
+                self._batcher.offer(obj.key, obj.etag or "", source, held, sent, now)
+            if isinstance(held, SqsHeld) and event.invalid and not objects:
+                self._rejects.append(held)  # SQS's redrive policy dead-letters it
+            elif held.pending == 0:
+                self._batcher.acks.append(held)
 
     def _settle(self) -> None:
-        """Mark enqueued keys as dispatched, then acknowledge events whose keys are all settled.
+        """Mark enqueued keys as sent, then acknowledge events whose keys are all settled.
 
         One MULTI/EXEC: markers go in before the events that carried them are removed.
         """
-        if not self._marks and not self._acks:
+        if self._sqs is not None and self._rejects:
+            self._sqs.reject(self._rejects)
+            self._rejects = []
+        if not self._batcher.marks and not self._batcher.acks:
             return
+        listed = [held for held in self._batcher.acks if not isinstance(held, SqsHeld)]
         pipe = self._redis.pipeline(transaction=True)
-        for key, etag in self._marks.items():
-            pipe.set(self.config.dedup_prefix + key, etag, ex=self.config.dedup_ttl)
-        for held in self._acks:
-            pipe.lrem(self.config.processing_list, 1, held.raw)
+        self._ledger.mark(pipe, self._batcher.marks)
+        self._inbox.ack(pipe, listed)
         pipe.execute()
-        for held in self._acks:
-            self._held[held.raw] -= 1
-        self._held += Counter()  # drop the zeros
-        self._marks, self._acks = {}, []
+        self._inbox.acked(listed)
+        queued = [held for held in self._batcher.acks if isinstance(held, SqsHeld)]
+        self._batcher.marks, self._batcher.acks = {}, []
+        if self._sqs is not None and queued:  # deleted only now: their keys' markers are in
+            try:
+                self._sqs.ack(queued)
+            except SqsUnavailable:
+                self._batcher.acks = list(queued)  # deleted on the next turn
+                raise
 
-    # --- scanning -------------------------------------------------------------------------------
+    def _watched(self, now: float) -> None:
+        """Buffer the files the directory watcher found complete."""
+        if self._watcher is None or not (keys := self._watcher.ready()):
+            return
+        try:
+            objects, gone = with_etags(self._incoming, [CreatedObject(key, None) for key in keys])
+        except StorageError:
+            self._watcher.again(keys)
+            raise
+        self._batcher.count(SOURCE_WATCH, IGNORED, gone)
+        sent = self._ledger.sent(obj.key for obj in objects if obj.key not in self._batcher)
+        for obj in objects:
+            self._batcher.offer(obj.key, obj.etag or "", SOURCE_WATCH, None, sent, now)
+
+    # --- reconciliation -------------------------------------------------------------------------
 
     def _scan_some(self, now: float) -> None:
-        """Check the next chunk of the listing; Redis is asked only about new or changed keys."""
+        """Reconcile the next chunk of the listing; only objects without a fresh record are
+        looked up in the ledger (so one in flight is not sent twice)."""
         if self._scan is None:
             if now < self._next_scan:
                 return
-            self._scan, self._scan_seen = iter(self._incoming.list()), set()
+            self._scan = self._reconciler.chunks()
         try:
-            chunk = list(itertools.islice(self._scan, self.config.scan_chunk))
-        except StorageError:
+            unlabeled = next(self._scan, None)
+            if unlabeled is None:  # the pass is over
+                self._scan, self._next_scan = None, now + self.config.scan_interval
+                return
+            self._send_unlabeled(unlabeled, now)
+        except StorageError:  # a pass is whole or not at all: start again soon
             self._scan, self._next_scan = None, now + min(self.config.scan_interval, 5.0)
             raise
-        fresh: list[ObjectInfo] = []
-        for info in chunk:
-            self._scan_seen.add(info.key)
-            entry = self._buffer.get(info.key)
-            if info.etag not in (self._known.get(info.key), entry and entry.etag):
-                fresh.append(info)
-        remote = self._dispatched(info.key for info in fresh)
-        for info in fresh:
+
+    def _send_unlabeled(self, unlabeled: list[ObjectInfo], now: float) -> None:
+        valid = []
+        for info in unlabeled:
             try:
-                validate_key(info.key)
+                valid.append(CreatedObject(validate_key(info.key), info.etag or None))
             except InvalidKey:
                 log.warning("cannot label %r: %s", info.key, "not a valid object key")
-                self._known[info.key] = info.etag
-                self._count(SOURCE_SCAN, INVALID)
-                continue
-            self._offer(info.key, info.etag, SOURCE_SCAN, None, remote, now)
-        if len(chunk) < self.config.scan_chunk:  # the listing is exhausted
-            self._known = {k: v for k, v in self._known.items() if k in self._scan_seen}
-            self._scan, self._next_scan = None, now + self.config.scan_interval
-            log.debug("scan done: %d objects", len(self._scan_seen))
-            self._scan_seen = set()
-
-    # --- backpressure -------------------------------------------------------------------------
-
-    def _intake_paused(self, now: float) -> bool:
-        """Pause at the high-water mark, resume below the low-water mark."""
-        if now - self._backlog_at >= self.config.backlog_check:
-            self._backlog_level, self._backlog_at = self._backlog(), now
-        level = self._backlog_level  # plus what we sent since we last asked
-        if not self._paused and level >= self.config.backlog_high_water:
-            self._paused = True
-            self._metrics.dispatcher_paused.set(1)
-            log.warning(
-                "pausing intake: %d images queued (high-water %d); resuming below %d",
-                level, self.config.backlog_high_water, self.config.backlog_low_water,
-            )  # fmt: skip
-        elif self._paused and level < self.config.backlog_low_water:
-            self._paused = False
-            self._metrics.dispatcher_paused.set(0)
-            log.info("resuming intake: %d images queued", level)
-        return self._paused
+                self._batcher.count(SOURCE_SCAN, INVALID)
+        objects, _gone = with_etags(self._incoming, valid)  # HEADs only what is unlabeled
+        sent = self._ledger.sent(obj.key for obj in objects if obj.key not in self._batcher)
+        for obj in objects:
+            self._batcher.offer(obj.key, obj.etag or "", SOURCE_SCAN, None, sent, now)
 
     # --- helpers ------------------------------------------------------------------------------
-
-    def _count(self, source: str, outcome: str, n: int = 1) -> None:
-        if n:
-            self._metrics.events.labels(source, outcome).inc(n)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short steps so a stop request is honoured quickly."""

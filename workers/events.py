@@ -5,14 +5,25 @@ ignored (not a creation, or outside incoming/), or invalid."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
-from storage import InvalidKey, ObjectStore, S3Store, validate_key
+from storage import (
+    InvalidKey,
+    ObjectNotFound,
+    ObjectStore,
+    S3Store,
+    StorageError,
+    TransientStorageError,
+    validate_key,
+)
 from workers.metered_store import MeteredStore
 
-SOURCE_MINIO, SOURCE_S3, SOURCE_SCAN = "minio", "s3", "scan"
+log = logging.getLogger(__name__)
+
+SOURCE_MINIO, SOURCE_S3, SOURCE_SCAN, SOURCE_WATCH = "minio", "s3", "scan", "watch"
 QUEUED, DUPLICATE, IGNORED, INVALID = "queued", "duplicate", "ignored", "invalid"
 
 
@@ -51,13 +62,25 @@ def parse_event(raw: bytes | str, root: S3Root | None) -> ParsedEvent:
 
     Accepted shapes: MinIO ``access`` format as MinIO writes it (``[{"Event": [record, ...],
     "EventTime": ...}]``) and as documented (``[timestamp, {"EventName", "Key", "Records"}]``),
-    and S3 event JSON (``{"Records": [record, ...]}``, as sent to SQS). Only ObjectCreated
-    records for keys under ``root`` become objects; other records are ignored, broken ones invalid.
+    S3 event JSON (``{"Records": [record, ...]}``, as sent to SQS), the same wrapped by SNS
+    (``{"Type": "Notification", "Message": "<S3 event JSON>"}``), and EventBridge "Object
+    Created" events (``detail.bucket.name``, ``detail.object.key``). Only creations of keys
+    under ``root`` become objects; other records are ignored (``s3:TestEvent`` too), broken
+    ones invalid.
     """
     try:
         doc = json.loads(raw)
     except ValueError:  # not JSON, or not UTF-8
         return ParsedEvent(SOURCE_S3, invalid=1)
+    if isinstance(doc, dict) and doc.get("Type") == "Notification":  # SNS-wrapped
+        message = doc.get("Message")
+        return (
+            parse_event(message, root)
+            if isinstance(message, str)
+            else ParsedEvent(SOURCE_S3, invalid=1)
+        )
+    if isinstance(doc, dict) and doc.get("source") == "aws.s3" and "detail-type" in doc:
+        return _eventbridge(doc, root)
     source, records = _records(doc)
     if records is None:
         if isinstance(doc, dict) and doc.get("Event") == "s3:TestEvent":
@@ -91,6 +114,23 @@ def _records(doc: Any) -> tuple[str, list[Any] | None]:
     return SOURCE_MINIO, None
 
 
+def _eventbridge(doc: dict[str, Any], root: S3Root | None) -> ParsedEvent:
+    """An EventBridge event from S3; its key is not URL-encoded (unlike notification records)."""
+    if doc["detail-type"] != "Object Created":
+        return ParsedEvent(SOURCE_S3, ignored=1)
+    try:
+        bucket, obj = doc["detail"]["bucket"]["name"], doc["detail"]["object"]
+        key = obj["key"]
+    except (KeyError, TypeError):
+        return ParsedEvent(SOURCE_S3, invalid=1)
+    if not isinstance(bucket, str) or not isinstance(key, str):
+        return ParsedEvent(SOURCE_S3, invalid=1)
+    outcome = _under_root(bucket, key, obj.get("etag"), root)
+    if isinstance(outcome, CreatedObject):
+        return ParsedEvent(SOURCE_S3, objects=[outcome])
+    return ParsedEvent(SOURCE_S3, ignored=int(outcome == IGNORED), invalid=int(outcome == INVALID))
+
+
 def _created_object(record: Any, root: S3Root | None) -> CreatedObject | str:
     try:
         name, bucket = record["eventName"], record["s3"]["bucket"]["name"]
@@ -103,6 +143,11 @@ def _created_object(record: Any, root: S3Root | None) -> CreatedObject | str:
     if not name.removeprefix("s3:").startswith("ObjectCreated:"):
         return IGNORED  # deletes, reads, replication, ...
     key = unquote_plus(encoded)  # both encode spaces as "+"; MinIO also escapes "/" as %2F
+    return _under_root(bucket, key, obj.get("eTag") or obj.get("etag"), root)
+
+
+def _under_root(bucket: str, key: str, etag: Any, root: S3Root | None) -> CreatedObject | str:
+    """A created object under ``root`` (its key made relative), else IGNORED or INVALID."""
     if root is None or bucket != root.bucket or not key.startswith(root.prefix):
         return IGNORED  # another bucket, or labels/, models/, ...: never a feedback loop
     relative = key[len(root.prefix) :]
@@ -112,5 +157,27 @@ def _created_object(record: Any, root: S3Root | None) -> CreatedObject | str:
         validate_key(relative)
     except InvalidKey:
         return INVALID
-    etag = obj.get("eTag") or obj.get("etag")
     return CreatedObject(relative, str(etag).strip('"') if etag else None)
+
+
+def with_etags(store: ObjectStore, objects: list[CreatedObject]) -> tuple[list[CreatedObject], int]:
+    """``objects`` with their ETags, HEADing those whose event did not say; and how many are gone.
+
+    Raises:
+        TransientStorageError: the store is unreachable; nothing was decided, try again later.
+    """
+    ready, gone = [], 0
+    for obj in objects:
+        if obj.etag is not None:
+            ready.append(obj)
+            continue
+        try:
+            ready.append(CreatedObject(obj.key, store.head(obj.key).etag))
+        except ObjectNotFound:
+            gone += 1  # deleted since: nothing to label
+        except TransientStorageError:
+            raise
+        except StorageError as exc:
+            log.warning("cannot HEAD %r (%s): sending it without an ETag", obj.key, exc)
+            ready.append(CreatedObject(obj.key, ""))  # the worker records why it failed
+    return ready, gone

@@ -36,9 +36,11 @@ class MeteredStore:
         with self._timed("put"):
             return self.inner.put(key, data, content_type=content_type)
 
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str = "", *, start_after: str | None = None, etags: bool = True
+    ) -> Iterator[ObjectInfo]:
         with self._timed("list"):
-            yield from self.inner.list(prefix, start_after=start_after)
+            yield from self.inner.list(prefix, start_after=start_after, etags=etags)
 
     def exists(self, key: str) -> bool:
         with self._timed("head"):

@@ -325,6 +325,39 @@ def test_s3_errors_and_an_outage_are_retried_until_every_image_is_labeled(
     assert storage_retries + storage_errors == proxy.injected_errors
 
 
+def test_an_outage_longer_than_the_old_retry_budget_still_ends_with_every_record(
+    deployment: S3Deployment,
+    digits: DigitsFixture,
+    s3_server: MotoServer,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    # Issue 13: a batch used to fail for good after 30 retries and its images never got a record.
+    d = deployment
+    prefix = "s3-long-outage/"
+    etags = d.put_images(prefix, digits.held_out, 10)
+    proxy = S3Proxy(s3_server.port, seed=13)
+    port = free_port()
+    env = d.env(
+        redis_url, s3_endpoint_url=proxy.url, s3_max_attempts=1, retry_backoff_max_seconds=1,
+        metrics_port=port, batch_max_images=10, inference_batch_size=10,
+    )  # fmt: skip
+    try:
+        with running_worker(env, tmp_path / "worker.log", "--queues", INFERENCE) as worker:
+            _wait_warm(worker)
+            proxy.down()
+            _send_batches(env, list(etags), 10, "long-outage")
+            wait_until(
+                lambda: scrape(port, TASK_RETRIES, error="TransientStorageError") > 31,
+                180, "the batch retried past the old budget of 30", every=1.0,
+            )  # fmt: skip
+            proxy.up()
+            wait_until(lambda: len(d.labeled(prefix)) == 10, 60, "every image", every=0.5)
+    finally:
+        proxy.close()
+    _assert_labeled_once(d, prefix, etags)
+
+
 # --- 4. a poison message --------------------------------------------------------------------------
 
 REJECTED = "rejected labeler.classify_batch message, not retried"

@@ -43,7 +43,9 @@ class MemoryStore:
             self._objects[key] = (bytes(data), info)
         return info
 
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str = "", *, start_after: str | None = None, etags: bool = True
+    ) -> Iterator[ObjectInfo]:
         self.calls["list"] += 1
         if prefix.startswith("/") or ".." in prefix.split("/"):
             raise InvalidKey(f"invalid prefix {prefix!r}")

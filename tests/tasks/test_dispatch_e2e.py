@@ -6,8 +6,12 @@ Events are pushed with RPUSH in the formats MinIO and AWS really send.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import signal
+import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -15,7 +19,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,7 +38,13 @@ from tests.support.processes import (
     run_labeler,
 )
 from tests.support.services import EventSource, MotoServer, RedisServer, free_port, wait_until
-from tests.workers.test_dispatch import aws_event, minio_documented_event, minio_event
+from tests.workers.test_dispatch import (
+    aws_event,
+    eventbridge_event,
+    minio_documented_event,
+    minio_event,
+    sns_event,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -300,3 +312,188 @@ def _scrape(port: int) -> dict[tuple[str, str], float]:
         for s in family.samples
         if s.name == "labeler_events_total"
     }
+
+
+def test_images_waiting_longer_than_the_retry_budget_for_a_model_are_labeled_once_it_comes(
+    redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
+) -> None:
+    # The story of issue 13: `labeler up` before any model, images dropped, the model later.
+    data_dir = tmp_path / "data"
+    broker = redis_server.url.removesuffix("/0") + "/2"  # its own queues
+    redis.Redis.from_url(broker).flushdb()
+    env = labeler_env(
+        broker_url=broker, data_dir=data_dir, model_name="digits", batch_max_images=BATCH,
+        batch_max_wait_ms=200, inference_batch_size=16, scan_interval_seconds=0.5,
+        retry_backoff_max_seconds=1, metrics_port=0,
+    )  # fmt: skip
+    incoming = data_dir / "incoming" / "early"
+    incoming.mkdir(parents=True)
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--queues", "inference").start()
+    dispatcher = DispatcherProcess(env, tmp_path / "dispatch.log").start()
+    try:
+        for i in range(5):
+            (incoming / f"{i}.png").write_bytes(digits.held_out[80 + i].data)
+        # Past the 30 retries a batch used to get: its 31st try, retried or failed for good.
+        wait_until(
+            lambda: (log := worker.log_path.read_bytes()).count(b" retry: Retry in") > 30
+            or b"raised unexpected" in log,
+            180, "the batch tried past the old budget", every=1.0,
+        )  # fmt: skip
+        run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
+
+        labels = data_dir / "labels" / "early"
+        wait_until(lambda: len(list(labels.glob("*.png.json"))) == 5, 90, "5 labels", every=0.5)
+        records = [LabelRecord.model_validate_json(p.read_bytes()) for p in labels.iterdir()]
+        assert all(r.ok and r.label in CLASSES for r in records)
+        assert sum(dispatcher.sent()) == 5  # waited, not sent again
+    finally:
+        dispatcher.stop(signal.SIGKILL)
+        worker.stop()
+
+
+def test_the_watcher_labels_completed_local_files_with_the_scan_off(
+    redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    broker = redis_server.url.removesuffix("/0") + "/3"  # its own queues
+    redis.Redis.from_url(broker).flushdb()
+    env = labeler_env(
+        broker_url=broker, data_dir=data_dir, model_name="digits", batch_max_images=BATCH,
+        batch_max_wait_ms=200, inference_batch_size=16, scan_interval_seconds=0, metrics_port=0,
+    )  # fmt: skip
+    run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
+    incoming = data_dir / "incoming"
+    outside = tmp_path / "camera"
+    (outside / "roll").mkdir(parents=True)
+    for i in range(10):
+        (outside / "roll" / f"{i}.png").write_bytes(digits.held_out[90 + i].data)
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--queues", "inference").start()
+    dispatcher = DispatcherProcess(env, tmp_path / "dispatch.log").start()
+    try:
+        shutil.copytree(outside / "roll", incoming / "copied" / "deep")
+        os.rename(outside / "roll", incoming / "moved")
+        big = hashlib.md5()  # noqa: S324 - the ETag the record must carry
+        with (incoming / "slow.png").open("wb") as f:  # an image padded to 20 MB, written slowly
+            for chunk in [digits.held_out[100].data] + [bytes(1 << 20)] * 20:
+                f.write(chunk)
+                f.flush()
+                big.update(chunk)
+                time.sleep(0.05)  # pacing the writer, not waiting for a condition
+
+        labels = data_dir / "labels"
+        wait_until(lambda: len(list(labels.rglob("*.json"))) == 21, 90, "21 labels", every=0.5)
+        slow = LabelRecord.model_validate_json((labels / "slow.png.json").read_bytes())
+        assert slow.ok
+        assert slow.source_etag == big.hexdigest()
+        assert sum(dispatcher.sent()) == 21  # each file once, the slow one only when complete
+    finally:
+        dispatcher.stop(signal.SIGKILL)
+        worker.stop()
+
+
+@dataclass
+class SqsSource:
+    """A queue (with a dead-letter queue after 2 receives) the bucket notifies about sqs/."""
+
+    client: Any
+    url: str
+    dlq_url: str
+
+    def settings(self, endpoint_url: str) -> dict[str, object]:
+        return {"events_sqs_url": self.url, "events_sqs_endpoint_url": endpoint_url}
+
+    def attribute(self, name: str) -> str:
+        reply = self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=[name])
+        return str(reply["Attributes"][name])
+
+
+@pytest.fixture
+def sqs_source(deployment: Deployment, s3_server: MotoServer) -> Iterator[SqsSource]:
+    sqs = boto3.client(
+        "sqs", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
+        aws_access_key_id="testing-key", aws_secret_access_key="testing-secret",
+    )  # fmt: skip
+    name = f"labeler-{uuid.uuid4().hex[:8]}"
+    dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    redrive = {"deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"], "maxReceiveCount": "2"}
+    url = sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": json.dumps(redrive)})
+    source = SqsSource(sqs, url["QueueUrl"], dlq_url)
+    rule = {
+        "QueueArn": source.attribute("QueueArn"),
+        "Events": ["s3:ObjectCreated:*"],
+        "Filter": {
+            "Key": {"FilterRules": [{"Name": "prefix", "Value": deployment.site.full_key("sqs/")}]}
+        },
+    }
+    s3 = deployment.site.s3
+    s3.put_bucket_notification_configuration(
+        Bucket=deployment.site.bucket, NotificationConfiguration={"QueueConfigurations": [rule]}
+    )
+    yield source
+    s3.put_bucket_notification_configuration(
+        Bucket=deployment.site.bucket, NotificationConfiguration={}
+    )
+
+
+def test_sqs_bucket_notifications_label_awkward_keys_and_garbage_is_dead_lettered(
+    deployment: Deployment, digits: DigitsFixture, s3_server: MotoServer, sqs_source: SqsSource
+) -> None:
+    d, sqs = deployment, sqs_source
+    dispatcher = d.dispatcher(**sqs.settings(s3_server.endpoint_url))
+    names = ["a b.png", "a+b.png", "100%.png", "ünï 猫.png"]
+    keys = {f"sqs/{n}" for n in names}
+    for i, key in enumerate(sorted(keys)):
+        d.site.put(key, digits.held_out[110 + i].data)  # S3 notifies the queue itself
+    wrapped = {"wrapped/sns a+b.png": sns_event, "wrapped/eb a+b ü.png": eventbridge_event}
+    for i, (key, builder) in enumerate(wrapped.items()):
+        etag = d.site.put(key, digits.held_out[120 + i].data)  # outside the notified prefix
+        body = builder(d.site.bucket, d.site.full_key(key), etag)
+        sqs.client.send_message(QueueUrl=sqs.url, MessageBody=body)
+    sqs.client.send_message(QueueUrl=sqs.url, MessageBody="not an event at all")
+
+    _wait_labeled(d, "sqs/", keys, 90)
+    _wait_labeled(d, "wrapped/", set(wrapped), 60)
+    assert set(d.site.label_writes("sqs/").values()) == {1}
+    assert all(d.site.record(k).ok for k in keys | set(wrapped))
+    dead: list[str] = []
+
+    def dead_lettered() -> bool:
+        reply = sqs.client.receive_message(QueueUrl=sqs.dlq_url, WaitTimeSeconds=1)
+        dead.extend(m["Body"] for m in reply.get("Messages", []))
+        return bool(dead)
+
+    wait_until(dead_lettered, 60, "the garbage in the dead-letter queue")
+    assert dead == ["not an event at all"]
+    wait_until(
+        lambda: sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0",
+        30, "every message deleted",
+    )  # fmt: skip
+    assert sqs.attribute("ApproximateNumberOfMessages") == "0"
+    assert dispatcher.stop() == 0
+
+
+def test_sqs_dispatcher_sigkilled_with_messages_in_flight_labels_every_object_once(
+    deployment: Deployment, digits: DigitsFixture, s3_server: MotoServer, sqs_source: SqsSource
+) -> None:
+    d, sqs = deployment, sqs_source
+    settings = {**sqs.settings(s3_server.endpoint_url), "events_sqs_visibility_seconds": 10}
+    first = d.dispatcher(batch_max_wait_ms=3000, **settings)
+    etags = d.site.put_images("sqs/killed/", digits.held_out, 120)
+
+    wait_until(
+        lambda: int(sqs.attribute("ApproximateNumberOfMessagesNotVisible")) >= 3,
+        30, "messages received and held",
+    )  # fmt: skip
+    first.stop(signal.SIGKILL)
+    second = d.dispatcher(**settings)
+
+    _wait_labeled(d, "sqs/killed/", set(etags), 150)
+    assert set(d.site.label_writes("sqs/killed/").values()) == {1}
+    assert len(d.site.label_writes("sqs/killed/")) == 120
+    wait_until(
+        lambda: sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0"
+        and sqs.attribute("ApproximateNumberOfMessages") == "0",
+        60, "every message deleted",
+    )  # fmt: skip
+    assert second.stop() == 0

@@ -7,6 +7,8 @@ Event builders here produce the JSON MinIO and AWS really send (MinIO escapes ke
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +24,8 @@ from prometheus_client import CollectorRegistry
 from monitoring.metrics import Metrics
 from storage import LocalStore, ObjectStore, S3Store
 from tests.support.services import wait_until
-from workers.dispatch import DispatchConfig, Dispatcher
+from workers.dispatch import Dispatcher
+from workers.dispatch_config import DispatchConfig
 from workers.events import CreatedObject, S3Root, parse_event
 from workers.metered_store import MeteredStore
 
@@ -92,7 +95,57 @@ def aws_event(bucket: str, key: str, etag: str | None, event: str = "ObjectCreat
     return json.dumps({"Records": [s3_record(bucket, key, etag, event=event, minio=False)]})
 
 
-FORMATS = {"minio": minio_event, "minio_documented": minio_documented_event, "aws": aws_event}
+def sns_event(bucket: str, key: str, etag: str | None, event: str = "ObjectCreated:Put") -> str:
+    """An S3 notification published to SNS, as an SQS subscription receives it (not raw)."""
+    return json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:uploads",
+            "Subject": "Amazon S3 Notification",
+            "Message": aws_event(bucket, key, etag, event),
+            "Timestamp": EVENT_TIME,
+            "SignatureVersion": "1",
+        }
+    )
+
+
+def eventbridge_event(
+    bucket: str, key: str, etag: str | None, detail_type: str = "Object Created"
+) -> str:
+    """An EventBridge event from S3 (its key is not URL-encoded)."""
+    obj: dict[str, Any] = {"key": key, "size": 1234, "sequencer": "0064D3901D00059242"}
+    if etag is not None:
+        obj["etag"] = etag
+    return json.dumps(
+        {
+            "version": "0",
+            "id": "c9888434-815d-c6f4-9fc2-4dd7bdeccaaf",
+            "detail-type": detail_type,
+            "source": "aws.s3",
+            "account": "123456789012",
+            "time": EVENT_TIME,
+            "region": "us-east-1",
+            "resources": [f"arn:aws:s3:::{bucket}"],
+            "detail": {
+                "version": "0",
+                "bucket": {"name": bucket},
+                "object": obj,
+                "request-id": "XRRTKJXSZQCWNQR1",
+                "requester": "123456789012",
+                "reason": "PutObject",
+            },
+        }
+    )
+
+
+FORMATS = {
+    "minio": minio_event,
+    "minio_documented": minio_documented_event,
+    "aws": aws_event,
+    "sns": sns_event,
+    "eventbridge": eventbridge_event,
+}
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -104,7 +157,7 @@ def test_created_events_map_back_to_incoming_keys(fmt: str, key: str) -> None:
 
     assert parsed.objects == [CreatedObject(key, "0123abcd")]
     assert (parsed.ignored, parsed.invalid) == (0, 0)
-    assert parsed.source == ("s3" if fmt == "aws" else "minio")
+    assert parsed.source == ("minio" if fmt.startswith("minio") else "s3")
 
 
 @pytest.mark.parametrize(
@@ -126,6 +179,17 @@ def test_created_events_map_back_to_incoming_keys(fmt: str, key: str) -> None:
         (json.dumps({"Records": []}), 0, 1),
         (json.dumps({"Records": [{"eventName": "ObjectCreated:Put"}]}), 0, 1),
         (json.dumps([EVENT_TIME, {"EventName": "s3:ObjectCreated:Put"}]), 0, 1),
+        (sns_event("photos", "labeler/incoming/a.jpg", None, "ObjectRemoved:Delete"), 1, 0),
+        (
+            json.dumps({"Type": "Notification", "Message": json.dumps({"Event": "s3:TestEvent"})}),
+            1,
+            0,
+        ),
+        (json.dumps({"Type": "Notification", "Message": "not json"}), 0, 1),
+        (json.dumps({"Type": "Notification"}), 0, 1),
+        (eventbridge_event("photos", "labeler/incoming/a.jpg", "e", "Object Deleted"), 1, 0),
+        (eventbridge_event("photos", "labeler/labels/a.jpg.json", "e"), 1, 0),
+        (json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": {}}), 0, 1),
     ],
 )
 def test_other_events_are_ignored_and_broken_ones_invalid(
@@ -141,7 +205,13 @@ def test_sources_and_outcomes_are_the_metric_label_sets() -> None:
     from monitoring.metrics import EVENT_OUTCOMES, EVENT_SOURCES
     from workers import events as dispatch
 
-    assert {dispatch.SOURCE_MINIO, dispatch.SOURCE_S3, dispatch.SOURCE_SCAN} == set(EVENT_SOURCES)
+    sources = {
+        dispatch.SOURCE_MINIO,
+        dispatch.SOURCE_S3,
+        dispatch.SOURCE_SCAN,
+        dispatch.SOURCE_WATCH,
+    }
+    assert sources == set(EVENT_SOURCES)
     outcomes = {dispatch.QUEUED, dispatch.DUPLICATE, dispatch.IGNORED, dispatch.INVALID}
     assert outcomes == set(EVENT_OUTCOMES)
 
@@ -216,7 +286,24 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     c.close()
 
 
-def make_harness(client: Any, store: ObjectStore, **overrides: Any) -> Harness:
+class FakeClock:
+    """Monotonic seconds the test moves by hand: timing checks that cannot flake on a busy box."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_harness(
+    client: Any,
+    store: ObjectStore,
+    *,
+    labels: ObjectStore | None = None,
+    clock: Any = time.monotonic,
+    **overrides: Any,
+) -> Harness:
     values: dict[str, Any] = {
         "events_list": "test:events",
         "batch_max_images": 4,
@@ -238,9 +325,12 @@ def make_harness(client: Any, store: ObjectStore, **overrides: Any) -> Harness:
             raise h.fail_next.pop()
         h.batches.append(list(keys))
 
+    if labels is None:
+        labels = LocalStore(tempfile.mkdtemp(prefix="labels-"))  # no records
     dispatcher = Dispatcher(
-        client, store, enqueue, lambda: holder["h"].backlog[0], Metrics(registry), config
-    )
+        client, store, enqueue, lambda: holder["h"].backlog[0], Metrics(registry), config,
+        labels=labels, clock=clock,
+    )  # fmt: skip
     raw_client = client._client if isinstance(client, CountingRedis) else client
     holder["h"] = Harness(dispatcher, raw_client, config, registry)
     return holder["h"]
@@ -253,19 +343,21 @@ def _etag(n: int) -> str:
 def test_full_batches_go_at_once_and_the_rest_after_the_wait(
     client: redis.Redis, s3_store: S3Store
 ) -> None:
-    h = make_harness(client, s3_store, batch_max_wait=0.3)
+    clock = FakeClock()
+    h = make_harness(client, s3_store, batch_max_wait=0.3, clock=clock)
     keys = [f"k/{i}.png" for i in range(10)]
     h.push(*[aws_event(s3_store.bucket, "root/" + k, _etag(i)) for i, k in enumerate(keys)])
 
     h.turn_until(lambda: len(h.batches) == 2)
     assert h.batches == [keys[:4], keys[4:8]]
     assert h.lengths() == (0, 2)  # the last two events wait for their batch
-    started = time.monotonic()
-    h.turn_until(lambda: len(h.batches) == 3)
-    waited = time.monotonic() - started
+    clock.now += 0.29
+    h.dispatcher.step()
+    assert len(h.batches) == 2  # not yet: the wait is not over
+    clock.now += 0.02
+    h.dispatcher.step()
 
     assert h.batches[2] == keys[8:]
-    assert 0.2 < waited < 2.0
     assert h.lengths() == (0, 0)
     assert (h.flushes("full"), h.flushes("timeout")) == (2, 1)
     assert h.events("s3", "queued") == 10
@@ -418,24 +510,72 @@ def test_stop_flushes_what_is_held_and_acknowledges_it(
     assert h.lengths() == (0, 0)
 
 
-def test_the_scan_finds_new_and_changed_files_and_asks_redis_only_about_those(
+def write_records(labels: LocalStore, keys: list[str]) -> None:
+    """What the worker would write for ``keys``: a record per key, newer than the object."""
+    for key in keys:
+        path = labels.root / f"{key}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b'{"source_key": "%s"}' % key.encode())
+
+
+def test_the_scan_sends_what_has_no_record_and_asks_redis_only_about_those(
     client: redis.Redis, tmp_path: Path
 ) -> None:
-    store = LocalStore(tmp_path / "incoming")
+    store, labels = LocalStore(tmp_path / "incoming"), LocalStore(tmp_path / "labels")
     for i in range(6):
         store.put(f"dir/{i}.png", f"image {i}".encode())
     counting = CountingRedis(client)
-    h = make_harness(counting, store, batch_max_wait=0.0, scan_interval=0.2, batch_max_images=4)
+    h = make_harness(
+        counting, store, labels=labels, batch_max_wait=0.0, scan_interval=0.2, batch_max_images=4
+    )
 
     h.turn_until(lambda: len(h.keys_sent()) == 6)
+    write_records(labels, h.keys_sent())
     asked = counting.mget_keys
     (tmp_path / "incoming" / "dir" / "2.png").write_bytes(b"edited")  # changed in place
+    later = (tmp_path / "labels" / "dir" / "2.png.json").stat().st_mtime + 5
+    os.utime(tmp_path / "incoming" / "dir" / "2.png", (later, later))  # newer than its record
     (tmp_path / "incoming" / "new.png").write_bytes(b"copied in")  # as `cp` would
     h.turn_until(lambda: len(h.keys_sent()) == 8)
 
     assert sorted(h.keys_sent()[6:]) == ["dir/2.png", "new.png"]
-    assert counting.mget_keys - asked == 2  # the four unchanged files never reached Redis
+    assert counting.mget_keys - asked == 2  # the labeled files never reached Redis
     assert h.events("scan", "queued") == 8
-    restarted = make_harness(client, store, scan_interval=60.0)
-    restarted.turn_until(lambda: restarted.events("scan", "duplicate") == 7)
-    assert restarted.batches == []
+
+
+def test_an_unlabeled_object_still_in_flight_is_not_sent_twice(
+    client: redis.Redis, tmp_path: Path
+) -> None:
+    store = LocalStore(tmp_path / "incoming")
+    store.put("slow.png", b"image")
+    first = make_harness(client, store, batch_max_wait=0.0, scan_interval=0.1)
+    first.turn_until(lambda: first.batches)
+
+    again = make_harness(client, store, scan_interval=60.0)  # e.g. restarted: a fresh pass
+    again.turn_until(lambda: again.events("scan", "duplicate") == 1)
+
+    assert again.batches == []
+
+
+def test_reconciliation_sends_exactly_the_objects_without_a_fresh_record(
+    client: redis.Redis, tmp_path: Path
+) -> None:
+    store, labels = LocalStore(tmp_path / "incoming"), LocalStore(tmp_path / "labels")
+    keys = [f"{i % 7}/{i:05d}.png" for i in range(5000)]
+    for folder in range(7):
+        (tmp_path / "incoming" / str(folder)).mkdir()
+    for key in keys:
+        (tmp_path / "incoming" / key).write_bytes(key.encode())  # as a copy would: no fsync
+    unlabeled = set(keys[::500])  # 10 of them
+    write_records(labels, [k for k in keys if k not in unlabeled])
+    reuploaded = keys[1]
+    later = (tmp_path / "labels" / f"{reuploaded}.json").stat().st_mtime + 5
+    os.utime(tmp_path / "incoming" / reuploaded, (later, later))
+    h = make_harness(
+        client, store, labels=labels, batch_max_images=64, batch_max_wait=0.0, scan_interval=3600
+    )
+
+    h.turn_until(lambda: not h.dispatcher.reconciling and len(h.keys_sent()) >= 11)
+    h.dispatcher.step()
+
+    assert sorted(h.keys_sent()) == sorted([*unlabeled, reuploaded])

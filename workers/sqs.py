@@ -1,0 +1,111 @@
+"""SQS as an event source: S3 notifications (direct, SNS-wrapped, or EventBridge) from a queue.
+
+Messages are long-polled with boto3 and deleted only once every object they name is in an
+enqueued batch (or found a duplicate, or ignored). While a message waits in a micro-batch its
+visibility is extended, so SQS does not hand it out again. A message that cannot be parsed is
+never deleted: it is made visible again at once and, after the queue's ``maxReceiveCount``,
+SQS moves it to the dead-letter queue. A killed dispatcher's messages come back by themselves
+when their visibility runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from storage import TransientError
+from workers.inbox import Held
+
+log = logging.getLogger(__name__)
+
+_BATCH = 10  # SQS's limit per receive and per batch call
+
+
+class SqsUnavailable(TransientError):
+    """An SQS call failed after botocore's retries; the dispatcher backs off and tries again."""
+
+
+@contextmanager
+def _sqs_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise SqsUnavailable(f"SQS {operation}: {exc}") from exc
+
+
+@dataclass(eq=False)
+class SqsHeld(Held):
+    """A received message: its receipt handle and when its visibility was last extended."""
+
+    handle: str = ""
+    visible_from: float = 0.0  # clock seconds: when SQS would hand it out again
+
+
+class SqsInbox:
+    """Receives, extends and deletes messages of one queue; see the module docstring."""
+
+    def __init__(self, client: Any, queue_url: str, *, visibility: int = 60) -> None:
+        if visibility < 10:
+            raise ValueError("the SQS visibility timeout must be at least 10 seconds")
+        self._client = client
+        self.queue_url = queue_url
+        self._visibility = visibility
+        self._held: dict[str, SqsHeld] = {}  # receipt handle -> message not yet deleted
+
+    def take(self, wait: int, now: float) -> list[SqsHeld]:
+        """Receive up to 10 messages, long-polling up to ``wait`` whole seconds (0-20)."""
+        with _sqs_errors("receive_message"):
+            reply = self._client.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=_BATCH,
+                WaitTimeSeconds=max(0, min(wait, 20)),
+                VisibilityTimeout=self._visibility,
+            )
+        taken = []
+        for message in reply.get("Messages", []):
+            held = SqsHeld(
+                message["Body"].encode(), handle=message["ReceiptHandle"],
+                visible_from=now + self._visibility,
+            )  # fmt: skip
+            self._held[held.handle] = held
+            taken.append(held)
+        return taken
+
+    def ack(self, settled: list[SqsHeld]) -> None:
+        """Delete settled messages (after their objects' markers are written)."""
+        self._call_batch("delete_message_batch", settled, {})
+        for held in settled:
+            self._held.pop(held.handle, None)
+
+    def reject(self, unusable: list[SqsHeld]) -> None:
+        """Make unparseable messages visible again: the queue's redrive policy dead-letters them."""
+        self._call_batch("change_message_visibility_batch", unusable, {"VisibilityTimeout": 0})
+        for held in unusable:
+            self._held.pop(held.handle, None)
+
+    def extend(self, now: float) -> None:
+        """Extend the visibility of messages past half of it, so none is handed out twice."""
+        due = [h for h in self._held.values() if h.visible_from - now < self._visibility / 2]
+        if due:
+            extra = {"VisibilityTimeout": self._visibility}
+            self._call_batch("change_message_visibility_batch", due, extra)
+            for held in due:
+                held.visible_from = now + self._visibility
+
+    def _call_batch(self, operation: str, messages: list[SqsHeld], extra: dict[str, Any]) -> None:
+        call = getattr(self._client, operation)
+        for start in range(0, len(messages), _BATCH):
+            part = messages[start : start + _BATCH]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": held.handle, **extra} for i, held in enumerate(part)
+            ]
+            with _sqs_errors(operation):
+                reply = call(QueueUrl=self.queue_url, Entries=entries)
+            for failed in reply.get("Failed", []):
+                # The message stays held by SQS: it comes back and is handled again.
+                log.warning("SQS %s failed for one message: %s", operation, failed.get("Message"))
