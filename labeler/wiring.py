@@ -91,15 +91,26 @@ class ProcessEngines:
     def runtime(self) -> ModelRuntime:
         from workers.model_runtime import ModelRuntime
 
-        def loaded(metadata: Any) -> None:
-            self.metrics.model_version.labels(metadata.name).set(metadata.version)
-            self.metrics.model_loads.labels(metadata.name).inc()
+        served: list[tuple[str, str, str]] = []
+
+        def loaded(model: Any, int8: Any) -> None:
+            name = model.metadata.name
+            self.metrics.model_version.labels(name).set(model.version)
+            self.metrics.model_loads.labels(name).inc()
+            for labels in served:  # the previous version's runtime is no longer in service
+                self.metrics.model_info.labels(*labels).set(0)
+            served[:] = [(name, model.runtime, model.precision)]
+            self.metrics.model_info.labels(*served[0]).set(1)
+            if int8 is not None:
+                self.metrics.int8_approved.labels(name).set(1 if int8.approved else 0)
 
         return ModelRuntime(
             self.stores.registry(),
             batch_size=self.settings.inference_batch_size,
             reload_seconds=self.settings.model_reload_seconds,
             on_load=loaded,
+            runtime=self.settings.runtime,
+            precision=self.settings.precision,
         )
 
     @cached_property
@@ -148,6 +159,7 @@ class ProcessEngines:
             gate=GatePolicy(s.gate_min_accuracy, s.gate_max_macro_f1_drop, s.gate_max_recall_drop),
             review_precision=s.review_precision,
             max_image_pixels=s.max_image_pixels,
+            int8=int8_bars(s),
         )
         return Retrainer(
             self.stores.area(Area.TRAINING),
@@ -167,6 +179,17 @@ class ProcessEngines:
             self.classifier.runtime.current()
         except ModelUnavailable as exc:
             log.warning("no model to warm up yet: %s", exc)
+
+
+def int8_bars(settings: Settings) -> Any:
+    """The INT8 approval bars from settings."""
+    from workers.optimization import Int8Bars
+
+    return Int8Bars(
+        min_agreement=settings.int8_min_agreement,
+        max_accuracy_drop=settings.int8_max_accuracy_drop,
+        calibration_images=settings.int8_calibration_images,
+    )
 
 
 def celery_config(settings: Settings) -> CeleryConfig:
