@@ -54,6 +54,8 @@ def import_model(
 
     settings = settings_or_exit()
     class_names = _class_names(classes, classes_file)
+    if calibration_dir and sum(p.is_file() for p in calibration_dir.rglob("*")) < 5:
+        raise click.UsageError(f"--calibration-dir {calibration_dir} needs at least 5 images")
     try:
         model = load_keras_file(path)
         size, outputs = model_signature(model)
