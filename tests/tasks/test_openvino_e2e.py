@@ -3,6 +3,8 @@ hot-swapping between a TensorFlow-only version and an OpenVINO one while batches
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from labeler.settings import settings_from_env
 from labeler.wiring import build_app
 from tasks.contracts import CLASSIFY_BATCH
 from tests.conftest import DigitsFixture
-from tests.support.deployment import S3Deployment, s3_deployment
+from tests.support.deployment import S3Deployment, child_pids, s3_deployment
 from tests.support.digits import CLASSES
 from tests.support.processes import WorkerProcess, run_labeler
 from tests.support.services import MotoServer, RedisServer, wait_until
@@ -101,3 +103,32 @@ def test_models_optimize_gives_an_old_version_its_artifacts(
     record = site.record("old/0.png")
     assert (record.model_version, record.runtime, record.precision) == (1, "openvino", "int8")
     assert record.label == digits.held_out[200].label
+
+
+def test_killed_openvino_child_loses_no_batch(
+    site: S3Deployment, redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
+) -> None:
+    env = site.env(redis_server.url, runtime="openvino", batch_max_images=16,
+                   inference_batch_size=16)  # fmt: skip
+    run_labeler(env, "models", "optimize", "digits", "1")  # FP32 only: no training data
+    etags = site.put_images("killed/", digits.held_out, 320)
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--queues", "inference").start()
+    try:
+        app = build_app(settings_from_env(env))
+        keys = list(etags)
+        for n in range(0, len(keys), 16):
+            payload = {"batch_id": f"killed-{n}", "keys": keys[n : n + 16]}
+            app.send_task(CLASSIFY_BATCH, kwargs={"payload": payload})
+        wait_until(lambda: len(site.labeled("killed/")) >= 64, 180, "64 labels")
+        assert worker.process is not None
+        (child,) = child_pids(worker.process.pid)
+        os.kill(child, signal.SIGKILL)
+        assert len(site.labeled("killed/")) < len(keys)
+        wait_until(lambda: len(site.labeled("killed/")) == len(keys), 300, "every image labeled")
+    finally:
+        worker.stop()
+
+    records = site.records(keys)
+    assert {(r.runtime, r.precision) for r in records.values()} == {("openvino", "fp32")}
+    assert all(r.source_etag == etags[k] and r.error is None for k, r in records.items())
+    assert worker.log_tail(200_000).count("loaded model digits v1 (openvino fp32)") == 2
