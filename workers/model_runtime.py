@@ -259,7 +259,10 @@ class ModelRuntime:
         from workers.openvino_runtime import OpenVinoModel, read_ir
 
         name, version = metadata.name, metadata.version
-        artifacts = self.registry.artifacts(version)
+        try:
+            artifacts = self.registry.artifacts(version)
+        except ValueError as exc:  # a manifest that does not validate: a broken version
+            raise InvalidModel(f"OpenVINO manifest unreadable: {str(exc)[:300]}") from exc
         if artifacts is None:
             hint = f"`labeler models optimize {name} {version}`"
             log.warning("model %s v%s has no OpenVINO artifacts: serving it with TensorFlow "

@@ -130,7 +130,7 @@ def test_version_without_artifacts_serves_with_tensorflow_and_says_so(
     assert "labeler models optimize digits 1" in caplog.text
 
 
-@pytest.mark.parametrize("damage", ["garbage xml", "missing bin"])
+@pytest.mark.parametrize("damage", ["garbage xml", "missing bin", "bad manifest"])
 def test_broken_ir_is_refused_and_the_last_good_version_keeps_serving(
     digits: DigitsFixture, tmp_path: Path, damage: str
 ) -> None:
@@ -143,8 +143,10 @@ def test_broken_ir_is_refused_and_the_last_good_version_keeps_serving(
     store = registry.store
     if damage == "garbage xml":
         store.put(openvino_key("digits", v2, "fp32/model.xml"), b"<net><layers>not an IR")
-    else:
+    elif damage == "missing bin":
         store.delete(openvino_key("digits", v2, "fp32/model.bin"))
+    else:
+        store.put(openvino_key("digits", v2, "manifest.json"), b'{"precisions": 3}')
     registry.promote(v2)
 
     assert runtime.current().version == 1  # refused: still serving v1
