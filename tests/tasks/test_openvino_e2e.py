@@ -15,10 +15,10 @@ from labeler.settings import settings_from_env
 from labeler.wiring import build_app
 from tasks.contracts import CLASSIFY_BATCH
 from tests.conftest import DigitsFixture
-from tests.support.deployment import S3Deployment, child_pids, s3_deployment
+from tests.support.deployment import S3Deployment, child_pids, s3_deployment, scrape
 from tests.support.digits import CLASSES
 from tests.support.processes import WorkerProcess, run_labeler
-from tests.support.services import MotoServer, RedisServer, wait_until
+from tests.support.services import MotoServer, RedisServer, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,9 @@ def site(
 def test_hot_swap_between_tensorflow_and_openvino_loses_nothing(
     site: S3Deployment, redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
 ) -> None:
+    port = free_port()
     env = site.env(redis_server.url, model_reload_seconds=0.5, inference_batch_size=8,
-                   runtime="openvino")  # fmt: skip
+                   runtime="openvino", metrics_port=port)  # fmt: skip
     calibration = tmp_path / "calibration"
     calibration.mkdir()
     for i, sample in enumerate(digits.held_out[:150]):
@@ -60,9 +61,14 @@ def test_hot_swap_between_tensorflow_and_openvino_loses_nothing(
                 wait_until(lambda: results[0].ready(), 180, "first batch of the stream")
                 run_labeler(env, "models", "promote", "2")
         versions = [r.get(timeout=300)["model_version"] for r in results]
+        info = {(rt, p): scrape(port, "labeler_model_info", runtime=rt, precision=p)
+                for rt, p in (("tensorflow", "fp32"), ("openvino", "int8"))}  # fmt: skip
+        approved = scrape(port, "labeler_model_int8_approved", model="digits")
     finally:
         worker.stop()
 
+    assert info == {("tensorflow", "fp32"): 0, ("openvino", "int8"): 1}
+    assert approved == 1
     records = site.records(keys)
     assert len(records) == len(keys)
     served = {(r.model_version, r.runtime, r.precision) for r in records.values()}
