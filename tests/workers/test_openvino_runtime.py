@@ -162,3 +162,16 @@ def _optimize_version(registry: ModelRegistry, version: int, digits: DigitsFixtu
         calibration=np.zeros((0, *INPUT_SIZE, 3), np.uint8),
         held_out=HeldOut(images[:32], labels[:32]), bars=Int8Bars(), batch_size=16,
     )  # fmt: skip
+
+
+def test_int8_that_agrees_but_loses_accuracy_is_refused() -> None:
+    from workers.optimization import judge_int8
+
+    labels = np.arange(200) % 2
+    fp32 = np.eye(2, dtype=np.float32)[labels]  # always right
+    int8 = fp32.copy()
+    int8[:2] = int8[:2, ::-1]  # 2 of 200 flipped: 99% agreement, accuracy drop 1 point
+    approval = judge_int8(fp32, int8, labels, Int8Bars(min_agreement=0.99))
+    assert not approval.approved
+    assert approval.reason == "accuracy drop 1.00 points > 0.50"
+    assert judge_int8(fp32, int8, None, Int8Bars(min_agreement=0.99)).approved
