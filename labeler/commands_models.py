@@ -98,7 +98,8 @@ def list_models(name: str | None) -> None:
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(meta.created_at))
         accuracy = meta.evaluation.get("accuracy")
         figures = f"accuracy {accuracy:.4f}" if accuracy is not None else meta.source
-        click.echo(f"{mark} v{version}  {created} UTC  {len(meta.class_names)} classes  {figures}")
+        click.echo(f"{mark} v{version}  {created} UTC  {len(meta.class_names)} classes  {figures}"
+                   f"  [{_runtimes(registry, version)}]")  # fmt: skip
 
 
 @models.command("promote")
@@ -211,6 +212,16 @@ def _training_split(
         empty = np.zeros((0, *size, 3), np.uint8)
         return empty, HeldOut(empty)
     return calibration_from_training(data, class_names, bars.calibration_images)
+
+
+def _runtimes(registry: ModelRegistry, version: int) -> str:
+    """What can serve a version: ``tensorflow``, plus its OpenVINO precisions and INT8's verdict."""
+    artifacts = registry.artifacts(version)
+    if artifacts is None:
+        return "tensorflow only: run `labeler models optimize`"
+    int8 = artifacts.int8
+    verdict = "" if int8 is None else (" approved" if int8.approved else " refused")
+    return "openvino " + "+".join(artifacts.precisions) + verdict
 
 
 def _class_names(classes: str | None, classes_file: Path | None) -> list[str]:

@@ -89,6 +89,7 @@ def test_models_optimize_gives_an_old_version_its_artifacts(
     site: S3Deployment, redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
 ) -> None:
     env = site.env(redis_server.url, runtime="openvino")
+    assert "tensorflow only" in run_labeler(env, "models", "list").stdout
     calibration = tmp_path / "calibration"
     calibration.mkdir()
     for i, sample in enumerate(digits.held_out[:100]):
@@ -98,6 +99,7 @@ def test_models_optimize_gives_an_old_version_its_artifacts(
                       str(calibration))  # fmt: skip
 
     assert "OpenVINO artifacts for digits v1: FP32; INT8 approved" in out.stdout
+    assert "[openvino fp32+int8 approved]" in run_labeler(env, "models", "list").stdout
     site.incoming.put("old/0.png", digits.held_out[200].data)
     app = build_app(settings_from_env(env))
     with_worker = WorkerProcess(env, tmp_path / "worker.log", "--queues", "inference").start()
