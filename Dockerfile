@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # labeler: one image for every role (inference worker, training worker, beat, dispatcher).
-# CPU by default; `--build-arg VARIANT=gpu` installs TensorFlow's CUDA wheels (the `gpu` extra).
+# CPU by default (TensorFlow trains and exports, OpenVINO serves: LABELER_RUNTIME=auto);
+# `--build-arg VARIANT=gpu` installs TensorFlow's CUDA wheels (the `gpu` extra), and there
+# `auto` serves with TensorFlow on the GPU.
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build

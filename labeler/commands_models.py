@@ -1,14 +1,19 @@
-"""``labeler models ...``: bring a model, list versions, promote, roll back."""
+"""``labeler models ...``: bring a model, list versions, promote, roll back, optimize."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
 
 from labeler.cli_common import settings_or_exit
-from labeler.wiring import Stores
+from labeler.settings import Settings
+from labeler.wiring import Stores, int8_bars
+from storage.registry import ModelRegistry
 
 
 @click.group()
@@ -27,6 +32,11 @@ def models() -> None:
 )
 @click.option("--review-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--no-promote", is_flag=True, help="Register without promoting.")
+@click.option(
+    "--calibration-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Images like the ones to label: calibrate INT8 and judge it against FP32.",
+)
 def import_model(
     path: Path,
     name: str | None,
@@ -34,16 +44,21 @@ def import_model(
     classes_file: Path | None,
     review_threshold: float,
     no_promote: bool,
+    calibration_dir: Path | None,
 ) -> None:
-    """Register PATH (a .keras file) as the next version and promote it."""
+    """Register PATH (a .keras file) as the next version, export its OpenVINO IR (and INT8 with
+    --calibration-dir), and promote it."""
     from storage.registry import ModelMetadata
     from workers.errors import InvalidModel
     from workers.model_runtime import load_keras_file, model_signature
 
     settings = settings_or_exit()
     class_names = _class_names(classes, classes_file)
+    if calibration_dir and sum(p.is_file() for p in calibration_dir.rglob("*")) < 5:
+        raise click.UsageError(f"--calibration-dir {calibration_dir} needs at least 5 images")
     try:
-        size, outputs = model_signature(load_keras_file(path))
+        model = load_keras_file(path)
+        size, outputs = model_signature(model)
     except InvalidModel as exc:
         raise click.ClickException(str(exc)) from None
     if outputs != len(class_names):
@@ -64,6 +79,7 @@ def import_model(
         ),
     )
     click.echo(f"registered {registry.name} v{metadata.version} (input {size}, {outputs} classes)")
+    _optimize(settings, registry, metadata.version, model, calibration_dir)
     if not no_promote:
         registry.promote(metadata.version)
         click.echo(f"promoted {registry.name} v{metadata.version} to production")
@@ -82,7 +98,8 @@ def list_models(name: str | None) -> None:
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(meta.created_at))
         accuracy = meta.evaluation.get("accuracy")
         figures = f"accuracy {accuracy:.4f}" if accuracy is not None else meta.source
-        click.echo(f"{mark} v{version}  {created} UTC  {len(meta.class_names)} classes  {figures}")
+        click.echo(f"{mark} v{version}  {created} UTC  {len(meta.class_names)} classes  {figures}"
+                   f"  [{_runtimes(registry, version)}]")  # fmt: skip
 
 
 @models.command("promote")
@@ -103,6 +120,108 @@ def rollback(to: int | None, name: str | None) -> None:
     registry = Stores(settings_or_exit()).registry(name)
     alias = registry.rollback(to)
     click.echo(f"{registry.name} production is now v{alias.version}")
+
+
+@models.command("optimize")
+@click.argument("name")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option(
+    "--calibration-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Calibrate INT8 on these images (default: the validation split of training/).",
+)
+def optimize(name: str, version: int, calibration_dir: Path | None) -> None:
+    """Make the OpenVINO artifacts of an existing VERSION (FP32 IR, and INT8 if approved)."""
+    from workers.errors import InvalidModel
+    from workers.model_runtime import load_keras_file
+
+    settings = settings_or_exit()
+    registry = Stores(settings).registry(name)
+    registry.metadata(version)  # VersionNotFound says which
+    with tempfile.TemporaryDirectory(prefix="labeler-optimize-") as tmp:
+        path = Path(tmp) / "model.keras"
+        path.write_bytes(registry.model_bytes(version))
+        try:
+            model = load_keras_file(path)
+        except InvalidModel as exc:
+            raise click.ClickException(str(exc)) from None
+    if not _optimize(settings, registry, version, model, calibration_dir, from_training=True):
+        raise click.ClickException(f"{name} v{version} keeps serving with TensorFlow")
+
+
+def _optimize(
+    settings: Settings,
+    registry: ModelRegistry,
+    version: int,
+    model: Any,
+    calibration_dir: Path | None,
+    *,
+    from_training: bool = False,
+) -> bool:
+    """Export and store the version's OpenVINO artifacts; say what INT8's verdict was."""
+    from storage import LocalStore
+    from workers.errors import InvalidModel
+    from workers.optimization import (
+        HeldOut,
+        calibration_from_store,
+        optimize_version,
+    )
+
+    bars = int8_bars(settings)
+    metadata = registry.metadata(version)
+    size = (metadata.input_size[0], metadata.input_size[1])
+    calibration, held_out = (
+        np.zeros((0, *size, 3), np.uint8),
+        HeldOut(np.zeros((0, *size, 3), np.uint8)),
+    )
+    if calibration_dir is not None:
+        calibration, held_out = calibration_from_store(
+            LocalStore(calibration_dir), size, limit=bars.calibration_images,
+            max_pixels=settings.max_image_pixels,
+        )  # fmt: skip
+        if len(calibration) == 0 or len(held_out.images) == 0:
+            raise click.ClickException(f"{calibration_dir} needs at least 5 readable images")
+    elif from_training:
+        calibration, held_out = _training_split(settings, metadata.class_names, size, bars)
+    try:
+        result = optimize_version(registry, version, model, calibration=calibration,
+                                  held_out=held_out, bars=bars)  # fmt: skip
+    except (InvalidModel, ImportError) as exc:
+        click.echo(f"warning: no OpenVINO artifacts for v{version}: {exc}", err=True)
+        return False
+    int8 = result.artifacts.int8
+    verdict = "no INT8 (no calibration images)"
+    if int8 is not None:
+        verdict = f"INT8 {'approved' if int8.approved else 'refused, FP32 serves'}: {int8.reason}"
+    click.echo(f"OpenVINO artifacts for {registry.name} v{version}: FP32; {verdict}")
+    return True
+
+
+def _training_split(
+    settings: Settings, class_names: list[str], size: tuple[int, int], bars: Any
+) -> tuple[Any, Any]:
+    from storage import Area
+    from workers.dataset import load_training_data
+    from workers.optimization import HeldOut, calibration_from_training
+
+    try:
+        data = load_training_data(Stores(settings).area(Area.TRAINING), size,
+                                  max_pixels=settings.max_image_pixels)  # fmt: skip
+    except ValueError as exc:  # too little training data: FP32 only
+        click.echo(f"no INT8 calibration: {exc}", err=True)
+        empty = np.zeros((0, *size, 3), np.uint8)
+        return empty, HeldOut(empty)
+    return calibration_from_training(data, class_names, bars.calibration_images)
+
+
+def _runtimes(registry: ModelRegistry, version: int) -> str:
+    """What can serve a version: ``tensorflow``, plus its OpenVINO precisions and INT8's verdict."""
+    artifacts = registry.artifacts(version)
+    if artifacts is None:
+        return "tensorflow only: run `labeler models optimize`"
+    int8 = artifacts.int8
+    verdict = "" if int8 is None else (" approved" if int8.approved else " refused")
+    return "openvino " + "+".join(artifacts.precisions) + verdict
 
 
 def _class_names(classes: str | None, classes_file: Path | None) -> list[str]:

@@ -11,7 +11,7 @@ import click
 
 from labeler.cli_common import broker_or_exit, find_broker, settings_or_exit
 from labeler.observability import multiprocess_dir_or_reexec, start_observability
-from labeler.wiring import Stores, build_app
+from labeler.wiring import Stores, build_app, engine_limits, model_runtime
 from monitoring.exposition import reset_multiprocess_dir
 from monitoring.metrics import Metrics
 from storage import Area, LabelRecord
@@ -134,19 +134,11 @@ def classify(files: tuple[str, ...]) -> None:
     """
     from monitoring.metrics import Metrics
     from storage import LocalFiles
-    from workers.batch import BatchClassifier, EngineLimits
-    from workers.decoding import configure_pillow
-    from workers.model_runtime import ModelRuntime
+    from workers.batch import BatchClassifier
 
     settings = settings_or_exit()
-    configure_pillow(settings.max_image_pixels)
-    runtime = ModelRuntime(Stores(settings).registry(), batch_size=settings.inference_batch_size)
-    limits = EngineLimits(
-        settings.io_threads,
-        settings.decode_threads,
-        settings.max_object_bytes,
-        settings.max_image_pixels,
-    )
+    runtime = model_runtime(settings, Stores(settings).registry())
+    limits = engine_limits(settings)
     printed = _PrintedRecords()
     classifier = BatchClassifier(LocalFiles(), printed, runtime, Metrics(None), limits)
     try:

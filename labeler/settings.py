@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
@@ -226,6 +226,26 @@ class Settings(BaseSettings):
     )
     review_precision: float = Field(
         0.95, gt=0, le=1, description="Per-class review thresholds aim for this precision."
+    )
+
+    # --- inference runtime (OpenVINO on CPUs) -------------------------------------------------
+    runtime: Literal["auto", "tensorflow", "openvino"] = Field(
+        "auto",
+        description="What runs inference: auto is TensorFlow where a GPU is visible, else "
+        "OpenVINO (the version's IR; TensorFlow until `labeler models optimize` made one).",
+    )
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="OpenVINO precision: auto is INT8 where the version's INT8 was "
+        "approved, else FP32; int8 also serves FP32 when INT8 was refused.",
+    )  # fmt: skip
+    int8_min_agreement: float = Field(
+        0.99, ge=0, le=1, description="INT8 approval: top-1 agreement with FP32 at least this."
+    )
+    int8_max_accuracy_drop: float = Field(
+        0.005, ge=0, le=1, description="INT8 approval: accuracy drop against FP32 at most this."
+    )
+    int8_calibration_images: int = Field(
+        300, ge=0, le=100_000, description="Images that calibrate INT8 (0: no INT8 artifact)."
     )
 
     # --- monitoring -------------------------------------------------------------------------

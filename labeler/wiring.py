@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from tasks.app import LabelerCelery, create_app
 from tasks.contracts import INFERENCE_QUEUE, CeleryConfig
 
 if TYPE_CHECKING:
-    from workers.batch import BatchClassifier
+    from workers.batch import BatchClassifier, EngineLimits
     from workers.model_runtime import ModelRuntime
     from workers.retrain import Retrainer
 
@@ -90,32 +91,32 @@ class ProcessEngines:
 
     @cached_property
     def runtime(self) -> ModelRuntime:
-        from workers.model_runtime import ModelRuntime
+        served: list[tuple[str, str, str]] = []
 
-        def loaded(metadata: Any) -> None:
-            self.metrics.model_version.labels(metadata.name).set(metadata.version)
-            self.metrics.model_loads.labels(metadata.name).inc()
+        def loaded(model: Any, int8: Any) -> None:
+            name = model.metadata.name
+            self.metrics.model_version.labels(name).set(model.version)
+            self.metrics.model_loads.labels(name).inc()
+            for labels in served:  # the previous version's runtime is no longer in service
+                self.metrics.model_info.labels(*labels).set(0)
+            served[:] = [(name, model.runtime, model.precision)]
+            self.metrics.model_info.labels(*served[0]).set(1)
+            if int8 is not None:
+                self.metrics.int8_approved.labels(name).set(1 if int8.approved else 0)
 
-        return ModelRuntime(
-            self.stores.registry(),
-            batch_size=self.settings.inference_batch_size,
-            reload_seconds=self.settings.model_reload_seconds,
-            on_load=loaded,
-        )
+        return model_runtime(self.settings, self.stores.registry(), on_load=loaded)
 
     @cached_property
     def classifier(self) -> BatchClassifier:
-        from workers.batch import BatchClassifier, EngineLimits
-        from workers.decoding import configure_pillow
+        from workers.batch import BatchClassifier
 
-        s = self.settings
-        configure_pillow(s.max_image_pixels)
-        limits = EngineLimits(
-            s.io_threads, s.decode_threads, s.max_object_bytes, s.max_image_pixels
-        )
         labels = LabelStore(self.stores.area(Area.LABELS))
         return BatchClassifier(
-            self.stores.area(Area.INCOMING), labels, self.runtime, self.metrics, limits
+            self.stores.area(Area.INCOMING),
+            labels,
+            self.runtime,
+            self.metrics,
+            engine_limits(self.settings),
         )
 
     @property
@@ -149,6 +150,7 @@ class ProcessEngines:
             gate=GatePolicy(s.gate_min_accuracy, s.gate_max_macro_f1_drop, s.gate_max_recall_drop),
             review_precision=s.review_precision,
             max_image_pixels=s.max_image_pixels,
+            int8=int8_bars(s),
         )
         return Retrainer(
             self.stores.area(Area.TRAINING),
@@ -168,6 +170,49 @@ class ProcessEngines:
             self.classifier.runtime.current()
         except ModelUnavailable as exc:
             log.warning("no model to warm up yet: %s", exc)
+
+
+def int8_bars(settings: Settings) -> Any:
+    """The INT8 approval bars from settings."""
+    from workers.optimization import Int8Bars
+
+    return Int8Bars(
+        min_agreement=settings.int8_min_agreement,
+        max_accuracy_drop=settings.int8_max_accuracy_drop,
+        calibration_images=settings.int8_calibration_images,
+    )
+
+
+def model_runtime(
+    settings: Settings,
+    registry: ModelRegistry,
+    on_load: Callable[[Any, Any], None] | None = None,
+) -> ModelRuntime:
+    """The model a process serves, with the configured runtime, precision and reload period."""
+    from workers.model_runtime import ModelRuntime
+
+    return ModelRuntime(
+        registry,
+        batch_size=settings.inference_batch_size,
+        reload_seconds=settings.model_reload_seconds,
+        on_load=on_load,
+        runtime=settings.runtime,
+        precision=settings.precision,
+    )
+
+
+def engine_limits(settings: Settings) -> EngineLimits:
+    """The batch engine's limits; also sets Pillow's pixel limit for this process."""
+    from workers.batch import EngineLimits
+    from workers.decoding import configure_pillow
+
+    configure_pillow(settings.max_image_pixels)
+    return EngineLimits(
+        settings.io_threads,
+        settings.decode_threads,
+        settings.max_object_bytes,
+        settings.max_image_pixels,
+    )
 
 
 def celery_config(settings: Settings) -> CeleryConfig:

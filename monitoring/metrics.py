@@ -174,6 +174,17 @@ class Metrics:
             "labeler_gate_decisions_total", "Promotion gate decisions (passed, refused).",
             ["decision"], registry=r,
         )  # fmt: skip
+        # 1 for the (runtime, precision) a live process serves, 0 once it swapped away from it.
+        self.model_info = Gauge(
+            "labeler_model_info", "What computes the labels: runtime and precision in service.",
+            ["model", "runtime", "precision"], multiprocess_mode="livemax", registry=r,
+        )  # fmt: skip
+        self.int8_approved = Gauge(
+            "labeler_model_int8_approved",
+            "1 when the served version's INT8 artifact passed its bars, 0 when it was refused "
+            "(and FP32 serves instead).",
+            ["model"], multiprocess_mode="livemin", registry=r,
+        )  # fmt: skip
         self._start_at_zero()
 
     def _start_at_zero(self) -> None:

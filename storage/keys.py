@@ -22,6 +22,8 @@ LABEL_SUFFIX = ".json"
 PRODUCTION_ALIAS = "production.json"
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
+OPENVINO_DIR = "openvino"
+ARTIFACTS_FILE = "manifest.json"  # written after the IR files it lists
 
 
 def label_key(source_key: str) -> str:
@@ -50,6 +52,12 @@ def model_file_key(name: str, version: int) -> str:
 
 def metadata_key(name: str, version: int) -> str:
     return f"{name}/{version}/{METADATA_FILE}"
+
+
+def openvino_key(name: str, version: int, file: str) -> str:
+    """``<name>/<version>/openvino/fp32/model.xml``, ``.../int8/model.bin``, ``.../manifest.json``
+    (the IR files of each precision, and the manifest listing them)."""
+    return f"{name}/{version}/{OPENVINO_DIR}/{file}"
 
 
 def report_key(name: str, version: int, file: str) -> str:

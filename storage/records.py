@@ -68,6 +68,8 @@ class LabelRecord(BaseModel):
     error: RecordError | None = None
     batch_id: str | None = None
     created_at: float
+    runtime: str | None = None  # what computed the label: tensorflow or openvino
+    precision: str | None = None  # fp32 or int8
     timings: Timings = Field(default_factory=Timings)
 
     @property

@@ -2,7 +2,8 @@
 
 A version is ``<name>/<version>/model.keras`` plus ``metadata.json``, written in that order:
 a version exists once its metadata does, so a reader never sees a half-written one. Promotion
-and rollback rewrite only the alias (one atomic PUT).
+and rollback rewrite only the alias (one atomic PUT). A version's OpenVINO artifacts live in
+``<name>/<version>/openvino/``: the IR files per precision, then ``manifest.json`` listing them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound, PermanentStorageError
-from storage.keys import METADATA_FILE, alias_key, metadata_key, model_file_key, model_prefix
+from storage.keys import (
+    ARTIFACTS_FILE,
+    METADATA_FILE,
+    alias_key,
+    metadata_key,
+    model_file_key,
+    model_prefix,
+    openvino_key,
+)
+
+PRECISIONS = ("fp32", "int8")
+IR_FILES = ("model.xml", "model.bin")
 
 
 class ModelMetadata(BaseModel):
@@ -48,6 +60,27 @@ class ProductionAlias(BaseModel):
     version: int
     promoted_at: float
     history: list[int] = Field(default_factory=list)
+
+
+class Int8Approval(BaseModel):
+    """Whether the INT8 IR may serve instead of FP32, and the figures that decided it."""
+
+    approved: bool
+    reason: str
+    figures: dict[str, float] = Field(default_factory=dict)
+
+
+class RuntimeArtifacts(BaseModel):
+    """``openvino/manifest.json``: the IR precisions a version has; INT8 serves only if approved."""
+
+    precisions: list[str]
+    int8: Int8Approval | None = None
+    created_at: float = Field(default_factory=time.time)
+
+    def servable(self, precision: str) -> bool:
+        if precision == "int8":
+            return "int8" in self.precisions and self.int8 is not None and self.int8.approved
+        return precision in self.precisions
 
 
 class VersionNotFound(PermanentStorageError):
@@ -93,6 +126,38 @@ class ModelRegistry:
             content_type="application/json",
         )
         return stored
+
+    def put_artifacts(
+        self, version: int, ir: dict[str, tuple[bytes, bytes]], manifest: RuntimeArtifacts
+    ) -> None:
+        """Store ``{precision: (xml, bin)}`` IR files, then the manifest that makes them visible."""
+        self.metadata(version)  # raises VersionNotFound
+        for precision, files in ir.items():
+            if precision not in PRECISIONS:
+                raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            for file, data in zip(IR_FILES, files, strict=True):
+                self.store.put(openvino_key(self.name, version, f"{precision}/{file}"), data)
+        self.store.put(
+            openvino_key(self.name, version, ARTIFACTS_FILE),
+            manifest.model_dump_json(indent=2).encode(),
+            content_type="application/json",
+        )
+
+    def artifacts(self, version: int) -> RuntimeArtifacts | None:
+        """The version's OpenVINO manifest, or None when it has none yet."""
+        try:
+            data = self.store.get(openvino_key(self.name, version, ARTIFACTS_FILE)).data
+        except ObjectNotFound:
+            return None
+        return RuntimeArtifacts.model_validate_json(data)
+
+    def ir_bytes(self, version: int, precision: str) -> tuple[bytes, bytes]:
+        """``(model.xml, model.bin)`` of one precision."""
+        xml, weights = (
+            self.store.get(openvino_key(self.name, version, f"{precision}/{file}")).data
+            for file in IR_FILES
+        )
+        return xml, weights
 
     def production(self) -> ProductionAlias | None:
         try:

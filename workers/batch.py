@@ -201,8 +201,9 @@ class BatchClassifier:
     ) -> None:
         started = time.perf_counter()
         record = make_record(
-            item.key, item.etag, model.metadata, probabilities, item.error, batch_id=batch_id
-        )
+            item.key, item.etag, model.metadata, probabilities, item.error, batch_id=batch_id,
+            runtime=model.runtime, precision=model.precision,
+        )  # fmt: skip
         record.timings = item.timings
         self.labels.write(record)
         self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - started)
@@ -226,6 +227,8 @@ def make_record(
     error: RecordError | None = None,
     *,
     batch_id: str | None = None,
+    runtime: str | None = None,
+    precision: str | None = None,
 ) -> LabelRecord:
     """The record for one image: top-k labels from ``probabilities``, or the ``error``."""
     record = LabelRecord(
@@ -236,6 +239,8 @@ def make_record(
         error=error,
         batch_id=batch_id,
         created_at=time.time(),
+        runtime=runtime,
+        precision=precision,
     )
     if error is not None or probabilities is None:
         return record

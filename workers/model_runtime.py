@@ -1,9 +1,9 @@
 """The model a worker process serves: loaded once after fork, warmed up, hot-swapped.
 
 TensorFlow is not fork-safe, so nothing here runs at import time: the composition root builds a
-:class:`ModelRuntime` in each worker process after it starts. Inference goes through one
-``tf.function`` with a fixed input signature; the last partial batch is padded so the graph is
-traced exactly once per loaded version.
+:class:`ModelRuntime` in each worker process after it starts. Two runtimes behind one interface:
+TensorFlow (one ``tf.function`` with a fixed input signature) and OpenVINO (the version's IR,
+compiled for a fixed batch). Either way the last partial batch is padded, so nothing retraces.
 """
 
 from __future__ import annotations
@@ -14,18 +14,21 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from storage import StorageError
-from storage.registry import ModelMetadata, ModelRegistry
+from storage import ObjectNotFound, StorageError
+from storage.registry import Int8Approval, ModelMetadata, ModelRegistry
 from workers.errors import InvalidModel, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
 _devices_configured = False
+
+RUNTIMES = ("auto", "tensorflow", "openvino")
+PRECISIONS = ("auto", "fp32", "int8")
 
 
 def configure_devices() -> None:
@@ -61,8 +64,42 @@ def model_signature(model: Any) -> tuple[tuple[int, int], int]:
     return (int(shape[1]), int(shape[2])), int(out[1])
 
 
-class LoadedModel:
-    """One version, ready to predict on uint8 RGB batches."""
+class LoadedModel(Protocol):
+    """One version, ready to predict on uint8 RGB batches, whatever runtime computes it."""
+
+    metadata: ModelMetadata
+    batch_size: int
+    runtime: str
+    precision: str
+
+    @property
+    def version(self) -> int: ...
+
+    def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]: ...
+
+
+def resolve_runtime(runtime: str) -> str:
+    """``auto``: TensorFlow where a GPU is visible (or OpenVINO is not installed), else OpenVINO."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime != "auto":
+        return runtime
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "tensorflow"
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "tensorflow"
+    return "openvino"
+
+
+class KerasModel:
+    """One version served by TensorFlow."""
+
+    runtime = "tensorflow"
+    precision = "fp32"
 
     def __init__(self, model: Any, metadata: ModelMetadata, batch_size: int) -> None:
         import tensorflow as tf
@@ -115,10 +152,17 @@ class ModelRuntime:
         *,
         batch_size: int,
         reload_seconds: float = 5.0,
-        on_load: Callable[[ModelMetadata], None] | None = None,
+        on_load: Callable[[LoadedModel, Int8Approval | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        runtime: str = "tensorflow",
+        precision: str = "auto",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.registry = registry
+        self.runtime = runtime
+        self.precision = precision
+        self._resolved: str | None = None
         self.batch_size = batch_size
         self.reload_seconds = reload_seconds
         self._on_load = on_load
@@ -185,17 +229,54 @@ class ModelRuntime:
         started = time.perf_counter()
         try:
             metadata = self.registry.metadata(version)
-            data = self.registry.model_bytes(version)
+            if self._resolved is None:
+                self._resolved = resolve_runtime(self.runtime)
+            model, approval = (
+                self._load_openvino(metadata) if self._resolved == "openvino" else (None, None)
+            )
+            if model is None:
+                model = self._load_keras(metadata)
         except StorageError as exc:
             raise ModelUnavailable(f"cannot read model v{version}: {exc}") from exc
+        log.info("loaded model %s v%s (%s %s) in %.1fs", metadata.name, version, model.runtime,
+                 model.precision, time.perf_counter() - started)  # fmt: skip
+        if self._on_load is not None:
+            self._on_load(model, approval)
+        return model
+
+    def _load_keras(self, metadata: ModelMetadata) -> LoadedModel:
+        data = self.registry.model_bytes(metadata.version)
         with tempfile.TemporaryDirectory(prefix="labeler-model-") as tmp:
             path = Path(tmp) / "model.keras"
             path.write_bytes(data)
             # InvalidModel (unsafe or malformed) propagates: the caller decides what to serve.
-            model = LoadedModel(load_keras_file(path), metadata, self.batch_size)
-        log.info(
-            "loaded model %s v%s in %.1fs", metadata.name, version, time.perf_counter() - started
-        )
-        if self._on_load is not None:
-            self._on_load(metadata)
-        return model
+            return KerasModel(load_keras_file(path), metadata, self.batch_size)
+
+    def _load_openvino(
+        self, metadata: ModelMetadata
+    ) -> tuple[LoadedModel | None, Int8Approval | None]:
+        """The version's IR (INT8 where approved and wanted), or None: serve it with TensorFlow."""
+        from workers.openvino_runtime import OpenVinoModel, read_ir
+
+        name, version = metadata.name, metadata.version
+        try:
+            artifacts = self.registry.artifacts(version)
+        except ValueError as exc:  # a manifest that does not validate: a broken version
+            raise InvalidModel(f"OpenVINO manifest unreadable: {str(exc)[:300]}") from exc
+        if artifacts is None:
+            hint = f"`labeler models optimize {name} {version}`"
+            log.warning("model %s v%s has no OpenVINO artifacts: serving it with TensorFlow "
+                        "until %s makes them", name, version, hint)  # fmt: skip
+            return None, None
+        precision = "fp32"
+        if self.precision in ("auto", "int8") and artifacts.servable("int8"):
+            precision = "int8"
+        elif self.precision == "int8":
+            reason = artifacts.int8.reason if artifacts.int8 else "no INT8 artifact"
+            log.warning("model %s v%s: INT8 not approved (%s): serving FP32", name, version, reason)
+        try:
+            xml, weights = self.registry.ir_bytes(version, precision)
+        except ObjectNotFound as exc:  # listed in the manifest but gone: a broken version
+            raise InvalidModel(f"OpenVINO {precision} artifact missing: {exc}") from exc
+        model = OpenVinoModel(read_ir(xml, weights), metadata, self.batch_size, precision)
+        return model, artifacts.int8

@@ -58,9 +58,11 @@ def evaluation_json(
     production: Evaluation | None,
     decision: GateDecision,
     extra: dict[str, Any],
+    runtimes: list[dict[str, Any]] | None = None,
 ) -> bytes:
     document = {
         **extra,
+        "runtimes": runtimes or [],
         "evaluation": evaluation.to_dict(),
         "production": production.summary() if production else None,
         "deltas": _deltas(evaluation, production),
@@ -76,6 +78,7 @@ def report_html(
     decision: GateDecision,
     matrix_png: bytes,
     curves_png: bytes | None,
+    runtimes: list[dict[str, Any]] | None = None,
 ) -> bytes:
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td>{_cells(f, production, name)}</tr>"
@@ -104,8 +107,39 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;
 <th>Δ vs production</th></tr>{summary}</table>
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
 <th>support</th><th>Δ recall</th></tr>{rows}</table>
+{_runtimes_html(runtimes or [])}
 <h2>Confusion matrix</h2>{_img(matrix_png)}{curves}</body></html>"""
     return page.encode()
+
+
+def _runtimes_html(rows: list[dict[str, Any]]) -> str:
+    """One row per runtime and precision; INT8's verdict (served or refused, and why)."""
+    if not rows:
+        return ""
+
+    def cell(value: Any, spec: str) -> str:
+        return "—" if value is None else format(value, spec)
+
+    body = "".join(
+        f"<tr><td>{html.escape(r['runtime'])}</td><td>{html.escape(r['precision'])}</td>"
+        f"<td>{cell(r['accuracy'], '.4f')}</td><td>{cell(r['macro_f1'], '.4f')}</td>"
+        f"<td>{cell(r['agreement'], '.2%')}</td><td>{cell(r['images_per_second'], '.0f')}</td>"
+        f"<td>{_verdict(r)}</td></tr>"
+        for r in rows
+    )
+    return (
+        "<h2>Runtimes (held-out images)</h2><table><tr><th>runtime</th><th>precision</th>"
+        "<th>accuracy</th><th>macro F1</th><th>top-1 agreement with FP32</th><th>images/s</th>"
+        f"<th>served</th></tr>{body}</table>"
+    )
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    if "approved" not in row:
+        return ""
+    if row["approved"]:
+        return f"<span class=pass>approved: {html.escape(row['reason'])}</span>"
+    return f"<span class=fail>refused, FP32 serves: {html.escape(row['reason'])}</span>"
 
 
 def _deltas(evaluation: Evaluation, production: Evaluation | None) -> dict[str, float]:

@@ -19,6 +19,7 @@ from storage.registry import ModelMetadata, ModelRegistry
 from workers.dataset import SplitRatios, TrainingData, load_training_data
 from workers.evaluation import Evaluation, GatePolicy, calibrate_thresholds, decide, evaluate
 from workers.model_runtime import load_keras_file
+from workers.optimization import HeldOut, Int8Bars, optimize_version
 from workers.report import confusion_matrix_png, evaluation_json, report_html, training_curves_png
 from workers.training import Progress, TrainingConfig, train_model
 
@@ -32,6 +33,8 @@ class RetrainConfig:
     gate: GatePolicy = field(default_factory=GatePolicy)
     review_precision: float = 0.95  # per-class thresholds aim for this precision
     max_image_pixels: int = 50_000_000
+    int8: Int8Bars = field(default_factory=Int8Bars)
+    export_openvino: bool = True  # the IR is made here, once, never by the workers
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,9 @@ class Retrainer:
             target_precision=self.config.review_precision, default=0.5,
         )  # fmt: skip
         metadata = self._register(trained.model, data, size, thresholds, candidate, base_meta)
-        self._write_reports(metadata, candidate, production, decision, trained.history)
+        report({"phase": "optimizing"})
+        runtimes = self._optimize(trained.model, data, metadata)
+        self._write_reports(metadata, candidate, production, decision, trained.history, runtimes)
         if decision.passed:
             self.registry.promote(metadata.version)
         self._count(metadata, candidate, decision.passed)
@@ -148,6 +153,26 @@ class Retrainer:
                 ),
             )  # fmt: skip
 
+    def _optimize(
+        self, model: Any, data: TrainingData, metadata: ModelMetadata
+    ) -> list[dict[str, Any]]:
+        """OpenVINO IR next to the version: INT8 calibrated on validation, judged on test.
+        A failed export leaves a TensorFlow-only version (workers fall back with a warning)."""
+        if not self.config.export_openvino:
+            return []
+        try:
+            result = optimize_version(
+                self.registry, metadata.version, model,
+                calibration=data.validation.images[: self.config.int8.calibration_images],
+                held_out=HeldOut(data.test.images, data.test.labels, data.test.keys),
+                bars=self.config.int8,
+            )  # fmt: skip
+        except Exception:
+            log.exception("OpenVINO export of %s v%s failed: it serves with TensorFlow",
+                          metadata.name, metadata.version)  # fmt: skip
+            return []
+        return result.rows
+
     def _write_reports(
         self,
         metadata: ModelMetadata,
@@ -155,6 +180,7 @@ class Retrainer:
         production: Evaluation | None,
         decision: Any,
         history: dict[str, list[float]],
+        runtimes: list[dict[str, Any]],
     ) -> None:
         name, version = metadata.name, metadata.version
         matrix = confusion_matrix_png(candidate)
@@ -162,11 +188,11 @@ class Retrainer:
         extra = {"model": name, "version": version, "parent_version": metadata.parent_version,
                  "training_data_fingerprint": metadata.training_data_fingerprint}  # fmt: skip
         files = {
-            "evaluation.json": (evaluation_json(candidate, production, decision, extra),
+            "evaluation.json": (evaluation_json(candidate, production, decision, extra, runtimes),
                                 "application/json"),
             "confusion_matrix.png": (matrix, "image/png"),
             "report.html": (report_html(f"{name} v{version}", candidate, production, decision,
-                                        matrix, curves), "text/html"),
+                                        matrix, curves, runtimes), "text/html"),
         }  # fmt: skip
         for file, (data, content_type) in files.items():
             self.reports.put(report_key(name, version, file), data, content_type=content_type)

@@ -99,8 +99,18 @@ def test_first_retrain_is_promoted_and_served_without_restart(cluster: Cluster) 
     metadata = cluster.stores.registry().metadata(1)
     assert set(metadata.class_thresholds) == set(names)
     assert metadata.training_data_fingerprint
+    # The retrain exported the OpenVINO IR and judged INT8 on the test split: a row per runtime.
+    rows = {(r["runtime"], r["precision"]): r for r in document["runtimes"]}
+    assert set(rows) == {("tensorflow", "fp32"), ("openvino", "fp32"), ("openvino", "int8")}
+    assert rows["openvino", "fp32"]["accuracy"] == pytest.approx(evaluation["accuracy"], abs=0.01)
+    assert "approved" in rows["openvino", "int8"]
+    assert cluster.stores.registry().artifacts(1) is not None
     # The inference worker was started before any model existed: it picks v1 up by itself.
     assert cluster.label_version("after-v1/7.png", digit_samples()[7].data) == 1
+    record = LabelRecord.model_validate_json(
+        cluster.stores.area(Area.LABELS).get(label_key("after-v1/7.png")).data
+    )
+    assert record.runtime == "openvino"  # auto on a CPU
 
 
 def test_worse_candidate_is_refused_and_production_stays(cluster: Cluster) -> None:

@@ -63,7 +63,11 @@ def test_hot_swap_waits_for_the_next_alias_check(model_files: list[bytes]) -> No
     store, clock, loaded = MemoryStore(), Clock(), []
     registry = ModelRegistry(store, "m")
     runtime = ModelRuntime(
-        registry, batch_size=4, reload_seconds=5, clock=clock, on_load=loaded.append
+        registry,
+        batch_size=4,
+        reload_seconds=5,
+        clock=clock,
+        on_load=lambda model, _int8: loaded.append(model),
     )
     with pytest.raises(ModelUnavailable, match="no production version"):
         runtime.current()
