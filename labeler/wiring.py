@@ -112,9 +112,17 @@ class ProcessEngines:
         limits = EngineLimits(
             s.io_threads, s.decode_threads, s.max_object_bytes, s.max_image_pixels
         )
+        from workers.review_queue import ReviewQueue
+
         labels = LabelStore(self.stores.area(Area.LABELS))
+        review_queue = ReviewQueue(self.redis)
         return BatchClassifier(
-            self.stores.area(Area.INCOMING), labels, self.runtime, self.metrics, limits
+            self.stores.area(Area.INCOMING),
+            labels,
+            self.runtime,
+            self.metrics,
+            limits,
+            on_needs_review=review_queue.add,
         )
 
     @property

@@ -10,10 +10,19 @@ from storage.errors import (
     PermanentStorageError,
     StorageError,
     TransientStorageError,
+    WriteConflict,
 )
 from storage.keys import Area, label_key, source_key
 from storage.local import LocalStore
-from storage.records import ErrorReason, LabelRecord, Prediction, RecordError, Timings
+from storage.records import (
+    ErrorReason,
+    LabelRecord,
+    Prediction,
+    RecordError,
+    Review,
+    ReviewOutcome,
+    Timings,
+)
 from storage.s3 import S3Options, S3Store, make_s3_client
 from storage.uri import check_store_uri, join_uri, open_store
 
@@ -33,11 +42,14 @@ __all__ = [
     "PermanentStorageError",
     "Prediction",
     "RecordError",
+    "Review",
+    "ReviewOutcome",
     "S3Options",
     "S3Store",
     "StorageError",
     "Timings",
     "TransientStorageError",
+    "WriteConflict",
     "check_store_uri",
     "join_uri",
     "label_key",

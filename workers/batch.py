@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
@@ -90,8 +90,10 @@ class BatchClassifier:
         runtime: ModelRuntime,
         metrics: Metrics,
         limits: EngineLimits,
+        on_needs_review: Callable[[LabelRecord], None] | None = None,
     ) -> None:
         self.incoming = incoming
+        self._on_needs_review = on_needs_review  # the review queue's index, after the write
         self.labels = labels
         self.runtime = runtime
         self.metrics = metrics
@@ -191,6 +193,8 @@ class BatchClassifier:
         )
         record.timings = item.timings
         self.labels.write(record)
+        if record.needs_review and self._on_needs_review is not None:
+            self._on_needs_review(record)
         self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - started)
         if record.error is not None:
             self.metrics.images.labels("error", record.error.reason.value).inc()
