@@ -9,6 +9,7 @@ import click
 from labeler.cli_common import settings_or_exit
 from labeler.commands_dispatch import dispatch
 from labeler.commands_models import models
+from labeler.commands_review import review
 from labeler.commands_run import classify, submit, worker
 from labeler.commands_training import beat, report, retrain
 from labeler.config_table import markdown_table
@@ -52,6 +53,7 @@ main.add_command(retrain)
 main.add_command(beat)
 main.add_command(report)
 main.add_command(dispatch)
+main.add_command(review)
 
 
 @main.command()
