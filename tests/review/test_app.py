@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -181,3 +183,39 @@ def test_a_lost_lease_is_409(setup: ReviewSetup, local: TestClient) -> None:
     response = local.post("/api/decide", json=body, headers={"X-CSRF-Token": csrf(local)})
     assert response.status_code == 409
     assert response.json()["reason"] == "lease_lost"
+
+
+def test_two_reviewers_at_once_decide_every_item_exactly_once(
+    setup: ReviewSetup, reviewers: Reviewers
+) -> None:
+    keys = [f"batch/{n:02d}.png" for n in range(50)]
+    for n, key in enumerate(keys):
+        setup.seed(key, label="cat", at=float(n))
+    app = setup.app()
+    start = threading.Barrier(2, timeout=60)
+
+    def review_until_empty(name: str) -> list[str]:
+        decided = []
+        with TestClient(app) as client:
+            headers = {"X-CSRF-Token": csrf(client)}
+            start.wait()  # both reviewers begin together
+            while (item := client.get("/api/next").json()["item"]) is not None:
+                action = "accept" if len(decided) % 2 else "correct"
+                body = {"key": item["key"], "token": item["token"], "action": action}
+                response = client.post("/api/decide", json=body | {"label": name}, headers=headers)
+                assert response.status_code == 200, response.text
+                decided.append(item["key"])
+        return decided
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(review_until_empty, ["dog", "fox"])
+
+    assert sorted(first + second) == keys  # each once: no item went to both reviewers
+    assert first
+    assert second
+    assert setup.queue.pending() == 0
+    tallies = setup.queue.tallies()["cat"]
+    assert tallies["agreed"] + tallies["corrected"] == 50
+    in_training = [info.key.split("/", 1)[1] for info in setup.training.list()]
+    assert sorted(in_training) == keys
+    assert all(setup.record(key).review is not None for key in keys)
