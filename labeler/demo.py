@@ -40,7 +40,7 @@ def run_demo(settings: Settings, data_dir: Path, limit: int | None) -> None:
         LABELER_SCAN_INTERVAL_SECONDS="1",
         LABELER_STORAGE_URI=root.as_uri(),
     )
-    components = [c for c in default_components(0) if c.name != "beat"]
+    components = [c for c in default_components(0) if c.name not in ("beat", "review")]
     # A private Redis: the demo never touches a shared one.
     with Stack(root, env, components, private_redis=True) as stack:
         stores = Stores(settings_from_env(env))
@@ -108,6 +108,14 @@ def _summarise(stores: Stores, records: list[LabelRecord], held_out: list[Sample
     click.echo(f"labels: {stores.area(Area.LABELS).uri}/demo/")
     report = report_key("digits", version, "report.html")
     click.echo(f"report: {stores.area(Area.REPORTS).uri}/{report}")
+    settings = stores.settings
+    root = settings.data_dir
+    click.echo(
+        f"\n{review} digits wait for review at http://{settings.review_host}:"
+        f"{settings.review_port}/ once the stack runs: `labeler up --data-dir {root}` "
+        f"(the review queue lives in {root}/redis; with another Redis, run "
+        "`labeler review reindex` first)"
+    )
 
 
 def _labeler(env: dict[str, str], *args: str) -> None:

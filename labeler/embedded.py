@@ -38,7 +38,7 @@ class Component:
 
 
 def default_components(metrics_port: int) -> list[Component]:
-    """One inference worker, one training worker, the dispatcher and beat."""
+    """One inference worker, one training worker, the dispatcher, beat and the review app."""
 
     def port(offset: int) -> int:
         return metrics_port + offset if metrics_port else 0  # 0: no metrics endpoint
@@ -48,6 +48,7 @@ def default_components(metrics_port: int) -> list[Component]:
         Component("training-worker", ("worker", "--queues", "training"), port(1)),
         Component("dispatcher", ("dispatch",), port(2)),
         Component("beat", ("beat",), 0),
+        Component("review", ("review",)),  # serves its own /metrics on LABELER_REVIEW_PORT
     ]
 
 
@@ -197,6 +198,7 @@ def run_up(settings: Settings, data_dir: Path | None) -> None:
         click.echo(f"  drop images into   {root / Area.INCOMING.value}/")
         click.echo(f"  labels appear in   {root / Area.LABELS.value}/<same path>.json")
         click.echo(f"  training data in   {root / Area.TRAINING.value}/<class>/<file>")
+        click.echo(f"  review at          http://{settings.review_host}:{settings.review_port}/")
         ports = [f"{c.name} :{c.metrics_port}" for c in components if c.metrics_port]
         if ports:
             click.echo(f"  metrics            {', '.join(ports)} (/metrics, /healthz)")

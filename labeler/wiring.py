@@ -163,6 +163,7 @@ class ProcessEngines:
             self.stores.area(Area.REPORTS),
             self.metrics,
             config,
+            labels=self.stores.area(Area.LABELS),
         )
 
     def warm_up(self) -> None:

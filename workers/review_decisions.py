@@ -206,6 +206,25 @@ class ReviewDesk:
         self.training.put(target, blob.data)
 
 
+def count_reviewed_since(training: ObjectStore, labels: ObjectStore, since: float) -> int:
+    """Images in ``training/`` written after ``since`` that a reviewer put there.
+
+    Only the new images' records are read, so a night costs what changed, not the whole set.
+    """
+    count = 0
+    for info in training.list():
+        if info.last_modified < since or "/" not in info.key:
+            continue
+        label, key = info.key.split("/", 1)
+        try:
+            record = LabelRecord.model_validate_json(labels.get(label_key(key)).data)
+        except (ObjectNotFound, ValueError):
+            continue  # added by hand, not through a review
+        if record.review is not None and record.review.label == label:
+            count += 1
+    return count
+
+
 def _review(record: LabelRecord, action: Action, reviewer: str, label: str | None) -> Review:
     if action is Action.DISCARD:
         return Review(

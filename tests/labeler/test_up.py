@@ -53,6 +53,7 @@ def test_up_labels_dropped_files_and_carries_on_after_a_restart(
         scan_interval_seconds=0.5,
         batch_max_wait_ms=200,
         metrics_port=port,
+        review_port=(review_port := free_port()),  # the review app is a component too
     )
     run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     log = tmp_path / "up.log"
@@ -68,6 +69,8 @@ def test_up_labels_dropped_files_and_carries_on_after_a_restart(
         wait_until(lambda: len(_labels(data_dir, first)) == 5, 120, "labels for dropped files")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
             assert r.status == 200
+        review = f"http://127.0.0.1:{review_port}/healthz"
+        wait_until(lambda: urllib.request.urlopen(review, timeout=5), 60, "the review app")
     finally:
         assert _stop(up) == 0, log.read_text()[-3000:]
     assert b"stopped." in log.read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ from workers.review_decisions import (
     LeaseLost,
     ReviewDesk,
     StaleItem,
+    count_reviewed_since,
 )
 from workers.review_queue import ReviewQueue
 
@@ -174,3 +176,19 @@ def test_a_record_changed_during_a_decision_is_not_overwritten(
     assert review is not None
     assert review.label in ("dog", "fox")
     assert review.reviewer == f"r-{review.label}"
+
+
+def test_reviewed_images_that_joined_training_are_counted(
+    stores: Bucket, queue: ReviewQueue, desk: ReviewDesk
+) -> None:
+    for key in ("a.jpg", "b.jpg", "c.jpg"):
+        stores.seed(queue, key)
+    decisions = [(Action.ACCEPT, None), (Action.CORRECT, "dog"), (Action.DISCARD, None)]
+    for action, label in decisions:
+        item = desk.next_item()
+        assert item is not None
+        desk.decide(item.record.source_key, item.claim.token, action, "ana", label=label)
+    stores.training.put("cat/by-hand.jpg", b"copied in by someone")
+
+    assert count_reviewed_since(stores.training, stores.labels, since=0) == 2
+    assert count_reviewed_since(stores.training, stores.labels, since=time.time() + 3600) == 0
