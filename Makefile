@@ -51,6 +51,7 @@ demo: install
 bench: install
 	$(PY) -m bench.inference
 	$(PY) -m bench.retrain
+	$(PY) -m bench.review
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock:
