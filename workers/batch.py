@@ -37,6 +37,7 @@ from storage.registry import ModelMetadata
 from storage.results import LabelStore
 from workers.decoding import ImageRejected, decode_image
 from workers.model_runtime import LoadedModel, ModelRuntime
+from workers.review_queue import waits_for_review
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class BatchClassifier:
         self.metrics.stage_seconds.labels("fetch").observe(item.timings.fetch)
         if existing is not None and existing.same_work(item.etag, model.version):
             item.skipped = True
+            if self._on_needs_review is not None and waits_for_review(existing):
+                self._on_needs_review(existing)  # a retried batch heals an index add it missed
             return item
         with self._decode_slots:
             started = time.perf_counter()  # after the wait for a slot: decoding time only
