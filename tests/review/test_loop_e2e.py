@@ -86,7 +86,9 @@ def test_reviews_become_training_data_and_a_better_model(tmp_path: Path, redis_u
     assert after["training_images"] == before["training_images"] + len(decided)
     html = reports.get(report_key("digits", 2, "report.html")).data.decode()
     assert f"<td>reviewed images added</td><td>{len(decided)}</td>" in html
-    assert after["evaluation"]["accuracy"] >= before["evaluation"]["accuracy"]
+    # The gate compared v2 with v1 on v2's test split (v1's own split was a handful of images).
+    assert after["gate"]["passed"] is True
+    assert after["production"] is not None
 
 
 def _review_everything(app: object) -> list[str]:
