@@ -106,7 +106,9 @@ def build_review_app(settings: Settings, reviewers: Reviewers) -> Any:
 
     from monitoring.metrics import ReviewMetrics
     from review import ReviewConfig, create_app
+    from workers.decoding import configure_pillow
 
+    configure_pillow(settings.max_image_pixels)  # previews decode untrusted bytes too
     registry = CollectorRegistry()
     metrics = ReviewMetrics(registry)
     desk = review_desk(settings, metrics)

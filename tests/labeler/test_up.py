@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import urllib.request
@@ -93,7 +94,7 @@ def test_up_labels_dropped_files_and_carries_on_after_a_restart(
 def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path: Path) -> None:
     out = run_labeler(
         labeler_env(), "demo", "--data-dir", str(tmp_path / "demo"), "--limit", "600",
-        timeout=600,
+        "--review-sample", "15", timeout=900,
     )  # fmt: skip
     assert "labeled 120 held-out images through the queue: accuracy" in out.stdout
     accuracy = float(out.stdout.split("accuracy ")[-1].split()[0])
@@ -102,3 +103,10 @@ def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path: Path) -> None:
     assert report.read_text().startswith("<!doctype html>")
     evaluation = json.loads(report.with_name("evaluation.json").read_text())
     assert evaluation["gate"]["passed"] is True
+    assert "digits wait for review at http://127.0.0.1:8300/" in out.stdout
+    # The flywheel: flagged digits answered from the truth join training/, v2 says so.
+    reviewed = re.search(r"reviewed (\d+) flagged digits", out.stdout)
+    assert reviewed is not None, out.stdout
+    v2 = json.loads((report.parents[1] / "2" / "evaluation.json").read_text())
+    assert v2["reviewed_images_added"] == int(reviewed.group(1)) > 0
+    assert f"{v2['reviewed_images_added']} reviewed images joined" in out.stdout
