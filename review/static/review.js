@@ -129,37 +129,53 @@ function moveHighlight(step) {
 
 document.addEventListener("keydown", (event) => {
   if (event.ctrlKey || event.metaKey || event.altKey) return;
-  const filter = $("class-filter");
-  const inFilter = document.activeElement === filter;
-  const typing = inFilter && filter.value !== "";
   if (document.activeElement && document.activeElement.closest("#filters")) return;
+  const filter = $("class-filter");
+  if (document.activeElement === filter) {
+    filterKey(event, filter);
+  } else {
+    hotkey(event, filter);
+  }
+});
+
+// In the class filter every character types; Enter picks, arrows move, Escape leaves.
+function filterKey(event, filter) {
   if (event.key === "Enter") {
     event.preventDefault();
     const active = classItems().find((li) => li.classList.contains("active"));
     if (active) pick(active.dataset.class);
-    else if (typing) pick(filter.value.trim());
+    else if (filter.value.trim()) pick(filter.value.trim());  // a new class name
     else decide("accept");
   } else if (event.key === "Escape") {
     filter.value = ""; filterClasses(); filter.blur();
   } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
     event.preventDefault();
     moveHighlight(event.key === "ArrowDown" ? 1 : -1);
-  } else if (!typing && event.key === "ArrowLeft") {
-    goBack();
-  } else if (!typing && event.key === "ArrowRight") {
-    goForward();
-  } else if (!typing && /^[1-9]$/.test(event.key)) {
+  }
+}
+
+// Outside it: digits, x, s, Enter and arrows act; "/" or any other letter starts type-ahead.
+function hotkey(event, filter) {
+  if (event.key === "Enter") {
+    event.preventDefault(); decide("accept");
+  } else if (/^[1-9]$/.test(event.key)) {
     event.preventDefault();
     const li = classItems()[Number(event.key) - 1];
     if (li) pick(li.dataset.class);
-  } else if (!typing && event.key === "x") {
+  } else if (event.key === "x") {
     event.preventDefault(); decide("discard");
-  } else if (!typing && event.key === "s") {
+  } else if (event.key === "s") {
     event.preventDefault(); decide("skip");
-  } else if (event.key.length === 1 && !inFilter) {
+  } else if (event.key === "ArrowLeft") {
+    goBack();
+  } else if (event.key === "ArrowRight") {
+    goForward();
+  } else if (event.key === "/") {
+    event.preventDefault(); filter.focus();
+  } else if (event.key.length === 1 && /\S/.test(event.key)) {
     filter.focus();  // the key lands in the filter: type-ahead
   }
-});
+}
 
 $("class-filter").addEventListener("input", filterClasses);
 $("classes").addEventListener("click", (event) => {

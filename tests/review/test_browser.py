@@ -95,6 +95,7 @@ def test_sign_in_see_correct_with_keyboard_next_appears(
     review_app: dict[str, object], browser: object, redis_url: str, digits: DigitsFixture
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -130,6 +131,13 @@ def test_sign_in_see_correct_with_keyboard_next_appears(
         "corrected",
         "ana",
     )
+    # Type-ahead: "/" opens the class filter, typing narrows it, Enter picks the highlighted one.
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys("/")
+    browser.find_element(By.ID, "class-filter").send_keys(second.top_k[1].label, Keys.ENTER)
+    wait.until(lambda d: d.find_element(By.ID, "empty").is_displayed())
+    assert (data_dir / "training" / second.top_k[1].label / second.source_key).exists()
+
     metrics = _get(url + "/metrics")
-    assert 'labeler_reviews_total{outcome="corrected"} 1.0' in metrics
+    assert 'labeler_reviews_total{outcome="corrected"} 2.0' in metrics
     assert 'labeler_review_precision{label="1"} 0.0' in metrics
