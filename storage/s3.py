@@ -159,7 +159,9 @@ class S3Store:
             with _s3_errors(key, self._retried("put")):
                 response = self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)  # type: ignore[arg-type]
                 self._retried("put")(response)
-        except ObjectNotFound as exc:  # If-Match on a key that is gone
+        except ObjectNotFound as exc:
+            if if_match is None:
+                raise
             raise WriteConflict(f"{key!r} was deleted since it was read") from exc
         return ObjectInfo(key, len(data), _etag(response["ETag"]), time.time())
 

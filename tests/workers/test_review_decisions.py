@@ -176,6 +176,7 @@ def test_a_record_changed_during_a_decision_is_not_overwritten(
     assert review is not None
     assert review.label in ("dog", "fox")
     assert review.reviewer == f"r-{review.label}"
+    assert [i.key for i in stores.training.list()] == [f"{review.label}/4.jpg"]
 
 
 def test_reviewed_images_that_joined_training_are_counted(
