@@ -144,7 +144,10 @@ class _Handlers:
         return JSONResponse({"csrf": csrf_token(request.session)})
 
     async def health(self, request: Request) -> Response:
-        pending = await run_in_threadpool(self.desk.queue.pending)  # a real Redis round trip
+        try:
+            pending = await run_in_threadpool(self.desk.queue.pending)  # a real Redis round trip
+        except Exception as exc:  # the index is unreachable: unhealthy, and say which error
+            return JSONResponse({"ok": False, "error": type(exc).__name__}, 503)
         return JSONResponse({"ok": True, "pending": pending})
 
     async def metrics(self, request: Request) -> Response:

@@ -219,3 +219,13 @@ def test_two_reviewers_at_once_decide_every_item_exactly_once(
     in_training = [info.key.split("/", 1)[1] for info in setup.training.list()]
     assert sorted(in_training) == keys
     assert all(setup.record(key).review is not None for key in keys)
+
+
+def test_health_is_503_when_the_index_is_unreachable(tmp_path: Path) -> None:
+    from tests.support.services import free_port
+
+    unreachable = ReviewSetup.build(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(unreachable.app()) as client:
+        response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"ok": False, "error": "ConnectionError"}
