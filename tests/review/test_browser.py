@@ -131,8 +131,15 @@ def test_sign_in_see_correct_with_keyboard_next_appears(
         "corrected",
         "ana",
     )
-    # Type-ahead: "/" opens the class filter, typing narrows it, Enter picks the highlighted one.
+    # Arrows: back to the item just decided (it says so), forward to the current one again.
     body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.ARROW_LEFT)
+    wait.until(lambda d: d.find_element(By.ID, "key").text == first.source_key)
+    assert browser.find_element(By.ID, "status").text == f"Reviewed before: corrected {truth}"
+    body.send_keys(Keys.ARROW_RIGHT)
+    wait.until(lambda d: d.find_element(By.ID, "key").text == second.source_key)
+
+    # Type-ahead: "/" opens the class filter, typing narrows it, Enter picks the highlighted one.
     body.send_keys("/")
     browser.find_element(By.ID, "class-filter").send_keys(second.top_k[1].label, Keys.ENTER)
     wait.until(lambda d: d.find_element(By.ID, "empty").is_displayed())
