@@ -10,14 +10,16 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 all: test
 
 # Debian packages the tests use: redis-server (a real broker), prometheus (promtool and a real
-# server that scrapes the workers) and docker-compose (validates docker-compose.yml). Installed
-# only where missing.
+# server that scrapes the workers) and docker-compose (validates docker-compose.yml), chromium and
+# chromium-driver (the review app's real-browser test). Installed only where missing.
 APT_INSTALL := $(SUDO) apt-get install -y -qq --no-install-recommends
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null && command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; fi
 
 # The virtualenv, pinned to exactly what CI tested (requirements.lock).
@@ -55,6 +57,7 @@ demo: install
 bench: install
 	$(PY) -m bench.inference
 	$(PY) -m bench.retrain
+	$(PY) -m bench.review
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock:

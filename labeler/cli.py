@@ -9,6 +9,7 @@ import click
 from labeler.cli_common import settings_or_exit
 from labeler.commands_dispatch import dispatch
 from labeler.commands_models import models
+from labeler.commands_review import review
 from labeler.commands_run import classify, submit, worker
 from labeler.commands_status import status
 from labeler.commands_training import beat, report, retrain
@@ -37,13 +38,18 @@ def config(markdown: bool, errors_markdown: bool) -> None:
 @main.command()
 @click.option("--data-dir", default="data/demo", show_default=True, type=click.Path())
 @click.option("--limit", type=click.IntRange(min=100), help="Use only the first N digits.")
-def demo(data_dir: str, limit: int | None) -> None:
+@click.option(
+    "--review-sample",
+    type=click.IntRange(min=1),
+    help="Then answer N flagged digits from the truth, retrain, and compare the versions.",
+)
+def demo(data_dir: str, limit: int | None, review_sample: int | None) -> None:
     """Label real images end to end on the local store: retrain, then label through Redis."""
     from pathlib import Path
 
     from labeler.demo import run_demo
 
-    run_demo(settings_or_exit(), Path(data_dir), limit)
+    run_demo(settings_or_exit(), Path(data_dir), limit, review_sample)
 
 
 main.add_command(models)
@@ -55,6 +61,7 @@ main.add_command(beat)
 main.add_command(report)
 main.add_command(dispatch)
 main.add_command(status)
+main.add_command(review)
 
 
 @main.command()

@@ -8,6 +8,7 @@ inference worker to label them, and prints accuracy against the truth.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,9 @@ MARKER = ".labeler-demo"  # the demo only ever wipes a directory it created itse
 LABEL_TIMEOUT = 600.0
 
 
-def run_demo(settings: Settings, data_dir: Path, limit: int | None) -> None:
+def run_demo(
+    settings: Settings, data_dir: Path, limit: int | None, review_sample: int | None = None
+) -> None:
     root = _fresh_demo_dir(data_dir)
     samples = digit_samples()[:limit]
     held_out = samples[::5]
@@ -40,7 +43,7 @@ def run_demo(settings: Settings, data_dir: Path, limit: int | None) -> None:
         LABELER_SCAN_INTERVAL_SECONDS="1",
         LABELER_STORAGE_URI=root.as_uri(),
     )
-    components = [c for c in default_components(0) if c.name != "beat"]
+    components = [c for c in default_components(0, 0) if c.name not in ("beat", "review")]
     # A private Redis: the demo never touches a shared one.
     with Stack(root, env, components, private_redis=True) as stack:
         stores = Stores(settings_from_env(env))
@@ -55,7 +58,9 @@ def run_demo(settings: Settings, data_dir: Path, limit: int | None) -> None:
             incoming.put(f"demo/{sample.key}", sample.data)
         click.echo(f"dropped {len(held_out)} held-out images into {incoming.uri}/demo/")
         records = _wait_for_labels(stack, stores.area(Area.LABELS), held_out)
-    _summarise(stores, records, held_out)
+        _summarise(stores, records, held_out)
+        if review_sample:
+            _review_and_retrain(env, held_out, review_sample)
 
 
 def _fresh_demo_dir(data_dir: Path) -> Path:
@@ -108,6 +113,47 @@ def _summarise(stores: Stores, records: list[LabelRecord], held_out: list[Sample
     click.echo(f"labels: {stores.area(Area.LABELS).uri}/demo/")
     report = report_key("digits", version, "report.html")
     click.echo(f"report: {stores.area(Area.REPORTS).uri}/{report}")
+    settings = stores.settings
+    root = settings.data_dir
+    click.echo(
+        f"\n{review} digits wait for review at http://{settings.review_host}:"
+        f"{settings.review_port}/ once the stack runs: `labeler up --data-dir {root}` "
+        f"(the review queue lives in {root}/redis; with another Redis, run "
+        "`labeler review reindex` first)"
+    )
+
+
+def _review_and_retrain(env: dict[str, str], held_out: list[Sample], count: int) -> None:
+    """Answer up to ``count`` queued reviews from the known truth, retrain, compare versions."""
+    from labeler.commands_review import review_desk
+    from workers.review_decisions import Action
+
+    settings = settings_from_env(env)  # the stack's own Redis, where the worker indexed items
+    desk = review_desk(settings)
+    truth = {f"demo/{s.key}": s.label for s in held_out}
+    answered = corrected = 0
+    while answered < count and (item := desk.next_item()) is not None:
+        key, predicted = item.record.source_key, item.record.label
+        action = Action.ACCEPT if truth[key] == predicted else Action.CORRECT
+        desk.decide(key, item.claim.token, action, "demo", label=truth[key])
+        answered += 1
+        corrected += action is Action.CORRECT
+    click.echo(
+        f"\nreviewed {answered} flagged digits from the known truth ({corrected} corrected); "
+        "they joined training/: retraining"
+    )
+    _labeler(env, "retrain", "--wait")
+    registry = Stores(settings).registry()
+    version = max(registry.versions())
+    reports = Stores(settings).area(Area.REPORTS)
+    document = json.loads(reports.get(report_key(registry.name, version, "evaluation.json")).data)
+    old = document["production"] or {}
+    verdict = "promoted" if document["gate"]["passed"] else "refused by the gate"
+    click.echo(
+        f"v{version} ({verdict}): accuracy {document['evaluation']['accuracy']:.4f} against "
+        f"v{document['parent_version']}'s {old.get('accuracy', float('nan')):.4f} on the same "
+        f"test images; {document['reviewed_images_added']} reviewed images joined"
+    )
 
 
 def _labeler(env: dict[str, str], *args: str) -> None:

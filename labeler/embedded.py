@@ -75,14 +75,16 @@ _COMPONENTS: list[tuple[str, tuple[str, ...], int | None, str | None]] = [
 SUPERVISOR_PORT_OFFSET = 3  # `labeler up` itself: labeler_component_restarts_total
 
 
-def default_components(metrics_port: int) -> list[Component]:
-    """One inference worker, one training worker, the dispatcher and beat."""
+def default_components(metrics_port: int, review_port: int) -> list[Component]:
+    """One inference worker, one training worker, the dispatcher, beat and the review app."""
 
     def port(offset: int | None) -> int:
         # 0: no metrics endpoint
         return metrics_port + offset if metrics_port and offset is not None else 0
 
-    return [Component(name, args, port(at), node) for name, args, at, node in _COMPONENTS]
+    components = [Component(name, args, port(at), node) for name, args, at, node in _COMPONENTS]
+    # The review app serves /healthz and /metrics on its own port, LABELER_REVIEW_PORT.
+    return [*components, Component("review", ("review",), review_port)]
 
 
 class Stack:
@@ -323,7 +325,7 @@ def run_up(settings: Settings, data_dir: Path | None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    components = default_components(settings.metrics_port)
+    components = default_components(settings.metrics_port, settings.review_port)
     metrics, port = _serve_supervisor_metrics(settings, components)
     env = stack_env(settings, root)
     with lock, Stack(root, env, components, metrics=metrics, metrics_port=port) as stack:
@@ -354,6 +356,9 @@ def _banner(stack: Stack, root: Path, components: list[Component], port: int | N
     click.echo(f"  drop images into   {root / Area.INCOMING.value}/")
     click.echo(f"  labels appear in   {root / Area.LABELS.value}/<same path>.json")
     click.echo(f"  training data in   {root / Area.TRAINING.value}/<class>/<file>")
+    review = next((c for c in components if c.name == "review"), None)
+    if review is not None:
+        click.echo(f"  review at          http://127.0.0.1:{review.metrics_port}/")
     ports = [f"{c.name} :{c.metrics_port}" for c in components if c.metrics_port]
     if port:
         ports.append(f"labeler up :{port}")

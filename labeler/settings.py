@@ -256,6 +256,34 @@ class Settings(BaseSettings):
         "INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="Log level."
     )
 
+    # --- review app -------------------------------------------------------------------------
+    review_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address `labeler review` listens on. Any other than loopback needs "
+        "reviewer credentials (REVIEW_USERS or REVIEW_USERS_FILE).",
+    )
+    review_port: int = Field(8300, ge=1, le=65535, description="Port of the review app.")
+    review_users: SecretStr | None = Field(
+        None,
+        description="Reviewers as `name:scrypt$...` entries, comma-separated (make one with "
+        "`labeler review hash-password`).",
+    )
+    review_users_file: Path | None = Field(
+        None, description="A file of `name:scrypt$...` lines, one reviewer each."
+    )
+    review_secret_key: SecretStr | None = Field(
+        None,
+        description="Signs session cookies; set it so sign-ins survive a restart and are shared "
+        "by several app processes. Unset: a random key per start.",
+    )
+    review_lease_seconds: float = Field(
+        120.0, gt=0, le=3600, description="How long a reviewer holds an item before it returns."
+    )
+    review_secure_cookies: bool = Field(
+        False, description="Send the session cookie over HTTPS only (behind a TLS proxy)."
+    )
+
     @field_validator("broker_url", "result_backend")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
@@ -370,6 +398,7 @@ def env_name(field: str) -> str:
 
 
 _SECRET_FIELDS = frozenset({"redis_password", "s3_access_key_id", "s3_secret_access_key"})
+_SECRET_FIELDS |= {"review_users", "review_secret_key"}
 
 
 def _explain(exc: ValidationError) -> str:

@@ -109,14 +109,17 @@ class ProcessEngines:
     @cached_property
     def classifier(self) -> BatchClassifier:
         from workers.batch import BatchClassifier
+        from workers.review_queue import ReviewQueue
 
         labels = LabelStore(self.stores.area(Area.LABELS))
+        review_queue = ReviewQueue(self.redis)
         return BatchClassifier(
             self.stores.area(Area.INCOMING),
             labels,
             self.runtime,
             self.metrics,
             engine_limits(self.settings),
+            on_needs_review=review_queue.add,
         )
 
     @property
@@ -158,6 +161,7 @@ class ProcessEngines:
             self.stores.area(Area.REPORTS),
             self.metrics,
             config,
+            labels=self.stores.area(Area.LABELS),
         )
 
     def warm_up(self) -> None:

@@ -219,3 +219,38 @@ class SupervisorMetrics:
         )  # fmt: skip
         for name in components:  # the supervisor's fixed component list: a bounded set
             self.component_restarts.labels(name)
+
+
+REVIEW_OUTCOMES = ("agreed", "corrected", "discarded")
+
+
+class ReviewMetrics:
+    """The review app's metrics (served by the app itself on ``/metrics``).
+
+    ``pending`` and ``precision`` are read from the review index (shared by every app process)
+    at scrape time; ``reviews`` counts this process's decisions.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.pending = Gauge(
+            "labeler_review_pending",
+            "Records waiting for a reviewer (the review index)",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.reviews = Counter(
+            "labeler_reviews",
+            "First decisions on items by reviewers, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.precision = Gauge(
+            "labeler_review_precision",
+            "Auto-label precision measured by reviews: agreed / (agreed + corrected), per "
+            "predicted class (classes of the model: a bounded set)",
+            ["label"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        for outcome in REVIEW_OUTCOMES:
+            self.reviews.labels(outcome)

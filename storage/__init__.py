@@ -13,11 +13,20 @@ from storage.errors import (
     StorageError,
     TransientError,
     TransientStorageError,
+    WriteConflict,
     error_classes,
 )
 from storage.keys import Area, label_key, source_key
 from storage.local import LocalFiles, LocalStore
-from storage.records import ErrorReason, LabelRecord, Prediction, RecordError, Timings
+from storage.records import (
+    ErrorReason,
+    LabelRecord,
+    Prediction,
+    RecordError,
+    Review,
+    ReviewOutcome,
+    Timings,
+)
 from storage.s3 import S3Options, S3Store, make_s3_client
 from storage.uri import check_store_uri, join_uri, open_store
 
@@ -40,12 +49,15 @@ __all__ = [
     "PermanentStorageError",
     "Prediction",
     "RecordError",
+    "Review",
+    "ReviewOutcome",
     "S3Options",
     "S3Store",
     "StorageError",
     "Timings",
     "TransientError",
     "TransientStorageError",
+    "WriteConflict",
     "check_store_uri",
     "error_classes",
     "join_uri",

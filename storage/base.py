@@ -47,8 +47,27 @@ class ObjectStore(Protocol):
         """Size and ETag without the bytes."""
         ...
 
-    def put(self, key: str, data: bytes, *, content_type: str | None = None) -> ObjectInfo:
-        """Write atomically: readers see the old object or the new one, never a part."""
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        """Write atomically: readers see the old object or the new one, never a part.
+
+        Args:
+            key: Where to write.
+            data: The whole object.
+            content_type: Stored with the object where the backend keeps it.
+            if_match: Write only if the object's current ETag is this one (compare-and-set).
+            if_none_match: Write only if no object exists at ``key`` yet.
+
+        Raises:
+            WriteConflict: A condition did not hold; nothing was written.
+        """
         ...
 
     def list(

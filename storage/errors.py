@@ -64,5 +64,12 @@ class ObjectTooLarge(PermanentStorageError):
         self.limit = limit
 
 
+class WriteConflict(StorageError):
+    """A conditional write lost: the object changed (or appeared) since the caller read it.
+
+    Neither retry-as-is nor give up: read the object again, re-apply the change, write again.
+    """
+
+
 class InvalidStoreUri(PermanentError, ValueError):
     """A storage URI that is neither ``s3://bucket[/prefix]`` nor ``file:///dir``."""

@@ -7,6 +7,7 @@ are the MD5 of the content, as S3 computes them for single-part uploads, cached 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import stat
@@ -25,9 +26,11 @@ from storage.errors import (
     ObjectNotFound,
     ObjectTooLarge,
     TransientStorageError,
+    WriteConflict,
 )
 
 TEMP_DIR_NAME = ".labeler-tmp"  # reserved top-level folder for in-flight writes; never listed
+_LOCK_STRIPES = 256  # lock files, reused by every key that hashes to them
 ETAG_CACHE_ENTRIES = 100_000  # ~10 MB; a bigger tree re-hashes only what falls out
 
 
@@ -52,24 +55,66 @@ class LocalStore:
         with _os_errors(key):
             return self._info(key, path, path.stat())
 
-    def put(self, key: str, data: bytes, *, content_type: str | None = None) -> ObjectInfo:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
         path = self._path(key)
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         with _os_errors(key):
             self._tmp.mkdir(exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with tmp.open("wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-            st = path.stat()
+            # Every write takes the key's lock, so a conditional write's compare and its rename
+            # are one step for every process on this host (flock), as S3 does server-side.
+            with self._key_lock(key):
+                self._check_condition(key, path, if_match, if_none_match)
+                st = self._write_file(path, tmp, data)
         etag = hashlib.md5(data).hexdigest()  # noqa: S324 - MD5 is S3's ETag, not a security hash
         self._etags.put(_signature(st), etag)
         return ObjectInfo(key, len(data), etag, st.st_mtime)
+
+    def _write_file(self, path: Path, tmp: Path, data: bytes) -> os.stat_result:
+        try:
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.stat()
+
+    def _check_condition(
+        self, key: str, path: Path, if_match: str | None, if_none_match: bool
+    ) -> None:
+        if if_match is None and not if_none_match:
+            return
+        try:
+            current: str | None = self._info(key, path, path.stat()).etag
+        except (FileNotFoundError, ObjectNotFound):
+            current = None
+        if if_none_match and current is not None:
+            raise WriteConflict(f"{key!r} already exists")
+        if if_match is not None and current != if_match:
+            raise WriteConflict(f"{key!r} changed since it was read (ETag {current})")
+
+    @contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        """An exclusive lock shared by every key in one of ``_LOCK_STRIPES`` stripes."""
+        stripe = int(hashlib.md5(key.encode()).hexdigest()[:4], 16) % _LOCK_STRIPES  # noqa: S324
+        locks = self._tmp / "locks"
+        locks.mkdir(exist_ok=True)
+        fd = os.open(locks / f"{stripe:03d}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def list(
         self, prefix: str = "", *, start_after: str | None = None, etags: bool = True

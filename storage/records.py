@@ -52,6 +52,25 @@ class Timings(BaseModel):
     infer: float = 0.0
 
 
+class ReviewOutcome(StrEnum):
+    """What a reviewer said about the model's label."""
+
+    AGREED = "agreed"  # the predicted label is right
+    CORRECTED = "corrected"  # another class is right
+    DISCARDED = "discarded"  # the image belongs to no class
+
+
+class Review(BaseModel):
+    """A person's decision on a record; the model's prediction stays next to it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str | None = None  # None when discarded
+    outcome: ReviewOutcome
+    reviewer: str
+    at: float
+
+
 class LabelRecord(BaseModel):
     """Exactly one per input object: a label or an error, never both."""
 
@@ -71,6 +90,7 @@ class LabelRecord(BaseModel):
     runtime: str | None = None  # what computed the label: tensorflow or openvino
     precision: str | None = None  # fp32 or int8
     timings: Timings = Field(default_factory=Timings)
+    review: Review | None = None
 
     @property
     def ok(self) -> bool:

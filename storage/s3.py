@@ -26,6 +26,7 @@ from storage.errors import (
     ObjectTooLarge,
     PermanentStorageError,
     TransientStorageError,
+    WriteConflict,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ _DENIED = {
     "SignatureDoesNotMatch",
     "AllAccessDisabled",
 }
+# 409 ConditionalRequestConflict: another conditional write to the key is in flight.
+_CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict"}
 _TRANSIENT = {"SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable"}
 
 
@@ -136,12 +139,30 @@ class S3Store:
             response["LastModified"].timestamp(),
         )
 
-    def put(self, key: str, data: bytes, *, content_type: str | None = None) -> ObjectInfo:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
         full = self._full(key)
         extra = {"ContentType": content_type} if content_type else {}
-        with _s3_errors(key, self._retried("put")):
-            response = self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)  # type: ignore[arg-type]
-            self._retried("put")(response)
+        # S3 conditional writes: the server compares and writes in one step (412 when it lost).
+        if if_match is not None:
+            extra["IfMatch"] = f'"{if_match}"'
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        try:
+            with _s3_errors(key, self._retried("put")):
+                response = self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)  # type: ignore[arg-type]
+                self._retried("put")(response)
+        except ObjectNotFound as exc:
+            if if_match is None:
+                raise
+            raise WriteConflict(f"{key!r} was deleted since it was read") from exc
         return ObjectInfo(key, len(data), _etag(response["ETag"]), time.time())
 
     def list(
@@ -207,6 +228,8 @@ def _s3_errors(key: str, retried: Callable[[Any], None]) -> Iterator[None]:
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         message = f"{code or status} for {key!r}: {error.get('Message', '')}".rstrip(": ")
+        if code in _CONFLICT or status in (409, 412):
+            raise WriteConflict(f"{key!r} changed since it was read ({code or status})") from exc
         if code in _NOT_FOUND or (status == 404 and code != "NoSuchBucket"):
             raise ObjectNotFound(f"no object at {key!r}") from exc
         if code in _DENIED or status == 403:

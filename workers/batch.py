@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,6 +37,7 @@ from storage import (
 from storage.registry import ModelMetadata
 from workers.decoding import ImageRejected, decode_image
 from workers.model_runtime import LoadedModel, ModelRuntime
+from workers.review_queue import waits_for_review
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,10 @@ class BatchClassifier:
         runtime: ModelRuntime,
         metrics: Metrics,
         limits: EngineLimits,
+        on_needs_review: Callable[[LabelRecord], None] | None = None,
     ) -> None:
         self.incoming = incoming
+        self._on_needs_review = on_needs_review  # the review queue's index, after the write
         self.labels = labels
         self.runtime = runtime
         self.metrics = metrics
@@ -164,6 +167,8 @@ class BatchClassifier:
         self.metrics.stage_seconds.labels("fetch").observe(item.timings.fetch)
         if existing is not None and existing.same_work(item.etag, model.version):
             item.skipped = True
+            if self._on_needs_review is not None and waits_for_review(existing):
+                self._on_needs_review(existing)  # a retried batch heals an index add it missed
             return item
         with self._decode_slots:
             started = time.perf_counter()  # after the wait for a slot: decoding time only
@@ -206,6 +211,8 @@ class BatchClassifier:
         )  # fmt: skip
         record.timings = item.timings
         self.labels.write(record)
+        if record.needs_review and self._on_needs_review is not None:
+            self._on_needs_review(record)
         self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - started)
         if record.error is not None:
             self.metrics.images.labels("error", record.error.reason.value).inc()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from monitoring.metrics import Metrics
-from storage import Blob, ObjectInfo, ObjectNotFound, ObjectStore, StorageError
+from storage import Blob, ObjectInfo, ObjectNotFound, ObjectStore, StorageError, WriteConflict
 
 
 class MeteredStore:
@@ -32,9 +32,23 @@ class MeteredStore:
         with self._timed("head"):
             return self.inner.head(key)
 
-    def put(self, key: str, data: bytes, *, content_type: str | None = None) -> ObjectInfo:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
         with self._timed("put"):
-            return self.inner.put(key, data, content_type=content_type)
+            return self.inner.put(
+                key,
+                data,
+                content_type=content_type,
+                if_match=if_match,
+                if_none_match=if_none_match,
+            )
 
     def list(
         self, prefix: str = "", *, start_after: str | None = None, etags: bool = True
@@ -55,7 +69,7 @@ class MeteredStore:
         started = time.perf_counter()
         try:
             yield
-        except ObjectNotFound:
+        except (ObjectNotFound, WriteConflict):
             raise  # an answer, not a failure: "is there a label yet?" is asked all the time
         except StorageError as exc:
             self._metrics.storage_errors.labels(operation, type(exc).__name__).inc()

@@ -79,6 +79,7 @@ def report_html(
     matrix_png: bytes,
     curves_png: bytes | None,
     runtimes: list[dict[str, Any]] | None = None,
+    facts: dict[str, int | None] | None = None,
 ) -> bytes:
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td>{_cells(f, production, name)}</tr>"
@@ -96,6 +97,11 @@ def report_html(
     )
     verdict = "promoted" if decision.passed else "refused — production unchanged"
     curves = f"<h2>Training</h2>{_img(curves_png)}" if curves_png else ""
+    data = "".join(
+        f"<tr><td>{html.escape(name.replace('_', ' '))}</td><td>{value}</td></tr>"
+        for name, value in (facts or {}).items()
+        if value is not None
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}
@@ -103,6 +109,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;
 .fail{{color:#b00}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <h2>Gate: {verdict}</h2><ul>{checks}</ul>
+<h2>Training data</h2><table>{data}</table>
 <h2>Summary (test split)</h2><table><tr><th>metric</th><th>candidate</th>
 <th>Δ vs production</th></tr>{summary}</table>
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>

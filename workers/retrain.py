@@ -21,6 +21,7 @@ from workers.evaluation import Evaluation, GatePolicy, calibrate_thresholds, dec
 from workers.model_runtime import load_keras_file
 from workers.optimization import HeldOut, Int8Bars, optimize_version
 from workers.report import confusion_matrix_png, evaluation_json, report_html, training_curves_png
+from workers.review_decisions import count_reviewed_since
 from workers.training import Progress, TrainingConfig, train_model
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class RetrainOutcome:
     macro_f1: float
     production_version: int | None
     seconds: float
+    reviewed_images_added: int | None = None  # reviewed images new since the parent version
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -61,7 +63,9 @@ class Retrainer:
         reports: ObjectStore,
         metrics: Metrics,
         config: RetrainConfig,
+        labels: ObjectStore | None = None,
     ) -> None:
+        self.labels = labels  # to count the reviewed images that joined the data
         self.training = training
         self.registry = registry
         self.reports = reports
@@ -95,7 +99,11 @@ class Retrainer:
         metadata = self._register(trained.model, data, size, thresholds, candidate, base_meta)
         report({"phase": "optimizing"})
         runtimes = self._optimize(trained.model, data, metadata)
-        self._write_reports(metadata, candidate, production, decision, trained.history, runtimes)
+        joined = self._reviewed_since(base_meta)
+        facts = {"training_images": _count_images(data), "reviewed_images_added": joined}
+        self._write_reports(
+            metadata, candidate, production, decision, trained.history, runtimes, facts
+        )
         if decision.passed:
             self.registry.promote(metadata.version)
         self._count(metadata, candidate, decision.passed)
@@ -103,7 +111,7 @@ class Retrainer:
             version=metadata.version, promoted=decision.passed, reasons=decision.reasons,
             accuracy=candidate.accuracy, macro_f1=candidate.macro_f1,
             production_version=alias.version if alias else None,
-            seconds=round(time.monotonic() - started, 1),
+            seconds=round(time.monotonic() - started, 1), reviewed_images_added=joined,
         )  # fmt: skip
         log.info("retrain finished: %s", outcome)
         return outcome
@@ -181,23 +189,35 @@ class Retrainer:
         decision: Any,
         history: dict[str, list[float]],
         runtimes: list[dict[str, Any]],
+        facts: dict[str, int | None],
     ) -> None:
         name, version = metadata.name, metadata.version
         matrix = confusion_matrix_png(candidate)
         curves = training_curves_png(history) if history else None
         extra = {"model": name, "version": version, "parent_version": metadata.parent_version,
-                 "training_data_fingerprint": metadata.training_data_fingerprint}  # fmt: skip
+                 "training_data_fingerprint": metadata.training_data_fingerprint,
+                 **facts}  # fmt: skip
         files = {
             "evaluation.json": (evaluation_json(candidate, production, decision, extra, runtimes),
                                 "application/json"),
             "confusion_matrix.png": (matrix, "image/png"),
             "report.html": (report_html(f"{name} v{version}", candidate, production, decision,
-                                        matrix, curves, runtimes), "text/html"),
+                                        matrix, curves, runtimes, facts), "text/html"),
         }  # fmt: skip
         for file, (data, content_type) in files.items():
             self.reports.put(report_key(name, version, file), data, content_type=content_type)
+
+    def _reviewed_since(self, parent: ModelMetadata | None) -> int | None:
+        """Reviewed images added to training/ since the parent version was made (or ever)."""
+        if self.labels is None:
+            return None
+        return count_reviewed_since(self.training, self.labels, parent.created_at if parent else 0)
 
     def _count(self, metadata: ModelMetadata, candidate: Evaluation, passed: bool) -> None:
         self.metrics.gate_decisions.labels("passed" if passed else "refused").inc()
         for metric, value in candidate.summary().items():
             self.metrics.evaluation.labels(metadata.name, metric).set(value)
+
+
+def _count_images(data: TrainingData) -> int:
+    return sum(len(split.labels) for split in (data.train, data.validation, data.test))

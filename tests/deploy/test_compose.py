@@ -16,7 +16,7 @@ from tests.support.services import require_binary
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-LONG_RUNNING = {"redis", "minio", "inference-worker", "training-worker", "dispatcher",
+LONG_RUNNING = {"redis", "minio", "inference-worker", "training-worker", "dispatcher", "review",
                 "prometheus", "grafana"}  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["inference-worker", "inference-worker-gpu", "training-worker", "beat", "dispatcher"],
+    ["inference-worker", "inference-worker-gpu", "training-worker", "beat", "dispatcher", "review"],
 )
 def test_each_labeler_service_runs_a_command_that_parses(
     services: dict[str, Any], name: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import urllib.request
@@ -53,6 +54,7 @@ def test_up_labels_dropped_files_and_carries_on_after_a_restart(
         scan_interval_seconds=0.5,
         batch_max_wait_ms=200,
         metrics_port=port,
+        review_port=(review_port := free_port()),  # the review app is a component too
     )
     run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     log = tmp_path / "up.log"
@@ -68,6 +70,8 @@ def test_up_labels_dropped_files_and_carries_on_after_a_restart(
         wait_until(lambda: len(_labels(data_dir, first)) == 5, 120, "labels for dropped files")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
             assert r.status == 200
+        review = f"http://127.0.0.1:{review_port}/healthz"
+        wait_until(lambda: urllib.request.urlopen(review, timeout=5), 60, "the review app")
     finally:
         assert _stop(up) == 0, log.read_text()[-3000:]
     assert b"stopped." in log.read_bytes()
@@ -90,7 +94,7 @@ def test_up_labels_dropped_files_and_carries_on_after_a_restart(
 def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path: Path) -> None:
     out = run_labeler(
         labeler_env(), "demo", "--data-dir", str(tmp_path / "demo"), "--limit", "600",
-        timeout=600,
+        "--review-sample", "15", timeout=900,
     )  # fmt: skip
     assert "labeled 120 held-out images through the queue: accuracy" in out.stdout
     accuracy = float(out.stdout.split("accuracy ")[-1].split()[0])
@@ -99,3 +103,10 @@ def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path: Path) -> None:
     assert report.read_text().startswith("<!doctype html>")
     evaluation = json.loads(report.with_name("evaluation.json").read_text())
     assert evaluation["gate"]["passed"] is True
+    assert "digits wait for review at http://127.0.0.1:8300/" in out.stdout
+    # The flywheel: flagged digits answered from the truth join training/, v2 says so.
+    reviewed = re.search(r"reviewed (\d+) flagged digits", out.stdout)
+    assert reviewed is not None, out.stdout
+    v2 = json.loads((report.parents[1] / "2" / "evaluation.json").read_text())
+    assert v2["reviewed_images_added"] == int(reviewed.group(1)) > 0
+    assert f"{v2['reviewed_images_added']} reviewed images joined" in out.stdout

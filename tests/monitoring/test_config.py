@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from monitoring.metrics import Metrics
+from monitoring.metrics import Metrics, ReviewMetrics
 from tests.support.services import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,12 +91,14 @@ def _all_queries() -> list[tuple[str, str]]:
 
 
 def _defined_metrics() -> dict[str, tuple[str, set[str]]]:
-    """Series name -> (type, label names) of every metric :class:`Metrics` defines."""
+    """Series name -> (type, label names) of every metric :class:`Metrics` (and the review
+    app's :class:`ReviewMetrics`) defines."""
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
+    groups = (Metrics(registry), ReviewMetrics(registry))
     # Families carry no label names until a child exists; the metric objects know them.
     label_names = {
         collector.describe()[0].name: set(collector._labelnames)
+        for metrics in groups
         for collector in vars(metrics).values()
     }
     defined = {}
@@ -139,9 +141,10 @@ def test_every_labeler_component_is_scraped_and_watched() -> None:
         job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
         for job in config["scrape_configs"]
     }
-    assert set(targets) == COMPONENT_JOBS | {"prometheus"}
+    assert set(targets) == COMPONENT_JOBS | {"prometheus", "review"}
     for job in COMPONENT_JOBS:
         assert targets[job] == [f"{job}:9100"]
+    assert targets["review"] == ["review:8300"]  # the review app's own web port
     (worker_down,) = (r for r in _alert_rules() if r["alert"] == "LabelerWorkerDown")
     watched = re.search(r'job=~"([^"]+)"', worker_down["expr"])
     assert watched is not None

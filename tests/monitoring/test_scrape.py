@@ -9,22 +9,25 @@ import subprocess
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from labeler.commands_review import review_desk
 from labeler.observability import broker_health
-from labeler.settings import load_settings
+from labeler.settings import load_settings, settings_from_env
 from monitoring.exposition import MetricsServer
-from storage import Area
+from storage import Area, LabelRecord, label_key
 from tests.conftest import DigitsFixture
 from tests.monitoring.test_config import GRAFANA_VARIABLES, _all_queries, _metric_of
 from tests.monitoring.test_config import _defined_metrics as defined_metrics
 from tests.support.deployment import s3_deployment
 from tests.support.digits import CLASSES
 from tests.support.processes import (
+    LABELER,
     DispatcherProcess,
     WorkerProcess,
     run_labeler,
@@ -37,6 +40,7 @@ from tests.support.services import (
     require_binary,
     wait_until,
 )
+from workers.review_decisions import Action
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +102,8 @@ def scraped(
 ) -> Iterator[tuple[Prometheus, WorkerProcess, str]]:
     redis.Redis.from_url(redis_server.url).flushall()
     metrics_port, training_port, dispatch_port = free_port(), free_port(), free_port()
+    review_port = free_port()
+    stack = ExitStack()
     with s3_deployment(s3_server.endpoint_url, None, name="metrics") as site:
         env = site.env(
             redis_server.url, batch_max_images=4, inference_batch_size=4,
@@ -124,7 +130,8 @@ def scraped(
                 work,
                 {"inference-worker": f"127.0.0.1:{metrics_port}",
                  "training-worker": f"127.0.0.1:{training_port}",
-                 "dispatcher": f"127.0.0.1:{dispatch_port}"},
+                 "dispatcher": f"127.0.0.1:{dispatch_port}",
+                 "review": f"127.0.0.1:{review_port}"},
             )  # fmt: skip
             dispatcher = None
             try:
@@ -139,15 +146,39 @@ def scraped(
                     lambda: sum(1 for _ in site.labels.list("m/")) == GOOD + BAD, 120, "every label"
                 )
                 run_labeler(env, "retrain", "--wait", "--timeout", "300")
+                _review_app(env, review_port, work, stack)
                 # Scrapes are asynchronous: wait until one has happened after the retrain.
                 wait_until(
                     lambda: prometheus.value("count(labeler_evaluation_score)"), 60, "a scrape"
+                )
+                wait_until(
+                    lambda: prometheus.value("count(labeler_review_precision)"), 60, "review app"
                 )
                 yield prometheus, worker, f"http://127.0.0.1:{metrics_port}"
             finally:
                 if dispatcher is not None:
                     dispatcher.stop()
+                stack.close()
                 prometheus.stop()
+
+
+def _review_app(env: dict[str, str], port: int, work: Path, stack: ExitStack) -> None:
+    """`labeler review` with one decision made, so its per-class precision series exists."""
+    with (work / "review.log").open("ab") as log:
+        process = subprocess.Popen(
+            [*LABELER, "review", "--port", str(port)], env=env, stdout=log, stderr=log
+        )
+    stack.callback(process.wait, 30)
+    stack.callback(process.terminate)
+    wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 60, "review app")
+    desk = review_desk(settings_from_env(env))
+    stored = LabelRecord.model_validate_json(desk.labels.get(label_key("m/0.png")).data)
+    record = stored.model_copy(update={"needs_review": True})  # as if the model were unsure
+    desk.labels.put(label_key("m/0.png"), record.model_dump_json(exclude_none=True).encode())
+    desk.queue.add(record)
+    item = desk.next_item()
+    assert item is not None
+    desk.decide(item.record.source_key, item.claim.token, Action.ACCEPT, "scrape-test")
 
 
 def test_counters_equal_the_images_processed(

@@ -9,7 +9,15 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-from storage import Blob, InvalidKey, ObjectInfo, ObjectNotFound, ObjectTooLarge, validate_key
+from storage import (
+    Blob,
+    InvalidKey,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectTooLarge,
+    WriteConflict,
+    validate_key,
+)
 
 
 class MemoryStore:
@@ -34,12 +42,25 @@ class MemoryStore:
         self.calls["head"] += 1
         return self._find(key)[1]
 
-    def put(self, key: str, data: bytes, *, content_type: str | None = None) -> ObjectInfo:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
         self.calls["put"] += 1
         validate_key(key)
         etag = hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag, not security
         info = ObjectInfo(key, len(data), etag, time.time())
         with self._lock:
+            current = self._objects.get(key)
+            if if_none_match and current is not None:
+                raise WriteConflict(f"{key!r} already exists")
+            if if_match is not None and (current is None or current[1].etag != if_match):
+                raise WriteConflict(f"{key!r} changed since it was read")
             self._objects[key] = (bytes(data), info)
         return info
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.services import wait_until
+from tests.support.services import free_port, wait_until
 
 _SENT = re.compile(rb"dispatched batch \S+: (\d+) images")
 TEST_CREDENTIALS = {"access_key_id": "testing-key", "secret_access_key": "testing-secret"}
@@ -24,6 +24,8 @@ def labeler_env(**settings: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABELER_")}
     env.update({f"LABELER_{k.upper()}": str(v) for k, v in settings.items()})
     env.setdefault("LABELER_METRICS_PORT", "0")  # several workers share this machine's ports
+    # `labeler up` runs the review app: each stack a port of its own, never the default 8300.
+    env.setdefault("LABELER_REVIEW_PORT", str(free_port()))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 

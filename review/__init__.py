@@ -1,0 +1,15 @@
+"""The review app: a web adapter over the review queue and decisions in ``workers``."""
+
+from review.app import LOCAL_REVIEWER, ReviewConfig, create_app, precision_of
+from review.auth import InvalidCredentials, Reviewers, hash_password, verify_password
+
+__all__ = [
+    "LOCAL_REVIEWER",
+    "InvalidCredentials",
+    "ReviewConfig",
+    "Reviewers",
+    "create_app",
+    "hash_password",
+    "precision_of",
+    "verify_password",
+]

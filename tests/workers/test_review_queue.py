@@ -1,0 +1,127 @@
+"""The review index in a real redis-server: order, filters, leases, rebuild."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from storage import LabelRecord, Review, ReviewOutcome
+from tests.support.services import wait_until
+from workers.review_queue import ReviewQueue
+
+
+def record(key: str, label: str = "cat", at: float = 1.0, **extra: object) -> LabelRecord:
+    values: dict[str, object] = {
+        "source_key": key,
+        "source_etag": f"etag-{key}",
+        "model_name": "m",
+        "model_version": 1,
+        "label": label,
+        "score": 0.4,
+        "needs_review": True,
+        "created_at": at,
+    }
+    values.update(extra)
+    return LabelRecord.model_validate(values)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+def test_oldest_first_with_class_and_prefix_filters(client: redis.Redis) -> None:
+    queue = ReviewQueue(client)
+    queue.add(record("b/2.png", "dog", at=2))
+    queue.add(record("a/1.png", "cat", at=1))
+    queue.add(record("a/3.png", "dog", at=3))
+
+    assert queue.pending() == 3
+    assert queue.counts() == {"cat": 1, "dog": 2}
+    dog = queue.claim(label="dog")
+    assert dog is not None
+    assert dog.item.key == "b/2.png"
+    assert dog.item.label == "dog"
+    under_a = queue.claim(prefix="a/")
+    assert under_a is not None
+    assert under_a.item.key == "a/1.png"
+    last = queue.claim()
+    assert last is not None
+    assert last.item.key == "a/3.png"
+    assert queue.claim() is None  # all three are leased
+
+
+def test_two_reviewers_never_hold_the_same_item(client: redis.Redis) -> None:
+    queue = ReviewQueue(client)
+    queue.add_many(record(f"k/{n:03d}.png", at=n) for n in range(100))
+
+    def claim_all(_: int) -> list[str]:
+        mine = ReviewQueue(client)  # a reviewer process of its own
+        keys = []
+        while (claim := mine.claim()) is not None:
+            keys.append(claim.item.key)
+        return keys
+
+    with ThreadPoolExecutor(4) as pool:
+        claimed = [key for keys in pool.map(claim_all, range(4)) for key in keys]
+
+    assert sorted(claimed) == sorted(f"k/{n:03d}.png" for n in range(100))
+
+
+def test_a_lease_expires_and_the_item_comes_back(client: redis.Redis) -> None:
+    queue = ReviewQueue(client, lease_seconds=0.3)
+    queue.add(record("x.png"))
+    first = queue.claim()
+    assert first is not None
+    assert queue.holds("x.png", first.token)
+
+    claims = []
+    wait_until(lambda: claims.append(queue.claim()) or claims[-1], 30, "the lease to expire")
+    again = claims[-1]
+    assert again is not None
+    assert again.item.key == "x.png"
+    assert again.token != first.token
+    assert not queue.holds("x.png", first.token)
+    queue.release("x.png", first.token)  # the stale holder's release must not free the new lease
+    assert queue.holds("x.png", again.token)
+
+
+def test_skip_sends_the_item_to_the_back(client: redis.Redis) -> None:
+    queue = ReviewQueue(client)
+    queue.add(record("old.png", at=1))
+    queue.add(record("new.png", at=time.time()))
+    claim = queue.claim()
+    assert claim is not None
+    assert claim.item.key == "old.png"
+
+    queue.skip("old.png", claim.token)
+
+    after = queue.claim()
+    assert after is not None
+    assert after.item.key == "new.png"
+
+
+def test_remove_and_rebuild(client: redis.Redis) -> None:
+    queue = ReviewQueue(client)
+    queue.add(record("a.png"))
+    queue.remove("a.png")
+    queue.remove("a.png")  # twice is fine
+    assert queue.pending() == 0
+    assert queue.counts() == {}
+
+    reviewed = Review(label="cat", outcome=ReviewOutcome.AGREED, reviewer="r", at=1.0)
+    records = [
+        record("wait.png"),
+        record("sure.png", needs_review=False),
+        record("done.png", review=reviewed),
+        record("broken.png", label=None, error={"reason": "unreadable", "detail": "x"}),
+    ]
+    assert queue.rebuild(records) == 1
+    assert queue.get("wait.png") is not None
+    assert queue.pending() == 1

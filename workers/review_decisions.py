@@ -1,0 +1,235 @@
+"""The review desk: hand out the next item, and apply a reviewer's decision.
+
+A decision is idempotent and never a lost write: the image is copied to
+``training/<class>/<source key>`` (a correction of an earlier review moves it, so no image sits in
+two classes), then the record gains ``review`` through a compare-and-set on its ETag (a record
+changed in between is re-read and the decision applied again), then the item leaves the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from storage import (
+    LabelRecord,
+    ObjectNotFound,
+    ObjectStore,
+    Review,
+    ReviewOutcome,
+    WriteConflict,
+    label_key,
+    validate_key,
+)
+from workers.review_queue import Claim, ReviewQueue, waits_for_review
+
+log = logging.getLogger(__name__)
+
+# A class is one folder name under training/: no '/', no leading dot, nothing a URL mangles.
+CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}$")
+_CAS_ATTEMPTS = 5
+
+
+class Action(StrEnum):
+    ACCEPT = "accept"
+    CORRECT = "correct"
+    DISCARD = "discard"
+
+
+class ReviewError(Exception):
+    """Root of what a decision can refuse; the message says why."""
+
+
+class InvalidDecision(ReviewError, ValueError):
+    """The request itself is wrong (a bad key or class name, a correction without a class)."""
+
+
+class LeaseLost(ReviewError):
+    """The reviewer no longer holds the item (the lease expired or was never theirs)."""
+
+
+class StaleItem(ReviewError):
+    """The item can no longer be reviewed as shown: its image changed, or its record is gone."""
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """What a reviewer sees: the record (prediction, top-k, model version) and the lease."""
+
+    record: LabelRecord
+    claim: Claim
+
+
+# Called once per first decision of an item with (predicted label, outcome): metrics.
+DecisionObserver = Callable[[str, ReviewOutcome], None]
+
+
+class ReviewDesk:
+    """Next item and decisions over the incoming, labels and training stores and the queue."""
+
+    def __init__(
+        self,
+        incoming: ObjectStore,
+        labels: ObjectStore,
+        training: ObjectStore,
+        queue: ReviewQueue,
+        on_decided: DecisionObserver | None = None,
+    ) -> None:
+        self.incoming = incoming
+        self.labels = labels
+        self.training = training
+        self.queue = queue
+        self._on_decided = on_decided
+
+    def next_item(self, *, label: str | None = None, prefix: str = "") -> ReviewItem | None:
+        """Lease the oldest item still worth reviewing; stale or decided ones leave the queue."""
+        while (claim := self.queue.claim(label=label, prefix=prefix)) is not None:
+            record = self._current(claim.item.key)
+            if record is not None and waits_for_review(record):
+                return ReviewItem(record, claim)
+            self.queue.remove(claim.item.key)  # decided elsewhere, relabeled, or image changed
+        return None
+
+    def skip(self, key: str, token: str) -> None:
+        self.queue.skip(validate_key(key), token)
+
+    def decide(
+        self,
+        key: str,
+        token: str | None,
+        action: Action,
+        reviewer: str,
+        label: str | None = None,
+    ) -> LabelRecord:
+        """Apply one decision and return the updated record.
+
+        Args:
+            key: The source key (as in ``incoming/``).
+            token: The lease from :meth:`next_item`; may be None only to change an earlier review.
+            action: accept the prediction, correct it to ``label``, or discard the image.
+            reviewer: Who decided (stored in the record).
+            label: The right class, for a correction.
+
+        Raises:
+            InvalidDecision: A bad key or class name, or a correction without a class.
+            LeaseLost: The lease is not (or no longer) this reviewer's.
+            StaleItem: The image changed since it was labeled, or the record is gone.
+        """
+        try:
+            validate_key(key)
+        except ValueError as exc:
+            raise InvalidDecision(str(exc)) from None
+        if action is Action.CORRECT and (label is None or not CLASS_NAME.match(label)):
+            raise InvalidDecision(
+                f"a correction needs a class name matching {CLASS_NAME.pattern} (got {label!r})"
+            )
+        for _ in range(_CAS_ATTEMPTS):
+            try:
+                return self._decide_once(key, token, action, reviewer, label)
+            except WriteConflict:
+                log.info("record of %r changed while deciding; applying the decision again", key)
+        raise ReviewError(f"the record of {key!r} kept changing; try again")
+
+    def _decide_once(
+        self, key: str, token: str | None, action: Action, reviewer: str, label: str | None
+    ) -> LabelRecord:
+        record, etag = self._read(key)
+        previous = record.review
+        if previous is None and (token is None or not self.queue.holds(key, token)):
+            raise LeaseLost(f"{key!r} is not leased to you (it expired or was never yours)")
+        if record.label is None:
+            raise StaleItem(f"{key!r} has no label to review (its record is an error)")
+        self._check_image(record)
+        review = _review(record, action, reviewer, label)
+        if previous is not None and (previous.label, previous.outcome) == (
+            review.label,
+            review.outcome,
+        ):
+            self.queue.remove(key)  # the same decision again: nothing else to do
+            return record
+        if review.label is not None:
+            self._copy_to_training(key, review.label, record.source_etag)
+        if previous is not None and previous.label not in (None, review.label):
+            self.training.delete(f"{previous.label}/{key}")  # moved: one class per image
+        updated = record.model_copy(update={"review": review})
+        self.labels.put(
+            label_key(key),
+            updated.model_dump_json(exclude_none=True).encode(),
+            content_type="application/json",
+            if_match=etag,
+        )
+        self.queue.remove(key)
+        if previous is None:
+            self.queue.tally(record.label, review.outcome.value)
+            if self._on_decided is not None:
+                self._on_decided(record.label, review.outcome)
+        return updated
+
+    def _read(self, key: str) -> tuple[LabelRecord, str]:
+        try:
+            blob = self.labels.get(label_key(key))
+        except ObjectNotFound:
+            self.queue.remove(key)
+            raise StaleItem(f"{key!r} has no record (deleted?)") from None
+        return LabelRecord.model_validate_json(blob.data), blob.info.etag
+
+    def _current(self, key: str) -> LabelRecord | None:
+        """The record if it still describes the image in ``incoming/``, else None."""
+        try:
+            record, _ = self._read(key)
+            self._check_image(record)
+        except (StaleItem, ValueError):
+            return None
+        return record
+
+    def _check_image(self, record: LabelRecord) -> None:
+        try:
+            etag = self.incoming.head(record.source_key).etag
+        except ObjectNotFound:
+            self.queue.remove(record.source_key)
+            raise StaleItem(f"{record.source_key!r} is no longer in incoming/") from None
+        if etag != record.source_etag:
+            self.queue.remove(record.source_key)
+            raise StaleItem(
+                f"{record.source_key!r} changed since it was labeled; it will be labeled again"
+            )
+
+    def _copy_to_training(self, key: str, label: str, etag: str | None) -> None:
+        blob = self.incoming.get(key)
+        if blob.info.etag != etag:
+            raise StaleItem(f"{key!r} changed since it was labeled; it will be labeled again")
+        target = validate_key(f"{label}/{key}")
+        self.training.put(target, blob.data)
+
+
+def count_reviewed_since(training: ObjectStore, labels: ObjectStore, since: float) -> int:
+    """Images in ``training/`` written after ``since`` that a reviewer put there.
+
+    Only the new images' records are read, so a night costs what changed, not the whole set.
+    """
+    count = 0
+    for info in training.list():
+        if info.last_modified < since or "/" not in info.key:
+            continue
+        label, key = info.key.split("/", 1)
+        try:
+            record = LabelRecord.model_validate_json(labels.get(label_key(key)).data)
+        except (ObjectNotFound, ValueError):
+            continue  # added by hand, not through a review
+        if record.review is not None and record.review.label == label:
+            count += 1
+    return count
+
+
+def _review(record: LabelRecord, action: Action, reviewer: str, label: str | None) -> Review:
+    if action is Action.DISCARD:
+        return Review(
+            label=None, outcome=ReviewOutcome.DISCARDED, reviewer=reviewer, at=time.time()
+        )
+    chosen = record.label if action is Action.ACCEPT else label
+    outcome = ReviewOutcome.AGREED if chosen == record.label else ReviewOutcome.CORRECTED
+    return Review(label=chosen, outcome=outcome, reviewer=reviewer, at=time.time())

@@ -1,0 +1,217 @@
+"""The review queue: an index in Redis of records that wait for a person, with short leases.
+
+``<ns>:pending`` is a sorted set of source keys scored by when they were labeled (oldest first),
+``<ns>:class:<label>`` the same per predicted class, ``<ns>:items`` a hash of key -> what the
+record said (label, ETag, time). Claiming runs as one Lua script: it walks the set in order and
+takes the first key whose lease (``<ns>:lease:<key>``, ``SET NX PX``) it can set, so two
+reviewers never hold the same item. Nothing here lists ``labels/``: :meth:`ReviewQueue.rebuild`
+does that once, for ``labeler review reindex``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from storage import LabelRecord
+
+DEFAULT_NAMESPACE = "labeler:review"
+
+# KEYS: the sorted set to walk (200 members per ZRANGE).
+# ARGV: namespace, token, lease ms, key prefix, most members to scan.
+_CLAIM = """
+local ns, token, lease_ms, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local max_scan, start = tonumber(ARGV[5]), 0
+while start < max_scan do
+  local members = redis.call('ZRANGE', KEYS[1], start, start + 199)
+  if #members == 0 then return false end
+  for _, key in ipairs(members) do
+    if prefix == '' or string.sub(key, 1, #prefix) == prefix then
+      if redis.call('SET', ns .. ':lease:' .. key, token, 'NX', 'PX', lease_ms) then
+        return {key, redis.call('HGET', ns .. ':items', key)}
+      end
+    end
+  end
+  start = start + 200
+end
+return false
+"""
+
+# Delete a lease only if it is still ours (a lease that expired may belong to someone else now).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class QueuedItem:
+    """One key waiting for review, as the index knows it."""
+
+    key: str
+    label: str
+    etag: str | None
+    labeled_at: float
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An item leased to one reviewer until ``expires_at``; ``token`` proves the lease."""
+
+    item: QueuedItem
+    token: str
+    expires_at: float
+
+
+class ReviewQueue:
+    """The pending-review index in Redis (any ``redis.Redis`` client, ``decode_responses`` off)."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        lease_seconds: float = 120.0,
+        max_scan: int = 100_000,
+    ) -> None:
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        self._redis = redis
+        self._ns = namespace
+        self.lease_seconds = lease_seconds
+        self._max_scan = max_scan
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+
+    def add(self, record: LabelRecord) -> None:
+        """Index a record that needs review (the worker calls this after writing it)."""
+        if record.label is None:
+            raise ValueError(f"record of {record.source_key!r} has no label to review")
+        self.add_many([record])
+
+    def add_many(self, records: Iterable[LabelRecord]) -> int:
+        """Index several records in one round trip; returns how many were given."""
+        pipe = self._redis.pipeline(transaction=False)
+        count = 0
+        for record in records:
+            label = record.label or ""
+            item = {"label": label, "etag": record.source_etag, "at": record.created_at}
+            pipe.hset(self._key("items"), record.source_key, json.dumps(item))
+            pipe.zadd(self._key("pending"), {record.source_key: record.created_at})
+            pipe.zadd(self._key("class", label), {record.source_key: record.created_at})
+            pipe.sadd(self._key("classes"), label)
+            count += 1
+        if count:
+            pipe.execute()
+        return count
+
+    def claim(self, *, label: str | None = None, prefix: str = "") -> Claim | None:
+        """Lease the oldest free item (of predicted ``label``, under ``prefix``), or None."""
+        index = self._key("class", label) if label else self._key("pending")
+        token = secrets.token_hex(16)
+        lease_ms = int(self.lease_seconds * 1000)
+        found = self._claim(keys=[index], args=[self._ns, token, lease_ms, prefix, self._max_scan])
+        if not found:
+            return None
+        key = _text(found[0])
+        item = _item(key, found[1])
+        return Claim(item, token, time.time() + self.lease_seconds)
+
+    def holds(self, key: str, token: str) -> bool:
+        """True while ``token`` still holds the lease on ``key``."""
+        current = self._redis.get(self._key("lease", key))
+        return current is not None and _text(current) == token
+
+    def release(self, key: str, token: str) -> None:
+        """Give the item back to the queue (if our lease is still the current one)."""
+        self._release(keys=[self._key("lease", key)], args=[token])
+
+    def skip(self, key: str, token: str) -> None:
+        """Release the item and move it to the back of the queue."""
+        if not self.holds(key, token):
+            return
+        now = time.time()
+        raw = self._redis.hget(self._key("items"), key)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(self._key("pending"), {key: now}, xx=True)
+        if raw is not None:
+            pipe.zadd(self._key("class", _item(key, raw).label), {key: now}, xx=True)
+        pipe.execute()
+        self.release(key, token)
+
+    def remove(self, key: str) -> None:
+        """Take ``key`` out of the queue (decided, stale, or gone). Safe to repeat."""
+        raw = self._redis.hget(self._key("items"), key)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrem(self._key("pending"), key)
+        if raw is not None:
+            pipe.zrem(self._key("class", _item(key, raw).label), key)
+        pipe.hdel(self._key("items"), key)
+        pipe.delete(self._key("lease", key))
+        pipe.execute()
+
+    def get(self, key: str) -> QueuedItem | None:
+        raw = self._redis.hget(self._key("items"), key)
+        return None if raw is None else _item(key, raw)
+
+    def pending(self) -> int:
+        return int(self._redis.zcard(self._key("pending")))
+
+    def counts(self) -> dict[str, int]:
+        """Pending items per predicted class (classes with none left are omitted)."""
+        labels = sorted(_text(raw) for raw in self._redis.smembers(self._key("classes")))
+        pipe = self._redis.pipeline(transaction=False)
+        for label in labels:
+            pipe.zcard(self._key("class", label))
+        return {label: int(n) for label, n in zip(labels, pipe.execute(), strict=True) if n}
+
+    def tally(self, predicted: str, outcome: str) -> None:
+        """Count one first decision, for the measured precision of automatic labels."""
+        self._redis.hincrby(self._key("tally"), f"{predicted}\t{outcome}", 1)
+
+    def tallies(self) -> dict[str, dict[str, int]]:
+        """Decisions so far per predicted class: ``{label: {outcome: n}}``."""
+        result: dict[str, dict[str, int]] = {}
+        for field, n in self._redis.hgetall(self._key("tally")).items():
+            label, _, outcome = _text(field).rpartition("\t")
+            result.setdefault(label, {})[outcome] = int(n)
+        return result
+
+    def clear(self) -> None:
+        """Drop the whole index (leases expire by themselves)."""
+        labels = [_text(raw) for raw in self._redis.smembers(self._key("classes"))]
+        names = [self._key("pending"), self._key("items"), self._key("classes")]
+        self._redis.delete(*names, *(self._key("class", label) for label in labels))
+
+    def rebuild(self, records: Iterable[LabelRecord], chunk: int = 1000) -> int:
+        """Replace the index with the records that still wait for review; returns their count."""
+        self.clear()
+        total, batch = 0, []
+        for record in records:
+            if waits_for_review(record):
+                batch.append(record)
+            if len(batch) >= chunk:
+                total += self.add_many(batch)
+                batch = []
+        return total + self.add_many(batch)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._ns, *parts))
+
+
+def waits_for_review(record: LabelRecord) -> bool:
+    """A labeled record the model was unsure of, that no one has reviewed yet."""
+    return record.needs_review and record.ok and record.label is not None and record.review is None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _item(key: str, raw: bytes | str | None) -> QueuedItem:
+    data = json.loads(raw) if raw else {}
+    return QueuedItem(key, data.get("label", ""), data.get("etag"), float(data.get("at", 0.0)))
