@@ -36,7 +36,7 @@ SHORT_VISIBILITY = {
     "inference_time_limit_seconds": 15,
     "retry_backoff_max_seconds": 3,
 }
-COMPONENTS = {"redis", "inference-worker", "training-worker", "dispatcher", "beat"}
+COMPONENTS = {"redis", "inference-worker", "training-worker", "dispatcher", "beat", "review"}
 
 
 class Up:
@@ -102,7 +102,7 @@ def test_commands_find_the_stack_and_status_shows_it_whole(
     port = free_ports(4)  # three components and `labeler up` itself
     env = labeler_env(
         data_dir=data_dir, broker_url=_dead_broker(), model_name="digits", metrics_port=port,
-        scan_interval_seconds=0,  # only `labeler submit` queues work here
+        scan_interval_seconds=0, watch_incoming=False,  # only `labeler submit` queues work here
         train_image_size=32, train_architecture="small_cnn", train_max_epochs=2,
         train_fine_tune_epochs=1, gate_min_accuracy=0,
     )  # fmt: skip
@@ -196,6 +196,7 @@ def test_up_restarts_what_dies_and_every_image_gets_one_record(
         assert record is not None
         assert {c.name: c.restarts for c in record.components} == {
             "redis": 1, "inference-worker": 1, "training-worker": 0, "dispatcher": 1, "beat": 0,
+            "review": 0,
         }  # fmt: skip
         with urllib.request.urlopen(f"http://127.0.0.1:{port + 3}/metrics", timeout=10) as reply:
             metrics = reply.read().decode()

@@ -92,8 +92,9 @@ def test_up_labels_dropped_files_and_carries_on_after_a_restart(
 
 
 def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path: Path) -> None:
+    env = labeler_env()
     out = run_labeler(
-        labeler_env(), "demo", "--data-dir", str(tmp_path / "demo"), "--limit", "600",
+        env, "demo", "--data-dir", str(tmp_path / "demo"), "--limit", "600",
         "--review-sample", "15", timeout=900,
     )  # fmt: skip
     assert "labeled 120 held-out images through the queue: accuracy" in out.stdout
@@ -103,7 +104,8 @@ def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path: Path) -> None:
     assert report.read_text().startswith("<!doctype html>")
     evaluation = json.loads(report.with_name("evaluation.json").read_text())
     assert evaluation["gate"]["passed"] is True
-    assert "digits wait for review at http://127.0.0.1:8300/" in out.stdout
+    review_url = f"http://127.0.0.1:{env['LABELER_REVIEW_PORT']}/"
+    assert f"digits wait for review at {review_url}" in out.stdout
     # The flywheel: flagged digits answered from the truth join training/, v2 says so.
     reviewed = re.search(r"reviewed (\d+) flagged digits", out.stdout)
     assert reviewed is not None, out.stdout
