@@ -65,10 +65,13 @@ def find_broker(settings: Settings) -> Settings:
     return found
 
 
-def broker_problem(settings: Settings) -> str | None:
-    """None if the broker answers a PING on a fresh connection, else what went wrong."""
+def broker_problem(settings: Settings, timeout: float = 5.0) -> str | None:
+    """None if the broker answers a PING on a fresh connection, else what went wrong.
+
+    The one broker check: commands, ``labeler status`` and every process's ``/healthz``.
+    """
     client = redis.Redis.from_url(
-        settings.broker_connection_url(), socket_connect_timeout=5, socket_timeout=5
+        settings.broker_connection_url(), socket_connect_timeout=timeout, socket_timeout=timeout
     )
     try:
         client.ping()

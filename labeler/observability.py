@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import redis
 
+from labeler.cli_common import broker_problem
 from labeler.settings import Settings, env_name
 from monitoring.exposition import MetricsServer, exposition_registry
 from monitoring.metrics import Metrics
@@ -41,17 +42,9 @@ def multiprocess_dir_or_reexec() -> Path:
 
 
 def broker_health(settings: Settings) -> str | None:
-    """A real round trip to the broker on a fresh connection: None when it answers."""
-    client = redis.Redis.from_url(
-        settings.broker_connection_url(), socket_connect_timeout=2, socket_timeout=2
-    )
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        return f"broker unreachable: {type(exc).__name__}"
-    finally:
-        client.close()
-    return None
+    """``/healthz``'s check: None when the broker answers on a fresh connection."""
+    problem = broker_problem(settings, timeout=2)
+    return None if problem is None else f"broker unreachable: {problem}"
 
 
 def start_observability(

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from labeler.activity import SAMPLE_SECONDS, counter_totals, images_finished
+from labeler.cli_common import broker_problem
 from labeler.settings import Settings
 from labeler.stack_record import StackRecord, pid_alive
 from labeler.wiring import Stores, build_app
@@ -135,16 +136,8 @@ def _healthz(base: str) -> str | None:
 
 
 def _broker(settings: Settings) -> str:
-    client = redis.Redis.from_url(
-        settings.broker_connection_url(), socket_connect_timeout=3, socket_timeout=3
-    )
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        return f"does not answer: {exc}"
-    finally:
-        client.close()
-    return "ok"
+    problem = broker_problem(settings, timeout=3)
+    return "ok" if problem is None else f"does not answer: {problem}"
 
 
 def _queues(settings: Settings) -> dict[str, dict[str, int]]:

@@ -3,24 +3,12 @@ unit tier's in-memory store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from storage import LocalStore, ObjectStore, WriteConflict
-from tests.support.memory_store import MemoryStore
-
-
-@pytest.fixture(params=["local", "s3", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
-    if request.param == "local":
-        yield LocalStore(tmp_path / "store")
-    elif request.param == "memory":
-        yield MemoryStore()
-    else:
-        yield request.getfixturevalue("s3_store")
 
 
 def test_if_match_writes_only_over_the_version_read(store: ObjectStore) -> None:

@@ -4,21 +4,17 @@ and against the unit tier's in-memory store, so that fake behaves like them."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from storage import (
     InvalidKey,
-    LocalStore,
     ObjectNotFound,
     ObjectStore,
     ObjectTooLarge,
     S3Store,
 )
-from tests.support.memory_store import MemoryStore
 
 ODD_KEYS = [
     "with space.jpg",
@@ -30,16 +26,6 @@ ODD_KEYS = [
     "a-b",
     "a/b",
 ]
-
-
-@pytest.fixture(params=["local", "s3", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
-    if request.param == "local":
-        yield LocalStore(tmp_path / "store")
-    elif request.param == "memory":
-        yield MemoryStore()
-    else:
-        yield request.getfixturevalue("s3_store")
 
 
 def test_round_trip_bytes_and_metadata(store: ObjectStore) -> None:
