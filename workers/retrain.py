@@ -17,7 +17,15 @@ from storage import ObjectStore
 from storage.keys import report_key
 from storage.registry import ModelMetadata, ModelRegistry
 from workers.dataset import SplitRatios, TrainingData, load_training_data
-from workers.evaluation import Evaluation, GatePolicy, calibrate_thresholds, decide, evaluate
+from workers.evaluation import (
+    Evaluation,
+    GatePolicy,
+    calibrate_thresholds,
+    decide,
+    evaluate,
+    predict_split,
+)
+from workers.image_cache import ImageCache
 from workers.model_runtime import load_keras_file
 from workers.report import confusion_matrix_png, evaluation_json, report_html, training_curves_png
 from workers.training import Progress, TrainingConfig, train_model
@@ -32,6 +40,8 @@ class RetrainConfig:
     gate: GatePolicy = field(default_factory=GatePolicy)
     review_precision: float = 0.95  # per-class thresholds aim for this precision
     max_image_pixels: int = 50_000_000
+    cache_dir: Path = Path(tempfile.gettempdir()) / "labeler-train-cache"  # workers.image_cache
+    cache_max_bytes: int = 20 * 2**30
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class RetrainOutcome:
     macro_f1: float
     production_version: int | None
     seconds: float
+    images: dict[str, int] = field(default_factory=dict)  # cache phase: fetched, reused, ...
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -71,11 +82,16 @@ class Retrainer:
         alias = self.registry.production()
         base, base_meta = self._production_model(alias.version if alias else None)
         size = tuple(base_meta.input_size) if base_meta else self.config.training.input_size
-        report({"phase": "loading data"})
+        report({"phase": "caching images"})
+        cache = ImageCache(
+            self.config.cache_dir, (size[0], size[1]), max_bytes=self.config.cache_max_bytes
+        )
         data = load_training_data(
-            self.training, (size[0], size[1]), ratios=self.config.ratios,
+            self.training, cache, ratios=self.config.ratios,
             max_pixels=self.config.max_image_pixels,
+            progress=lambda counts: report({"phase": "caching images", **counts}),
         )  # fmt: skip
+        log.info("training images: %s", data.cache)
         trained = train_model(
             data, self.config.training, base_model=base,
             base_classes=base_meta.class_names if base_meta else None, progress=report,
@@ -84,7 +100,7 @@ class Retrainer:
         candidate = self._evaluate(trained.model, data, data.class_names)
         production = self._evaluate(base, data, base_meta.class_names) if base_meta else None
         decision = decide(candidate, production, self.config.gate)
-        val_probs = trained.model.predict(data.validation.images.astype(np.float32), verbose=0)
+        val_probs = predict_split(trained.model, data.validation)
         thresholds = calibrate_thresholds(
             data.validation.labels, val_probs, data.class_names,
             target_precision=self.config.review_precision, default=0.5,
@@ -98,7 +114,7 @@ class Retrainer:
             version=metadata.version, promoted=decision.passed, reasons=decision.reasons,
             accuracy=candidate.accuracy, macro_f1=candidate.macro_f1,
             production_version=alias.version if alias else None,
-            seconds=round(time.monotonic() - started, 1),
+            seconds=round(time.monotonic() - started, 1), images=data.cache,
         )  # fmt: skip
         log.info("retrain finished: %s", outcome)
         return outcome
@@ -114,7 +130,7 @@ class Retrainer:
 
     def _evaluate(self, model: Any, data: TrainingData, model_classes: list[str]) -> Evaluation:
         """Evaluate on the test split in the *data's* class order (production may know fewer)."""
-        probs = model.predict(data.test.images.astype(np.float32), verbose=0)
+        probs = predict_split(model, data.test)
         if model_classes != data.class_names:
             aligned = np.zeros((len(probs), len(data.class_names)), np.float32)
             for j, name in enumerate(model_classes):
