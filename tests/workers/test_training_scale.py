@@ -130,3 +130,27 @@ def test_two_devices_train_in_sync_with_the_global_batch_scaled(tmp_path: Path) 
     steps_per_epoch = -(-int(result["train"]) // global_batch)  # type: ignore[call-overload]
     assert result["steps"] == steps_per_epoch * int(result["epochs"])  # type: ignore[call-overload]
     assert float(result["val_accuracy"]) > 0.8  # type: ignore[arg-type]
+
+
+def test_digits_from_scratch_still_reach_098_streamed(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from monitoring.metrics import Metrics
+    from storage.registry import ModelRegistry
+    from workers.retrain import RetrainConfig, Retrainer
+    from workers.training import TrainingConfig
+
+    training = LocalStore(tmp_path / "training")
+    for sample in digit_samples():
+        training.put(sample.key, sample.data)
+    retrainer = Retrainer(
+        training, ModelRegistry(LocalStore(tmp_path / "models"), "digits"),
+        LocalStore(tmp_path / "reports"), Metrics(CollectorRegistry()),
+        RetrainConfig(training=TrainingConfig(input_size=(32, 32)), cache_dir=tmp_path / "cache"),
+    )  # fmt: skip
+
+    outcome = retrainer.run()
+
+    assert outcome.images == {"total": 1797, "fetched": 1797, "reused": 0, "failed": 0}
+    assert outcome.accuracy >= 0.98
+    assert outcome.promoted
