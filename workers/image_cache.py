@@ -3,7 +3,8 @@
 A night where 1% of the training data changed fetches and decodes 1% of it; the rest is read
 back from here by ``tf.data``. An entry is the raw ``height x width x 3`` uint8 pixels followed
 by an 8-byte trailer (magic + CRC-32 of the pixels), so a reader needs no decoder and a
-truncated or damaged entry is recognised and rebuilt, never trained on. An image that cannot
+truncated entry is recognised and rebuilt, never trained on (checking every CRC, which reads
+the whole cache, is optional). An image that cannot
 be decoded gets a small ``.bad`` entry with its reason, so it is not fetched again either.
 
 Entries are written to a private temporary file and renamed into place: a concurrent run sees
@@ -74,19 +75,29 @@ class ImageCache:
         name = hashlib.sha256(f"{key}\0{etag}\0{self.input_size}".encode()).hexdigest()
         return self.directory / name[:2] / f"{name}.u8"
 
-    def lookup(self, key: str, etag: str) -> Path | str | None:
-        """The entry's path if it is whole, the remembered rejection reason, or None."""
+    def lookup(self, key: str, etag: str, *, verify: bool = False) -> Path | str | None:
+        """The entry's path if it is whole, the remembered rejection reason, or None.
+
+        Whole means the right size and trailer (what a cut-short write leaves is neither);
+        ``verify`` also checks the pixels' CRC, which reads the whole entry.
+        """
         path = self.path(key, etag)
         try:
             with path.open("rb") as entry:
-                data = entry.read(self.entry_bytes + 1)
+                size = os.fstat(entry.fileno()).st_size
+                entry.seek(max(size - TRAILER_BYTES, 0))
+                trailer = entry.read(TRAILER_BYTES)
+                whole = size == self.entry_bytes and trailer[:4] == _MAGIC
+                if whole and verify:
+                    entry.seek(0)
+                    crc = zlib.crc32(entry.read(self.pixel_bytes))
+                    whole = crc == int.from_bytes(trailer[4:], "big")
         except FileNotFoundError:
             return _remembered_failure(path.with_suffix(".bad"))
-        whole = len(data) == self.entry_bytes and data[-8:-4] == _MAGIC
-        if whole and zlib.crc32(data[:-TRAILER_BYTES]) == int.from_bytes(data[-4:], "big"):
+        if whole:
             os.utime(path)  # recently used: evicted last
             return path
-        log.warning("cache entry of %s is damaged (%d bytes): rebuilding it", key, len(data))
+        log.warning("cache entry of %s is damaged (%d bytes): rebuilding it", key, size)
         path.unlink(missing_ok=True)
         return None
 
@@ -134,10 +145,13 @@ def fill_cache(
     *,
     max_pixels: int,
     threads: int = 8,
+    verify: bool = False,
     progress: CacheProgress | None = None,
 ) -> CacheReport:
     """Make sure every image in ``infos`` has a cache entry: reuse whole ones, fetch and decode
-    the rest. Raises ``ValueError`` if the images cannot fit in the cache at all."""
+    the rest. ``verify`` checks every reused entry's CRC too (reads the whole cache, which
+    costs most of a night's data phase). Raises ``ValueError`` if the images cannot fit in
+    the cache at all."""
     needed = len(infos) * cache.entry_bytes
     if needed > cache.max_bytes:
         raise ValueError(
@@ -149,7 +163,7 @@ def fill_cache(
     lock, last = threading.Lock(), [0.0]
 
     def one(info: ObjectInfo) -> tuple[str, Path | str, bool]:
-        found = cache.lookup(info.key, info.etag)
+        found = cache.lookup(info.key, info.etag, verify=verify)
         if found is not None:
             return info.key, found, False
         try:

@@ -78,6 +78,8 @@ def train_model(
                  config.fine_tune_epochs, report)  # fmt: skip
         else:
             warm = base_model is not None
+            if warm:
+                unfreeze_backbone(model)  # the production model's BN layers keep their statistics
             rate = config.fine_tune_learning_rate if warm else config.learning_rate
             epochs = config.fine_tune_epochs if warm else config.max_epochs
             _fit(trained, data, config, "fine-tune" if warm else "train", rate, epochs, report)

@@ -97,7 +97,7 @@ def test_streamed_images_equal_decoded_ones_and_keep_their_split(tmp_path: Path)
     assert sum(len(getattr(data, n)) for n in ("train", "validation", "test")) == 200
 
 
-def test_a_damaged_entry_is_rebuilt_not_read(tmp_path: Path) -> None:
+def test_a_cut_short_entry_is_rebuilt_and_verify_finds_damaged_pixels(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "training")
     for n in range(6):
         store.put(f"a/{n}.png", _png(n))
@@ -110,7 +110,11 @@ def test_a_damaged_entry_is_rebuilt_not_read(tmp_path: Path) -> None:
     damaged[10] ^= 0xFF
     flipped.write_bytes(bytes(damaged))
 
-    report = fill_cache(store, infos, cache, max_pixels=MAX_PIXELS)
+    quick = fill_cache(store, infos, cache, max_pixels=MAX_PIXELS)
+    assert (quick.fetched, quick.reused) == (1, 5)  # the cut-short entry, found by its size
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+
+    report = fill_cache(store, infos, cache, max_pixels=MAX_PIXELS, verify=True)
 
     assert (report.fetched, report.reused) == (2, 4)
     for key, info in (("a/1.png", infos[1]), ("a/2.png", infos[2])):
