@@ -202,16 +202,21 @@ def _training_split(
 ) -> tuple[Any, Any]:
     from storage import Area
     from workers.dataset import load_training_data
+    from workers.image_cache import ImageCache
     from workers.optimization import HeldOut, calibration_from_training
 
+    # The retrains' own cache: a version's images were decoded into it when it was trained.
+    cache = ImageCache(
+        settings.train_cache_path().resolve(), size, max_bytes=settings.train_cache_max_bytes
+    )
     try:
-        data = load_training_data(Stores(settings).area(Area.TRAINING), size,
+        data = load_training_data(Stores(settings).area(Area.TRAINING), cache,
                                   max_pixels=settings.max_image_pixels)  # fmt: skip
     except ValueError as exc:  # too little training data: FP32 only
         click.echo(f"no INT8 calibration: {exc}", err=True)
         empty = np.zeros((0, *size, 3), np.uint8)
         return empty, HeldOut(empty)
-    return calibration_from_training(data, class_names, bars.calibration_images)
+    return calibration_from_training(data, class_names, bars)
 
 
 def _runtimes(registry: ModelRegistry, version: int) -> str:

@@ -35,11 +35,14 @@ def retrain(wait: bool, timeout: float) -> None:
 
 def _follow(result: Any, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    last = ""
+    last, last_phase = "", None
     while not result.ready():
         if time.monotonic() > deadline:
             raise click.ClickException(f"still running after {timeout}s (task {result.id})")
         info = result.info if isinstance(result.info, dict) else {}
+        if last_phase is not None and info.get("phase") != last_phase:
+            click.echo()  # a finished phase keeps its last line on screen
+        last_phase = info.get("phase")
         line = _progress_line(result.state, info)
         if line != last:
             click.echo(f"\r{line:<100}", nl=False)
@@ -53,14 +56,23 @@ def _follow(result: Any, timeout: float) -> dict[str, Any]:
 
 
 def _progress_line(state: str, info: dict[str, Any]) -> str:
+    if "total" in info:  # the cache phase: fetched and decoded, reused from cache, undecodable
+        done, total = info["fetched"] + info["reused"], max(int(info["total"]), 1)
+        counts = ", ".join(f"{k} {info[k]}" for k in ("fetched", "reused", "failed"))
+        return f"{info['phase']} [{_bar(done, total)}] {done}/{info['total']} images: {counts}"
     if "epoch" not in info:
         return f"{state.lower()}: {info.get('phase', 'waiting for a training worker')}"
     done, total = int(info["epoch"]), int(info["epochs"])
-    bar = "#" * (20 * done // total) + "-" * (20 - 20 * done // total)
+    bar = _bar(done, total)
     figures = " ".join(
         f"{k} {info[k]:.4f}" for k in ("loss", "accuracy", "val_accuracy") if k in info
     )
     return f"{info['phase']:<9} [{bar}] epoch {done}/{total} {figures}"
+
+
+def _bar(done: int, total: int) -> str:
+    filled = 20 * done // total
+    return "#" * filled + "-" * (20 - filled)
 
 
 @click.command()

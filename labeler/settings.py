@@ -217,6 +217,24 @@ class Settings(BaseSettings):
     train_max_epochs: int = Field(30, ge=1, le=1000, description="Epochs at most (early stop).")
     train_fine_tune_epochs: int = Field(10, ge=1, le=1000, description="Fine-tuning epochs.")
     train_seed: int = Field(1337, description="Seed for splits of work, shuffling and init.")
+    train_augment: str = Field(
+        "translate:0.08,rotate:0.04,zoom:0.08",
+        description="Training augmentation: comma-separated flip, rotate:F, zoom:F, "
+        "translate:F, contrast:F, or none. Photos want `flip`; digits must not be flipped.",
+    )
+    train_batch_size: int = Field(
+        32, ge=1, le=4096, description="Batch per device; the global batch scales with devices."
+    )
+    train_shuffle_buffer: int = Field(
+        2048, ge=1, description="Decoded images held for shuffling: bounds training memory."
+    )
+    train_cache_dir: Path | None = Field(
+        None,
+        description="Decoded-image cache of the training worker (default: DATA_DIR/train-cache).",
+    )
+    train_cache_max_bytes: int = Field(
+        20 * 2**30, ge=2**20, description="Size bound of the decoded-image cache (LRU eviction)."
+    )
     gate_min_accuracy: float = Field(0.8, ge=0, le=1, description="Gate: accuracy floor.")
     gate_max_macro_f1_drop: float = Field(
         0.01, ge=0, le=1, description="Gate: allowed macro-F1 drop against production."
@@ -308,6 +326,14 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:9000")
         return value
 
+    @field_validator("train_augment")
+    @classmethod
+    def _augmentation(cls, value: str) -> str:
+        from workers.augmentation import parse_augmentation
+
+        parse_augmentation(value)  # its ValueError says what is allowed
+        return value
+
     @field_validator("retrain_cron")
     @classmethod
     def _cron(cls, value: str) -> str:
@@ -353,6 +379,9 @@ class Settings(BaseSettings):
         override: str | None = getattr(self, f"{area.value}_uri")
         root = self.storage_uri or self.data_dir.resolve().as_uri()
         return override or join_uri(root, area.value)
+
+    def train_cache_path(self) -> Path:
+        return self.train_cache_dir or self.data_dir / "train-cache"
 
     def uses_s3(self) -> bool:
         return any(self.area_uri(area).startswith("s3://") for area in Area)

@@ -149,11 +149,16 @@ class ProcessEngines:
                 max_epochs=s.train_max_epochs,
                 fine_tune_epochs=s.train_fine_tune_epochs,
                 seed=s.train_seed,
+                augmentation=s.train_augment,
+                batch_size=s.train_batch_size,
+                shuffle_buffer=s.train_shuffle_buffer,
             ),
             gate=GatePolicy(s.gate_min_accuracy, s.gate_max_macro_f1_drop, s.gate_max_recall_drop),
             review_precision=s.review_precision,
             max_image_pixels=s.max_image_pixels,
             int8=int8_bars(s),
+            cache_dir=s.train_cache_path().resolve(),
+            cache_max_bytes=s.train_cache_max_bytes,
         )
         return Retrainer(
             self.stores.area(Area.TRAINING),

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from workers.dataset import Split
+
 
 @dataclass
 class Evaluation:
@@ -61,6 +63,16 @@ def evaluate(
             for k, t, p, s in zip(keys, y_true, y_pred, scores, strict=True)
         ],
     )
+
+
+def predict_split(model: Any, split: Split, batch_size: int = 64) -> npt.NDArray[np.float32]:
+    """The model's class probabilities for every image of ``split``, in key order, streamed
+    from the image cache (memory holds a batch, not the split)."""
+    if len(split) == 0:
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    images = split.dataset().map(lambda x, _: x).batch(batch_size)  # uint8: the model casts
+    probabilities: npt.NDArray[np.float32] = model.predict(images.prefetch(1), verbose=0)
+    return probabilities
 
 
 def calibrate_thresholds(

@@ -17,9 +17,17 @@ from storage import ObjectStore
 from storage.keys import report_key
 from storage.registry import ModelMetadata, ModelRegistry
 from workers.dataset import SplitRatios, TrainingData, load_training_data
-from workers.evaluation import Evaluation, GatePolicy, calibrate_thresholds, decide, evaluate
+from workers.evaluation import (
+    Evaluation,
+    GatePolicy,
+    calibrate_thresholds,
+    decide,
+    evaluate,
+    predict_split,
+)
+from workers.image_cache import ImageCache
 from workers.model_runtime import load_keras_file
-from workers.optimization import HeldOut, Int8Bars, optimize_version
+from workers.optimization import Int8Bars, calibration_from_training, optimize_version
 from workers.report import confusion_matrix_png, evaluation_json, report_html, training_curves_png
 from workers.review_decisions import count_reviewed_since
 from workers.training import Progress, TrainingConfig, train_model
@@ -36,6 +44,8 @@ class RetrainConfig:
     max_image_pixels: int = 50_000_000
     int8: Int8Bars = field(default_factory=Int8Bars)
     export_openvino: bool = True  # the IR is made here, once, never by the workers
+    cache_dir: Path = Path(tempfile.gettempdir()) / "labeler-train-cache"  # workers.image_cache
+    cache_max_bytes: int = 20 * 2**30
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class RetrainOutcome:
     production_version: int | None
     seconds: float
     reviewed_images_added: int | None = None  # reviewed images new since the parent version
+    images: dict[str, int] = field(default_factory=dict)  # cache phase: fetched, reused, ...
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -78,11 +89,16 @@ class Retrainer:
         alias = self.registry.production()
         base, base_meta = self._production_model(alias.version if alias else None)
         size = tuple(base_meta.input_size) if base_meta else self.config.training.input_size
-        report({"phase": "loading data"})
+        report({"phase": "caching images"})
+        cache = ImageCache(
+            self.config.cache_dir, (size[0], size[1]), max_bytes=self.config.cache_max_bytes
+        )
         data = load_training_data(
-            self.training, (size[0], size[1]), ratios=self.config.ratios,
+            self.training, cache, ratios=self.config.ratios,
             max_pixels=self.config.max_image_pixels,
+            progress=lambda counts: report({"phase": "caching images", **counts}),
         )  # fmt: skip
+        log.info("training images: %s", data.cache)
         trained = train_model(
             data, self.config.training, base_model=base,
             base_classes=base_meta.class_names if base_meta else None, progress=report,
@@ -91,7 +107,7 @@ class Retrainer:
         candidate = self._evaluate(trained.model, data, data.class_names)
         production = self._evaluate(base, data, base_meta.class_names) if base_meta else None
         decision = decide(candidate, production, self.config.gate)
-        val_probs = trained.model.predict(data.validation.images.astype(np.float32), verbose=0)
+        val_probs = predict_split(trained.model, data.validation)
         thresholds = calibrate_thresholds(
             data.validation.labels, val_probs, data.class_names,
             target_precision=self.config.review_precision, default=0.5,
@@ -112,6 +128,7 @@ class Retrainer:
             accuracy=candidate.accuracy, macro_f1=candidate.macro_f1,
             production_version=alias.version if alias else None,
             seconds=round(time.monotonic() - started, 1), reviewed_images_added=joined,
+            images=data.cache,
         )  # fmt: skip
         log.info("retrain finished: %s", outcome)
         return outcome
@@ -127,7 +144,7 @@ class Retrainer:
 
     def _evaluate(self, model: Any, data: TrainingData, model_classes: list[str]) -> Evaluation:
         """Evaluate on the test split in the *data's* class order (production may know fewer)."""
-        probs = model.predict(data.test.images.astype(np.float32), verbose=0)
+        probs = predict_split(model, data.test)
         if model_classes != data.class_names:
             aligned = np.zeros((len(probs), len(data.class_names)), np.float32)
             for j, name in enumerate(model_classes):
@@ -169,11 +186,12 @@ class Retrainer:
         if not self.config.export_openvino:
             return []
         try:
+            calibration, held_out = calibration_from_training(
+                data, data.class_names, self.config.int8
+            )
             result = optimize_version(
                 self.registry, metadata.version, model,
-                calibration=data.validation.images[: self.config.int8.calibration_images],
-                held_out=HeldOut(data.test.images, data.test.labels, data.test.keys),
-                bars=self.config.int8,
+                calibration=calibration, held_out=held_out, bars=self.config.int8,
             )  # fmt: skip
         except Exception:
             log.exception("OpenVINO export of %s v%s failed: it serves with TensorFlow",

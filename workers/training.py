@@ -2,17 +2,20 @@
 
 Reads like keras.io: a pure builder, augmentation in the tf.data pipeline (training only),
 class weights for imbalance, early stopping on validation, and two-phase fine-tuning where a
-backbone is frozen first (train the head; then unfreeze with BatchNorm frozen at a low rate).
+backbone is frozen first (train the head; then unfreeze with every BatchNorm frozen, at any
+depth, at a low rate). Images stream from the decoded-image cache; training runs under a
+``tf.distribute`` strategy over the host's GPUs, with the global batch scaled by replicas.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from workers.augmentation import DEFAULT_AUGMENTATION, make_augmentation
 from workers.dataset import Split, TrainingData
 
 Progress = Callable[[dict[str, Any]], None]
@@ -25,11 +28,13 @@ class TrainingConfig:
     weights: str | None = None  # None (offline), "imagenet", or a local weights file
     max_epochs: int = 30
     fine_tune_epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 32  # per replica: the global batch is this times the replica count
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
     patience: int = 4
     seed: int = 1337
+    augmentation: str = DEFAULT_AUGMENTATION  # see workers.augmentation
+    shuffle_buffer: int = 2048  # decoded images held for shuffling: bounds training memory
 
     def resolved_architecture(self) -> str:
         if self.architecture != "auto":
@@ -42,6 +47,7 @@ class TrainedModel:
     model: Any
     history: dict[str, list[float]] = field(default_factory=dict)
     phases: list[str] = field(default_factory=list)  # the phase of each epoch in ``history``
+    replicas: int = 1  # devices the training ran on in sync
 
 
 def train_model(
@@ -57,20 +63,26 @@ def train_model(
 
     keras.utils.set_random_seed(config.seed)
     report = progress or (lambda _: None)
-    model, backbone = _initial_model(data, config, base_model, base_classes)
-    trained = TrainedModel(model)
-    num_classes = len(data.class_names)
-    if backbone is not None:  # phase 1: only the new head learns
-        backbone.trainable = False
-        _fit(trained, data, config, "head", config.learning_rate, config.max_epochs, report)
-        _unfreeze(backbone)
-        _fit(trained, data, config, "fine-tune", config.fine_tune_learning_rate,
-             config.fine_tune_epochs, report)  # fmt: skip
-    else:
-        warm = base_model is not None
-        rate = config.fine_tune_learning_rate if warm else config.learning_rate
-        epochs = config.fine_tune_epochs if warm else config.max_epochs
-        _fit(trained, data, config, "fine-tune" if warm else "train", rate, epochs, report)
+    strategy = distribution_strategy()
+    with strategy.scope():  # variables (model and optimizer) are created once per replica
+        if base_model is not None and strategy.num_replicas_in_sync > 1:
+            base_model = _copy_in_scope(base_model)
+        model, backbone = _initial_model(data, config, base_model, base_classes)
+        trained = TrainedModel(model, replicas=strategy.num_replicas_in_sync)
+        num_classes = len(data.class_names)
+        if backbone is not None:  # phase 1: only the new head learns
+            backbone.trainable = False
+            _fit(trained, data, config, "head", config.learning_rate, config.max_epochs, report)
+            unfreeze_backbone(backbone)
+            _fit(trained, data, config, "fine-tune", config.fine_tune_learning_rate,
+                 config.fine_tune_epochs, report)  # fmt: skip
+        else:
+            warm = base_model is not None
+            if warm:
+                unfreeze_backbone(model)  # the production model's BN layers keep their statistics
+            rate = config.fine_tune_learning_rate if warm else config.learning_rate
+            epochs = config.fine_tune_epochs if warm else config.max_epochs
+            _fit(trained, data, config, "fine-tune" if warm else "train", rate, epochs, report)
     assert model.output_shape[-1] == num_classes
     return trained
 
@@ -94,7 +106,7 @@ def _initial_model(
         model = keras.Model(base.inputs, head(features), name=base.name)
         return model, keras.Model(base.inputs, features, name="features")
     architecture = config.resolved_architecture()
-    size = tuple(data.train.images.shape[1:3])
+    size = data.train.input_size
     if architecture == "small_cnn":
         return make_small_cnn(size, num_classes, seed=config.seed), None
     model = make_backbone_classifier(
@@ -105,13 +117,45 @@ def _initial_model(
     return model, backbone if config.weights else None
 
 
-def _unfreeze(backbone: Any) -> None:
+def unfreeze_backbone(backbone: Any) -> None:
+    """Make ``backbone`` trainable except every BatchNormalization layer in it, at any depth:
+    frozen BN layers also run in inference mode, keeping the pretrained statistics."""
     import keras
 
     backbone.trainable = True
-    for layer in backbone.layers:
+    for layer in _all_layers(backbone):
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False  # keep the pretrained statistics
+            layer.trainable = False
+
+
+def _all_layers(model: Any) -> Iterator[Any]:
+    """Every layer under ``model``, descending into nested models (a warm start wraps them)."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
+def distribution_strategy() -> Any:
+    """Mirrored over the host's devices when it has several GPUs (or several logical CPUs,
+    as tests configure), else the default strategy."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    cpus = tf.config.list_logical_devices("CPU")
+    if not gpus and len(cpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    return tf.distribute.get_strategy()
+
+
+def _copy_in_scope(model: Any) -> Any:
+    """The same model with its variables created under the current strategy's scope."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _fit(
@@ -126,6 +170,7 @@ def _fit(
     import keras
 
     model = trained.model
+    batch = config.batch_size * trained.replicas
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -138,8 +183,8 @@ def _fit(
                 **{k: round(float(v), 4) for k, v in logs.items()}})  # fmt: skip
 
     history = model.fit(
-        _dataset(data.train, config, training=True),
-        validation_data=_dataset(data.validation, config, training=False),
+        input_pipeline(data.train, config, batch, training=True),
+        validation_data=input_pipeline(data.validation, config, batch, training=False),
         epochs=epochs,
         class_weight=_class_weights(data.train, len(data.class_names)),
         callbacks=[
@@ -155,30 +200,34 @@ def _fit(
     trained.phases.extend([phase] * len(history.history.get("loss", [])))
 
 
-def _dataset(split: Split, config: TrainingConfig, *, training: bool) -> Any:
-    import keras
+def input_pipeline(split: Split, config: TrainingConfig, batch_size: int, *, training: bool) -> Any:
+    """Streamed from the cache: training reshuffles the (small) list of entries every epoch,
+    reads them in parallel, mixes the decoded images through a bounded buffer, then augments;
+    batches are prefetched."""
     import tensorflow as tf
-    from keras import layers
 
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    if training:
-        ds = ds.shuffle(len(split.keys), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(config.batch_size).map(
-        lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    if training:
-        # Small, label-preserving changes only: no flips (a flipped digit is another digit).
-        augment = keras.Sequential(
-            [
-                layers.RandomTranslation(0.08, 0.08, fill_mode="nearest", seed=config.seed),
-                layers.RandomRotation(0.04, fill_mode="nearest", seed=config.seed),
-                layers.RandomZoom(0.08, fill_mode="nearest", seed=config.seed),
-            ]
+    from workers.dataset import entry_reader
+
+    autotune = tf.data.AUTOTUNE
+    if not training:
+        ds = split.dataset()
+    else:
+        order = tf.data.Dataset.range(len(split)).shuffle(
+            len(split), seed=config.seed, reshuffle_each_iteration=True
         )
-        ds = ds.map(
-            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
-        )
-    return ds.prefetch(tf.data.AUTOTUNE)
+        entries = tf.constant(split.entries)
+        labels = tf.constant(split.labels)
+        ds = order.map(lambda i: (tf.gather(entries, i), tf.gather(labels, i)))
+        ds = ds.map(entry_reader(split.input_size), num_parallel_calls=autotune,
+                    deterministic=False)  # fmt: skip
+        ds = ds.shuffle(config.shuffle_buffer, seed=config.seed)
+    # Batches stay uint8 until augmentation needs floats (the model casts): 4x less buffered.
+    ds = ds.batch(batch_size)
+    augment = make_augmentation(config.augmentation, seed=config.seed) if training else None
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),
+                    num_parallel_calls=autotune)  # fmt: skip
+    return ds.prefetch(2)  # overlap one step; more only holds memory
 
 
 def _class_weights(split: Split, num_classes: int) -> dict[int, float]:

@@ -50,6 +50,7 @@ def cluster(
         env = site.env(
             redis_server.url, model_reload_seconds=0.5, train_image_size=32,
             train_max_epochs=12, train_fine_tune_epochs=4, gate_min_accuracy=0.9,
+            train_cache_dir=tmp_path_factory.mktemp("train-cache"),
         )  # fmt: skip
         settings = settings_from_env(env)
         stores = Stores(settings)
@@ -77,6 +78,8 @@ def test_first_retrain_is_promoted_and_served_without_restart(cluster: Cluster) 
     outcome = json.loads(out.stdout[out.stdout.index("{") :])
     assert outcome["outcome"] == "promoted"
     assert outcome["version"] == 1
+    assert outcome["images"] == {"total": 1797, "fetched": 1797, "reused": 0, "failed": 0}
+    assert "images: fetched" in out.stdout  # the cache phase, shown before the epochs
     assert _production(cluster) == 1
     reports = cluster.stores.area(Area.REPORTS)
     document = json.loads(reports.get(report_key("digits", 1, "evaluation.json")).data)
@@ -156,3 +159,6 @@ def test_two_retrains_at_once_only_one_runs(cluster: Cluster) -> None:
 
     assert outcomes[1] == "skipped_locked"
     assert outcomes[0] in ("promoted", "refused")
+    ran = next(o for o in (first.result, second.result) if o["outcome"] != "skipped_locked")
+    # Nothing changed since the last run: every image comes from the training worker's cache.
+    assert ran["images"] == {"total": 1797, "fetched": 0, "reused": 1797, "failed": 0}
