@@ -150,10 +150,20 @@ class Services:
             }
         )
         argv = [
-            sys.executable, "-m", "celery", "-A", "bench.naive_worker", "worker",
-            "--pool=prefork", "--concurrency=1", f"--queues={naive_worker.QUEUE}",
-            "--loglevel=INFO", "--without-gossip", "--without-mingle", "--hostname=naive@%h",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.naive_worker",
+            "worker",
+            "--pool=prefork",
+            "--concurrency=1",
+            f"--queues={naive_worker.QUEUE}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname=naive@%h",
+        ]
         worker = CommandWorker(argv, env, self.root / "naive.log")
         self.stack.callback(worker.stop)
         return worker.start()

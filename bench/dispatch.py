@@ -208,18 +208,26 @@ def engine_throughput(bench: Bench) -> dict[str, Any]:
     for run in ("new", "duplicate"):
         sent: list[int] = []
         engine = Dispatcher(
-            client, store, lambda keys, sent=sent: sent.append(len(keys)), lambda: 0,
-            Metrics(CollectorRegistry()), config, labels=bench.labels,
-        )  # fmt: skip
+            client,
+            store,
+            lambda keys, sent=sent: sent.append(len(keys)),
+            lambda: 0,
+            Metrics(CollectorRegistry()),
+            config,
+            labels=bench.labels,
+        )
         client.rpush(config.events_list, *items)
         thread = threading.Thread(target=engine.run)
         cpu, wall = time.process_time(), time.perf_counter()
         thread.start()
         wait_until(
-            lambda: client.llen(config.events_list) == 0
-            and client.llen(config.processing_list) == 0,
-            300, "engine drained", 0.01,
-        )  # fmt: skip
+            lambda: (
+                client.llen(config.events_list) == 0 and client.llen(config.processing_list) == 0
+            ),
+            300,
+            "engine drained",
+            0.01,
+        )
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         engine.stop()
         thread.join(30)

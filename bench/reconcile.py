@@ -74,13 +74,23 @@ def child(root: str, redis_url: str) -> None:
     client = CountingRedis.from_url(redis_url)
     sent: list[str] = []
     config = DispatchConfig(
-        events_list="bench:reconcile", batch_max_wait=0.0, scan_interval=3600, scan_chunk=CHUNK,
-        backlog_high_water=10**9, backlog_low_water=0, poll=0.01,
-    )  # fmt: skip
+        events_list="bench:reconcile",
+        batch_max_wait=0.0,
+        scan_interval=3600,
+        scan_chunk=CHUNK,
+        backlog_high_water=10**9,
+        backlog_low_water=0,
+        poll=0.01,
+    )
     engine = Dispatcher(
-        client, incoming, sent.extend, lambda: 0, Metrics(CollectorRegistry()), config,
+        client,
+        incoming,
+        sent.extend,
+        lambda: 0,
+        Metrics(CollectorRegistry()),
+        config,
         labels=labels,
-    )  # fmt: skip
+    )
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started, cpu = time.perf_counter(), time.process_time()
     engine.step()
@@ -144,15 +154,21 @@ def main() -> None:
     baseline.pop("found")
     growth = scan["peak_rss_mb"] - baseline["peak_rss_mb"]
     result.update(
-        setup={"objects": OBJECTS, "unlabeled": UNLABELED, "per_folder": PER_FOLDER,
-               "chunk": CHUNK, "store": "local directory", "tree_written_s": setup_s},
+        setup={
+            "objects": OBJECTS,
+            "unlabeled": UNLABELED,
+            "per_folder": PER_FOLDER,
+            "chunk": CHUNK,
+            "store": "local directory",
+            "tree_written_s": setup_s,
+        },
         empty_bucket=baseline,
         full_bucket=scan,
         found_exactly_the_unlabeled=found == unlabeled,
         rss_growth_mb=round(growth, 1),
         target={"rss_growth_under_mb": 50, "met": growth < 50 and found == unlabeled},
         trusted=trusted(baseline, scan),
-    )  # fmt: skip
+    )
     print(json.dumps(result, indent=2))
     print(write_result("reconcile", result))
 

@@ -71,21 +71,27 @@ def _digits() -> dict[str, Any]:
         for sample in digit_samples():
             training.put(sample.key, sample.data)
         retrainer = Retrainer(
-            training, ModelRegistry(LocalStore(root / "models"), "digits"),
-            LocalStore(root / "reports"), Metrics(CollectorRegistry()),
+            training,
+            ModelRegistry(LocalStore(root / "models"), "digits"),
+            LocalStore(root / "reports"),
+            Metrics(CollectorRegistry()),
             RetrainConfig(training=TrainingConfig(input_size=(32, 32)), cache_dir=root / "cache"),
-        )  # fmt: skip
+        )
         epochs: list[dict[str, object]] = []
         with phase(record):
             started = time.perf_counter()
             outcome = retrainer.run(progress=lambda p: epochs.append(p) if "epoch" in p else None)
             seconds = time.perf_counter() - started
-    record.update({
-        "seconds": round(seconds, 1), "test_accuracy": round(outcome.accuracy, 4),
-        "test_macro_f1": round(outcome.macro_f1, 4), "epochs_run": len(epochs),
-        "promoted": outcome.promoted,
-        "bar": {"accuracy >= 0.98": outcome.accuracy >= 0.98, "under 180 s": seconds < 180},
-    })  # fmt: skip
+    record.update(
+        {
+            "seconds": round(seconds, 1),
+            "test_accuracy": round(outcome.accuracy, 4),
+            "test_macro_f1": round(outcome.macro_f1, 4),
+            "epochs_run": len(epochs),
+            "promoted": outcome.promoted,
+            "bar": {"accuracy >= 0.98": outcome.accuracy >= 0.98, "under 180 s": seconds < 180},
+        }
+    )
     return record
 
 
@@ -132,8 +138,10 @@ def _child_run(root: Path, name: str) -> dict[str, Any]:
     """One retrain's data phase and one streamed epoch in a fresh process, measured."""
     child = subprocess.Popen(
         [sys.executable, "-m", "bench.retrain", "child", str(root), name],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     record: dict[str, Any] = {}
     assert child.stdin is not None
     assert child.stdout is not None
@@ -164,7 +172,7 @@ def _child(root: Path, name: str) -> None:
         LocalStore(root / name),
         ImageCache(root / f"cache-{name}", (SIDE, SIDE), max_bytes=CACHE_BYTES),
         max_pixels=10**7,
-    )  # fmt: skip
+    )
     data_seconds = time.perf_counter() - started
     # A model whose step costs little, so this measures the input side of one epoch.
     inputs = keras.Input((SIDE, SIDE, 3))
@@ -173,13 +181,19 @@ def _child(root: Path, name: str) -> None:
     started = time.perf_counter()
     config = TrainingConfig(fine_tune_epochs=1, fine_tune_learning_rate=0.1)
     trained = train_model(data, config, base_model=base, base_classes=data.class_names)
-    print(json.dumps({
-        "images": data.cache["total"], "cache": data.cache,
-        "data_seconds": round(data_seconds, 2),
-        "epoch_seconds": round(time.perf_counter() - started, 2),
-        "val_accuracy": round(trained.history["val_accuracy"][-1], 4),
-        "peak_rss_bytes": _peak_rss(),
-    }), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "images": data.cache["total"],
+                "cache": data.cache,
+                "data_seconds": round(data_seconds, 2),
+                "epoch_seconds": round(time.perf_counter() - started, 2),
+                "val_accuracy": round(trained.history["val_accuracy"][-1], 4),
+                "peak_rss_bytes": _peak_rss(),
+            }
+        ),
+        flush=True,
+    )
     sys.stdin.readline()  # the parent reads our CPU time before we exit
 
 
@@ -203,7 +217,7 @@ def _input_pipeline(root: Path) -> dict[str, Any]:
         LocalStore(root / "large"),
         ImageCache(root / "cache-large", (SIDE, SIDE), max_bytes=CACHE_BYTES),
         max_pixels=10**7,
-    )  # fmt: skip
+    )
     config = TrainingConfig()
     model = make_backbone_classifier((SIDE, SIDE), 2, backbone="mobilenet_v2", weights=None)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
@@ -213,9 +227,11 @@ def _input_pipeline(root: Path) -> dict[str, Any]:
     images, labels = next(iter(streamed))
     in_memory = tf.data.Dataset.from_tensors((images, labels)).repeat()
     record: dict[str, Any] = {
-        "model": "mobilenet_v2", "batch": config.batch_size,
-        "augmentation": config.augmentation, "steps": PIPELINE_STEPS,
-    }  # fmt: skip
+        "model": "mobilenet_v2",
+        "batch": config.batch_size,
+        "augmentation": config.augmentation,
+        "steps": PIPELINE_STEPS,
+    }
     runs = (("in_memory", in_memory), ("streamed", streamed), ("unaugmented", unaugmented))
     for name, dataset in runs:
         model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)  # traced and warm

@@ -48,10 +48,16 @@ WARM_UP = 50
 def record_for(n: int) -> LabelRecord:
     label = CLASSES[n % len(CLASSES)]
     return LabelRecord(
-        source_key=f"bench/{n:06d}.png", source_etag="unset", model_name="bench",
-        model_version=1, label=label, score=0.4, top_k=[Prediction(label=label, score=0.4)],
-        needs_review=True, created_at=1_000_000.0 + n,
-    )  # fmt: skip
+        source_key=f"bench/{n:06d}.png",
+        source_etag="unset",
+        model_name="bench",
+        model_version=1,
+        label=label,
+        score=0.4,
+        top_k=[Prediction(label=label, score=0.4)],
+        needs_review=True,
+        created_at=1_000_000.0 + n,
+    )
 
 
 def fill(queue: ReviewQueue, incoming: LocalStore, labels: LocalStore, args: Any) -> None:
@@ -102,9 +108,13 @@ def summary(latencies: list[float]) -> dict[str, float]:
         return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 3)
 
     return {
-        "requests": len(ordered), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
-        "mean_ms": round(statistics.fmean(ordered), 3), "max_ms": round(ordered[-1], 3),
-    }  # fmt: skip
+        "requests": len(ordered),
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "mean_ms": round(statistics.fmean(ordered), 3),
+        "max_ms": round(ordered[-1], 3),
+    }
 
 
 def serve(app: Any) -> tuple[uvicorn.Server, int]:

@@ -55,8 +55,14 @@ def bare_runs(root: Path, model_path: Path, calls: int) -> list[dict[str, Any]]:
     tf_model = load_bare_model(model_path, root)
     registry = ModelRegistry(LocalStore(root), MODEL_NAME)
     started = time.perf_counter()
-    optimize_version(registry, 1, load_keras_file(model_path), calibration=calibration,
-                     held_out=HeldOut(batches[0]), bars=Int8Bars(**BENCH_BARS))  # fmt: skip
+    optimize_version(
+        registry,
+        1,
+        load_keras_file(model_path),
+        calibration=calibration,
+        held_out=HeldOut(batches[0]),
+        bars=Int8Bars(**BENCH_BARS),
+    )
     export_seconds = round(time.perf_counter() - started, 1)
     metadata = registry.metadata(1)
     models = {("tensorflow", "fp32"): tf_model}
@@ -88,15 +94,21 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
     with ExitStack() as stack:
         services = Services(root / "services", stack)
         for db, (runtime, precision) in enumerate(RUNTIMES):
-            deployment = local_deployment(services, db, model_path, runtime=runtime,
-                                          precision=precision)  # fmt: skip
+            deployment = local_deployment(
+                services, db, model_path, runtime=runtime, precision=precision
+            )
             if precision == "int8":  # the import made FP32 only: add INT8 (bench bars)
                 registry = ModelRegistry(deployment_models(deployment), MODEL_NAME)
                 model = load_keras_file(model_path)
                 calibration = _calibration(sets[0])
-                optimize_version(registry, 1, model, calibration=calibration,
-                                 held_out=HeldOut(calibration[:32]),
-                                 bars=Int8Bars(**BENCH_BARS))  # fmt: skip
+                optimize_version(
+                    registry,
+                    1,
+                    model,
+                    calibration=calibration,
+                    held_out=HeldOut(calibration[:32]),
+                    bars=Int8Bars(**BENCH_BARS),
+                )
             worker = services.start_worker(deployment, f"worker-{runtime}-{precision}")
             assert deployment.local_root is not None
             pids = {"worker": deployment.worker_pids(), "redis": services.redis_pid()}
@@ -108,8 +120,15 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
                 incoming = deployment.local_root / "incoming"
                 place_local(images, incoming, warm.keys + run.keys, originals)
                 warm_up(deployment, warm)
-                with phase({"name": name, "runtime": runtime, "precision": precision,
-                            "image_set": images.name}, *pids["worker"]) as record:  # fmt: skip
+                with phase(
+                    {
+                        "name": name,
+                        "runtime": runtime,
+                        "precision": precision,
+                        "image_set": images.name,
+                    },
+                    *pids["worker"],
+                ) as record:
                     record |= timed_run(deployment, run, pids)
                 record["record_timings_ms"] = record_timings(deployment.labels, run.keys)
                 runs.append(record)
@@ -139,19 +158,21 @@ def compare(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, record in bare.items():
         label = "bare " + " ".join(key)
-        out[label] = {"ratio_to_tensorflow": round(record["images_per_second"]
-                                                   / tf["images_per_second"], 2),
-                      "trusted": trusted(record, tf)}  # fmt: skip
+        out[label] = {
+            "ratio_to_tensorflow": round(record["images_per_second"] / tf["images_per_second"], 2),
+            "trusted": trusted(record, tf),
+        }
     e2e = {(r["runtime"], r["precision"], r["image_set"]): r for r in result["end_to_end"]}
     for (runtime, precision, image_set), record in e2e.items():
         reference = e2e["tensorflow", "fp32", image_set]
         out[f"end to end {runtime} {precision} {image_set}"] = {
             "images_per_second": record["images_per_second"],
-            "ratio_to_tensorflow": round(record["images_per_second"]
-                                         / reference["images_per_second"], 2),
+            "ratio_to_tensorflow": round(
+                record["images_per_second"] / reference["images_per_second"], 2
+            ),
             "stage_ms_per_image": record["record_timings_ms"],
             "trusted": trusted(record, reference),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -159,8 +180,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few images: check that it works")
     args = parser.parse_args()
-    result: dict[str, Any] = {**run_header(), "benchmark": "runtimes (issue 15)",
-                              "quick": args.quick, "bench_int8_bars": BENCH_BARS}  # fmt: skip
+    result: dict[str, Any] = {
+        **run_header(),
+        "benchmark": "runtimes (issue 15)",
+        "quick": args.quick,
+        "bench_int8_bars": BENCH_BARS,
+    }
     counts = {"640x480": 128 if args.quick else 640, "4000x3000": 32 if args.quick else 128}
     with tempfile.TemporaryDirectory(prefix="labeler-bench-runtimes-") as tmp:
         from bench.deployment import save_mobilenet

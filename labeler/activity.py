@@ -76,5 +76,10 @@ class ActivitySampler(threading.Thread):
                 return None
             (first, old), (last, new) = self._samples[0], self._samples[-1]
         counts = {k: v - old.get(k, 0) if v >= old.get(k, 0) else v for k, v in new.items()}
-        return {"window_seconds": round(last - first), "at": last, "labeled": 0, "error": 0,
-                **counts}  # fmt: skip
+        return {
+            "window_seconds": round(last - first),
+            "at": last,
+            "labeled": 0,
+            "error": 0,
+            **counts,
+        }

@@ -108,8 +108,10 @@ def build_dispatcher(settings: Settings, metrics: Metrics) -> Dispatcher:
     if s3_root(incoming) is None and watcher is None and not config.scan_interval:
         log.warning(
             "%s is not in S3 (no events), not watched, and %s is 0: nothing will ever be "
-            "dispatched", incoming.uri, env_name("scan_interval_seconds"),
-        )  # fmt: skip
+            "dispatched",
+            incoming.uri,
+            env_name("scan_interval_seconds"),
+        )
     return Dispatcher(
         client,
         incoming,

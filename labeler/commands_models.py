@@ -98,8 +98,10 @@ def list_models(name: str | None) -> None:
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(meta.created_at))
         accuracy = meta.evaluation.get("accuracy")
         figures = f"accuracy {accuracy:.4f}" if accuracy is not None else meta.source
-        click.echo(f"{mark} v{version}  {created} UTC  {len(meta.class_names)} classes  {figures}"
-                   f"  [{_runtimes(registry, version)}]")  # fmt: skip
+        click.echo(
+            f"{mark} v{version}  {created} UTC  {len(meta.class_names)} classes  {figures}"
+            f"  [{_runtimes(registry, version)}]"
+        )
 
 
 @models.command("promote")
@@ -176,16 +178,19 @@ def _optimize(
     )
     if calibration_dir is not None:
         calibration, held_out = calibration_from_store(
-            LocalStore(calibration_dir), size, limit=bars.calibration_images,
+            LocalStore(calibration_dir),
+            size,
+            limit=bars.calibration_images,
             max_pixels=settings.max_image_pixels,
-        )  # fmt: skip
+        )
         if len(calibration) == 0 or len(held_out.images) == 0:
             raise click.ClickException(f"{calibration_dir} needs at least 5 readable images")
     elif from_training:
         calibration, held_out = _training_split(settings, metadata.class_names, size, bars)
     try:
-        result = optimize_version(registry, version, model, calibration=calibration,
-                                  held_out=held_out, bars=bars)  # fmt: skip
+        result = optimize_version(
+            registry, version, model, calibration=calibration, held_out=held_out, bars=bars
+        )
     except (InvalidModel, ImportError) as exc:
         click.echo(f"warning: no OpenVINO artifacts for v{version}: {exc}", err=True)
         return False
@@ -210,8 +215,9 @@ def _training_split(
         settings.train_cache_path().resolve(), size, max_bytes=settings.train_cache_max_bytes
     )
     try:
-        data = load_training_data(Stores(settings).area(Area.TRAINING), cache,
-                                  max_pixels=settings.max_image_pixels)  # fmt: skip
+        data = load_training_data(
+            Stores(settings).area(Area.TRAINING), cache, max_pixels=settings.max_image_pixels
+        )
     except ValueError as exc:  # too little training data: FP32 only
         click.echo(f"no INT8 calibration: {exc}", err=True)
         empty = np.zeros((0, *size, 3), np.uint8)

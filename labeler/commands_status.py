@@ -74,8 +74,10 @@ def _text(s: StackStatus) -> str:
         shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none"
         lines.append(f"           {shown} in the last {window} s")
     if s.model:
-        lines.append(f"model      {s.model['name']} v{s.model['version']} in production since "
-                     f"{s.model['promoted_at']} ({s.model['source']})")  # fmt: skip
+        lines.append(
+            f"model      {s.model['name']} v{s.model['version']} in production since "
+            f"{s.model['promoted_at']} ({s.model['source']})"
+        )
     else:
         lines.append(
             "model      none in production yet (`labeler retrain` or `labeler models import`)"

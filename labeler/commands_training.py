@@ -108,13 +108,17 @@ def report(version: int | None) -> None:
         raise click.ClickException(f"no report for {registry.name} v{version} at {reports.uri}")
     document = json.loads(reports.get(key).data)
     evaluation = document["evaluation"]
-    click.echo(f"{registry.name} v{version}: accuracy {evaluation['accuracy']:.4f}, "
-               f"macro F1 {evaluation['macro_f1']:.4f}")  # fmt: skip
+    click.echo(
+        f"{registry.name} v{version}: accuracy {evaluation['accuracy']:.4f}, "
+        f"macro F1 {evaluation['macro_f1']:.4f}"
+    )
     click.echo(f"gate: {'passed' if document['gate']['passed'] else 'refused'}")
     for check in document["gate"]["checks"]:
         click.echo(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['detail']}")
     click.echo(f"{'class':>12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}")
     for name, f in evaluation["per_class"].items():
-        click.echo(f"{name:>12} {f['precision']:9.3f} {f['recall']:7.3f} "
-                   f"{f['f1-score']:6.3f} {int(f['support']):7d}")  # fmt: skip
+        click.echo(
+            f"{name:>12} {f['precision']:9.3f} {f['recall']:7.3f} "
+            f"{f['f1-score']:6.3f} {int(f['support']):7d}"
+        )
     click.echo(f"report: {reports.uri}/{report_key(registry.name, version, 'report.html')}")

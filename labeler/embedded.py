@@ -181,20 +181,27 @@ class Stack:
 
     def _write_record(self) -> None:
         record = StackRecord(
-            pid=os.getpid(), data_dir=str(self.data_dir.resolve()), broker_url=self.broker_url,
-            private_redis=self._redis is not None, metrics_port=self.metrics_port,
-            components=[self._state(child) for child in self._supervised()], recent=self._recent,
-        )  # fmt: skip
+            pid=os.getpid(),
+            data_dir=str(self.data_dir.resolve()),
+            broker_url=self.broker_url,
+            private_redis=self._redis is not None,
+            metrics_port=self.metrics_port,
+            components=[self._state(child) for child in self._supervised()],
+            recent=self._recent,
+        )
         write_record(self.data_dir, record)
 
     def _state(self, child: SupervisedProcess) -> ComponentState:
         found = [c for c in self.components if c.name == child.name]
         component = found[0] if found else Component(child.name, ())  # the private Redis
         return ComponentState(
-            name=child.name, metrics_port=component.metrics_port or None,
-            celery_node=component.celery_node, pid=child.pid, restarts=child.restarts,
+            name=child.name,
+            metrics_port=component.metrics_port or None,
+            celery_node=component.celery_node,
+            pid=child.pid,
+            restarts=child.restarts,
             last_exit=child.last_exit,
-        )  # fmt: skip
+        )
 
     def _broker(self) -> str:
         """The configured Redis if it answers, else a private one persisting under data_dir."""
@@ -223,9 +230,21 @@ class Stack:
         workdir = self.data_dir / "redis"
         workdir.mkdir(parents=True, exist_ok=True)
         port = _stable_port(workdir / "port")
-        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-                "--appendonly", "yes", "--save", "",
-                "--maxmemory-policy", "noeviction"]  # fmt: skip
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
         self._redis = SupervisedProcess(REDIS, argv, dict(os.environ), self._log(REDIS))
         self._redis.start()
         url = f"redis://127.0.0.1:{port}/0"

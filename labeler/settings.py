@@ -253,9 +253,10 @@ class Settings(BaseSettings):
         "OpenVINO (the version's IR; TensorFlow until `labeler models optimize` made one).",
     )
     precision: Literal["auto", "fp32", "int8"] = Field(
-        "auto", description="OpenVINO precision: auto is INT8 where the version's INT8 was "
+        "auto",
+        description="OpenVINO precision: auto is INT8 where the version's INT8 was "
         "approved, else FP32; int8 also serves FP32 when INT8 was refused.",
-    )  # fmt: skip
+    )
     int8_min_agreement: float = Field(
         0.99, ge=0, le=1, description="INT8 approval: top-1 agreement with FP32 at least this."
     )
@@ -353,10 +354,13 @@ class Settings(BaseSettings):
         # A batch waiting out its retry backoff stays reserved by the worker, then runs.
         batch = self.inference_time_limit_seconds + self.retry_backoff_max_seconds
         for name, timeout, longest in (
-            ("VISIBILITY_TIMEOUT", self.visibility_timeout_seconds,
-             max(batch, self.training_time_limit_seconds)),
+            (
+                "VISIBILITY_TIMEOUT",
+                self.visibility_timeout_seconds,
+                max(batch, self.training_time_limit_seconds),
+            ),
             ("INFERENCE_VISIBILITY_TIMEOUT", self.inference_visibility_timeout_seconds, batch),
-        ):  # fmt: skip
+        ):
             if timeout <= longest:
                 raise ValueError(
                     f"LABELER_{name}_SECONDS ({timeout}) must exceed the longest time a task "

@@ -100,9 +100,15 @@ def _components(record: StackRecord | None, urls: dict[str, str]) -> list[Compon
     for state in record.components if record else []:
         url = f"http://127.0.0.1:{state.metrics_port}" if state.metrics_port else None
         found[state.name] = ComponentStatus(
-            state.name, False, "", url, state.celery_node, state.pid, state.restarts,
+            state.name,
+            False,
+            "",
+            url,
+            state.celery_node,
+            state.pid,
+            state.restarts,
             state.last_exit,
-        )  # fmt: skip
+        )
     for name, url in urls.items():
         node = name.split("-worker")[0] if name.endswith("-worker") else None
         found[name] = ComponentStatus(name, False, "", url.rstrip("/"), node)
@@ -168,9 +174,13 @@ def _models(settings: Settings) -> tuple[dict[str, Any] | None, dict[str, Any] |
     model = None
     if alias is not None:
         meta = registry.metadata(alias.version)
-        model = {"name": meta.name, "version": meta.version, "source": meta.source,
-                 "runtime": meta.library_versions,
-                 "promoted_at": _iso(alias.promoted_at)}  # fmt: skip
+        model = {
+            "name": meta.name,
+            "version": meta.version,
+            "source": meta.source,
+            "runtime": meta.library_versions,
+            "promoted_at": _iso(alias.promoted_at),
+        }
     reports = stores.area(Area.REPORTS)
     for version in reversed(registry.versions()):
         try:
@@ -181,8 +191,12 @@ def _models(settings: Settings) -> tuple[dict[str, Any] | None, dict[str, Any] |
             continue
         created = registry.metadata(version).created_at
         outcome = "passed the gate" if document["gate"]["passed"] else "refused by the gate"
-        return model, {"version": version, "outcome": outcome, "at": _iso(created),
-                       "age_seconds": round(time.time() - created)}  # fmt: skip
+        return model, {
+            "version": version,
+            "outcome": outcome,
+            "at": _iso(created),
+            "age_seconds": round(time.time() - created),
+        }
     return model, None
 
 
@@ -192,8 +206,11 @@ def _next_retrain(cron: str) -> dict[str, Any]:
     now = datetime.now(UTC)
     schedule = crontab(*cron.split(), nowfun=lambda: now)
     delta = schedule.remaining_estimate(now)
-    return {"cron": cron, "at": (now + delta).isoformat(timespec="seconds"),
-            "in_seconds": round(delta.total_seconds())}  # fmt: skip
+    return {
+        "cron": cron,
+        "at": (now + delta).isoformat(timespec="seconds"),
+        "in_seconds": round(delta.total_seconds()),
+    }
 
 
 def _iso(timestamp: float) -> str:

@@ -67,9 +67,13 @@ class SupervisedProcess:
     def start(self) -> None:
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )  # fmt: skip
+                self.argv,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
 
     def supervise(self, now: float) -> str | None:
         """Notice an exit or make a due restart; returns ``"exited"``, ``"restarted"`` or None.

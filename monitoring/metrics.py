@@ -11,24 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Per-stage and storage times: a local GET takes ~0.1 ms, an S3 GET 5-50 ms, decoding a 12 MP
 # JPEG with draft ~25 ms, one inference call for 32 images ~1 s on 2 CPU cores: 0.5 ms to 60 s.
-STAGE_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-)
+STAGE_BUCKETS = (5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # A batch task: 64 images at ~30 images/s is ~2 s; slow storage or a big batch, a few minutes.
 BATCH_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
 # Upload to label: the dispatcher's wait (0.5 s default) + queueing + a batch: seconds to minutes
@@ -67,124 +50,170 @@ class Metrics:
             "labeler_batches_total", "classify_batch runs, by outcome.", ["outcome"], registry=r
         )
         self.batch_size = Histogram(
-            "labeler_batch_size_images", "Images per batch task.", buckets=BATCH_SIZE_BUCKETS,
+            "labeler_batch_size_images",
+            "Images per batch task.",
+            buckets=BATCH_SIZE_BUCKETS,
             registry=r,
-        )  # fmt: skip
+        )
         self.batch_seconds = Histogram(
-            "labeler_batch_duration_seconds", "Wall time of one batch task.",
-            buckets=BATCH_BUCKETS, registry=r,
-        )  # fmt: skip
+            "labeler_batch_duration_seconds",
+            "Wall time of one batch task.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "labeler_stage_duration_seconds",
             "Time per stage: fetch and decode per image, infer per model call, write per record.",
-            ["stage"], buckets=STAGE_BUCKETS, registry=r,
-        )  # fmt: skip
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.storage_seconds = Histogram(
-            "labeler_storage_request_duration_seconds", "Object store calls, by operation.",
-            ["operation"], buckets=STAGE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "labeler_storage_request_duration_seconds",
+            "Object store calls, by operation.",
+            ["operation"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.storage_errors = Counter(
             "labeler_storage_errors_total",
             "Object store calls that failed, by operation and error class.",
-            ["operation", "error"], registry=r,
-        )  # fmt: skip
+            ["operation", "error"],
+            registry=r,
+        )
         self.storage_retries = Counter(
             "labeler_storage_retries_total",
             "Requests the S3 client retried by itself (throttling, 5xx, connection errors).",
-            ["operation"], registry=r,
-        )  # fmt: skip
+            ["operation"],
+            registry=r,
+        )
         self.tasks_in_progress = Gauge(
-            "labeler_tasks_in_progress", "Tasks running now.", ["task"],
-            multiprocess_mode="livesum", registry=r,
-        )  # fmt: skip
+            "labeler_tasks_in_progress",
+            "Tasks running now.",
+            ["task"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.tasks_rejected = Counter(
             "labeler_tasks_rejected_total",
             "Task messages refused without retry (e.g. a payload that does not validate).",
-            ["task", "reason"], registry=r,
-        )  # fmt: skip
+            ["task", "reason"],
+            registry=r,
+        )
         self.task_retries = Counter(
-            "labeler_task_retries_total", "Task retries, by task and error class.",
-            ["task", "error"], registry=r,
-        )  # fmt: skip
+            "labeler_task_retries_total",
+            "Task retries, by task and error class.",
+            ["task", "error"],
+            registry=r,
+        )
         self.model_version = Gauge(
-            "labeler_model_version", "Model version this process serves.", ["model"],
-            multiprocess_mode="mostrecent", registry=r,
-        )  # fmt: skip
+            "labeler_model_version",
+            "Model version this process serves.",
+            ["model"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
         self.model_loads = Counter(
-            "labeler_model_loads_total", "Model versions loaded (start-up and hot swaps).",
-            ["model"], registry=r,
-        )  # fmt: skip
+            "labeler_model_loads_total",
+            "Model versions loaded (start-up and hot swaps).",
+            ["model"],
+            registry=r,
+        )
         self.last_batch_success = Gauge(
             "labeler_last_batch_success_timestamp_seconds",
-            "Unix time the last batch finished.", multiprocess_mode="max", registry=r,
-        )  # fmt: skip
+            "Unix time the last batch finished.",
+            multiprocess_mode="max",
+            registry=r,
+        )
         self.confidence = Histogram(
-            "labeler_prediction_confidence", "Top-1 score of each label.",
-            buckets=CONFIDENCE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "labeler_prediction_confidence",
+            "Top-1 score of each label.",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
         self.upload_to_label_seconds = Histogram(
             "labeler_upload_to_label_seconds",
             "From the object's last-modified time to its label being written.",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         # --- queues (sampled from Redis by every worker's and the dispatcher's exporter) -----
         self.queue_depth = Gauge(
             "labeler_queue_depth",
             "Messages per queue: waiting in the list, or reserved by a worker and not yet acked.",
-            ["queue", "state"], multiprocess_mode="mostrecent", registry=r,
-        )  # fmt: skip
+            ["queue", "state"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
         # --- dispatcher ---------------------------------------------------------------------
         self.events = Counter(
             "labeler_events_total",
             "Object events seen by the dispatcher, by source (minio, s3, scan) and outcome "
             "(queued, duplicate, ignored).",
-            ["source", "outcome"], registry=r,
-        )  # fmt: skip
+            ["source", "outcome"],
+            registry=r,
+        )
         self.dispatched_batches = Counter(
-            "labeler_dispatched_batches_total", "classify_batch tasks sent by the dispatcher.",
-            ["reason"], registry=r,
-        )  # fmt: skip
+            "labeler_dispatched_batches_total",
+            "classify_batch tasks sent by the dispatcher.",
+            ["reason"],
+            registry=r,
+        )
         self.dispatcher_paused = Gauge(
             "labeler_dispatcher_paused",
             "1 while intake is paused because the inference backlog is above the high-water mark.",
-            multiprocess_mode="max", registry=r,
-        )  # fmt: skip
+            multiprocess_mode="max",
+            registry=r,
+        )
         # --- retraining -----------------------------------------------------------------------
         self.retrains = Counter(
             "labeler_retrains_total",
             "Retrain runs by outcome (promoted, refused, failed, skipped_locked).",
-            ["outcome"], registry=r,
-        )  # fmt: skip
+            ["outcome"],
+            registry=r,
+        )
         self.retrain_seconds = Histogram(
-            "labeler_retrain_duration_seconds", "Wall time of a retrain run.",
-            buckets=RETRAIN_BUCKETS, registry=r,
-        )  # fmt: skip
+            "labeler_retrain_duration_seconds",
+            "Wall time of a retrain run.",
+            buckets=RETRAIN_BUCKETS,
+            registry=r,
+        )
         self.last_retrain_success = Gauge(
             "labeler_last_retrain_success_timestamp_seconds",
             "Unix time the last retrain finished without error (promoted or refused).",
-            multiprocess_mode="max", registry=r,
-        )  # fmt: skip
+            multiprocess_mode="max",
+            registry=r,
+        )
         self.evaluation = Gauge(
             "labeler_evaluation_score",
             "Figures of the last evaluated candidate on the test split (accuracy, macro_f1, "
             "weighted_f1).",
-            ["model", "metric"], multiprocess_mode="mostrecent", registry=r,
-        )  # fmt: skip
+            ["model", "metric"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
         self.gate_decisions = Counter(
-            "labeler_gate_decisions_total", "Promotion gate decisions (passed, refused).",
-            ["decision"], registry=r,
-        )  # fmt: skip
+            "labeler_gate_decisions_total",
+            "Promotion gate decisions (passed, refused).",
+            ["decision"],
+            registry=r,
+        )
         # 1 for the (runtime, precision) a live process serves, 0 once it swapped away from it.
         self.model_info = Gauge(
-            "labeler_model_info", "What computes the labels: runtime and precision in service.",
-            ["model", "runtime", "precision"], multiprocess_mode="livemax", registry=r,
-        )  # fmt: skip
+            "labeler_model_info",
+            "What computes the labels: runtime and precision in service.",
+            ["model", "runtime", "precision"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.int8_approved = Gauge(
             "labeler_model_int8_approved",
             "1 when the served version's INT8 artifact passed its bars, 0 when it was refused "
             "(and FP32 serves instead).",
-            ["model"], multiprocess_mode="livemin", registry=r,
-        )  # fmt: skip
+            ["model"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
         self._start_at_zero()
 
     def _start_at_zero(self) -> None:
@@ -215,8 +244,9 @@ class SupervisorMetrics:
         self.component_restarts = Counter(
             "labeler_component_restarts_total",
             "Restarts of a `labeler up` component (or its private Redis) after it exited.",
-            ["component"], registry=registry,
-        )  # fmt: skip
+            ["component"],
+            registry=registry,
+        )
         for name in components:  # the supervisor's fixed component list: a bounded set
             self.component_restarts.labels(name)
 

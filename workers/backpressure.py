@@ -36,8 +36,10 @@ class Backpressure:
             self._metrics.dispatcher_paused.set(1)
             log.warning(
                 "pausing intake: %d images queued (high-water %d); resuming below %d",
-                self._level, self._high, self._low,
-            )  # fmt: skip
+                self._level,
+                self._high,
+                self._low,
+            )
         elif self._paused and self._level < self._low:
             self._paused = False
             self._metrics.dispatcher_paused.set(0)

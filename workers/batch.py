@@ -206,9 +206,15 @@ class BatchClassifier:
     ) -> None:
         started = time.perf_counter()
         record = make_record(
-            item.key, item.etag, model.metadata, probabilities, item.error, batch_id=batch_id,
-            runtime=model.runtime, precision=model.precision,
-        )  # fmt: skip
+            item.key,
+            item.etag,
+            model.metadata,
+            probabilities,
+            item.error,
+            batch_id=batch_id,
+            runtime=model.runtime,
+            precision=model.precision,
+        )
         record.timings = item.timings
         self.labels.write(record)
         if record.needs_review and self._on_needs_review is not None:

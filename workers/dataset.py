@@ -132,9 +132,14 @@ def load_training_data(
         entries = [report.entries[k] for k in keys]
         splits[name] = Split(keys, labels, entries, cache.input_size)
     return TrainingData(
-        class_names, splits["train"], splits["validation"], splits["test"],
-        _fingerprint(infos), report.skipped, report.counts(),
-    )  # fmt: skip
+        class_names,
+        splits["train"],
+        splits["validation"],
+        splits["test"],
+        _fingerprint(infos),
+        report.skipped,
+        report.counts(),
+    )
 
 
 def entry_dataset(

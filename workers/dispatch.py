@@ -92,9 +92,12 @@ class Dispatcher:
         self._scan: Iterator[list[ObjectInfo]] | None = None
         self._next_scan = 0.0 if config.scan_interval else float("inf")
         self._backpressure = Backpressure(
-            backlog, metrics, config.backlog_high_water, config.backlog_low_water,
+            backlog,
+            metrics,
+            config.backlog_high_water,
+            config.backlog_low_water,
             config.backlog_check,
-        )  # fmt: skip
+        )
         self._batcher = Batcher(
             enqueue, metrics, self._backpressure, config.batch_max_images, config.batch_max_wait
         )
@@ -121,10 +124,11 @@ class Dispatcher:
             self._watcher.start()  # before saying so: files copied from now on are seen
         log.info(
             "dispatching events from Redis list %r (%s) and reconciling %s %s",
-            self.config.events_list, "mapped to " + repr(self._root) if self._root else "unused",
+            self.config.events_list,
+            "mapped to " + repr(self._root) if self._root else "unused",
             self._incoming.uri,
             f"every {self.config.scan_interval:g}s" if self.config.scan_interval else "never",
-        )  # fmt: skip
+        )
         delay, recovered = 0.0, False
         while not self._stopping:
             try:
@@ -159,8 +163,10 @@ class Dispatcher:
         except (RedisError, StorageError, EnqueueFailed, SqsUnavailable) as exc:
             log.error(
                 "could not flush at shutdown (%s); %d events stay in %s for the next start",
-                exc, self._inbox.held, self.config.processing_list,
-            )  # fmt: skip
+                exc,
+                self._inbox.held,
+                self.config.processing_list,
+            )
             return False
         log.info("dispatcher stopped")
         return True

@@ -26,8 +26,11 @@ class Evaluation:
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
-        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1,
-                "weighted_f1": self.weighted_f1}  # fmt: skip
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "weighted_f1": self.weighted_f1,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,9 +48,13 @@ def evaluate(
     labels = list(range(len(class_names)))
     y_pred = probabilities.argmax(axis=1)
     report = classification_report(
-        y_true, y_pred, labels=labels, target_names=class_names, output_dict=True,
+        y_true,
+        y_pred,
+        labels=labels,
+        target_names=class_names,
+        output_dict=True,
         zero_division=0,
-    )  # fmt: skip
+    )
     scores = probabilities.max(axis=1)
     return Evaluation(
         accuracy=float(accuracy_score(y_true, y_pred)),
@@ -125,27 +132,34 @@ def decide(
     """The floor always; against production (same test split): macro F1 and per-class recall."""
     checks = [
         _check(
-            "accuracy floor", candidate.accuracy >= policy.min_accuracy,
+            "accuracy floor",
+            candidate.accuracy >= policy.min_accuracy,
             f"accuracy {candidate.accuracy:.4f} vs floor {policy.min_accuracy:.4f}",
         )
-    ]  # fmt: skip
+    ]
     if production is not None:
         drop = production.macro_f1 - candidate.macro_f1
-        checks.append(_check(
-            "not worse than production", drop <= policy.max_macro_f1_drop,
-            f"macro F1 {candidate.macro_f1:.4f} vs production {production.macro_f1:.4f} "
-            f"(allowed drop {policy.max_macro_f1_drop:.4f})",
-        ))  # fmt: skip
+        checks.append(
+            _check(
+                "not worse than production",
+                drop <= policy.max_macro_f1_drop,
+                f"macro F1 {candidate.macro_f1:.4f} vs production {production.macro_f1:.4f} "
+                f"(allowed drop {policy.max_macro_f1_drop:.4f})",
+            )
+        )
         collapsed = []
         for name, figures in candidate.per_class.items():
             before = production.per_class.get(name, {}).get("recall")
             if before is not None and before - figures["recall"] > policy.max_recall_drop:
                 collapsed.append(f"{name} {before:.3f}->{figures['recall']:.3f}")
-        checks.append(_check(
-            "no class recall collapse", not collapsed,
-            "recall dropped more than "
-            f"{policy.max_recall_drop:.2f} for: {', '.join(collapsed) or 'none'}",
-        ))  # fmt: skip
+        checks.append(
+            _check(
+                "no class recall collapse",
+                not collapsed,
+                "recall dropped more than "
+                f"{policy.max_recall_drop:.2f} for: {', '.join(collapsed) or 'none'}",
+            )
+        )
     return GateDecision(all(c["passed"] for c in checks), checks)
 
 

@@ -53,8 +53,12 @@ class CacheReport:
     skipped: dict[str, str] = field(default_factory=dict)  # key -> reason
 
     def counts(self) -> dict[str, int]:
-        return {"total": self.total, "fetched": self.fetched, "reused": self.reused,
-                "failed": self.failed}  # fmt: skip
+        return {
+            "total": self.total,
+            "fetched": self.fetched,
+            "reused": self.reused,
+            "failed": self.failed,
+        }
 
 
 class ImageCache:
@@ -104,8 +108,9 @@ class ImageCache:
     def put(self, key: str, etag: str, image: npt.NDArray[np.uint8]) -> Path:
         """Store a decoded image atomically; returns its entry path."""
         if image.shape != (*self.input_size, 3) or image.dtype != np.uint8:
-            raise ValueError(f"expected uint8 {(*self.input_size, 3)}, got {image.dtype} "
-                             f"{image.shape}")  # fmt: skip
+            raise ValueError(
+                f"expected uint8 {(*self.input_size, 3)}, got {image.dtype} {image.shape}"
+            )
         pixels = np.ascontiguousarray(image).tobytes()
         trailer = _MAGIC + zlib.crc32(pixels).to_bytes(4, "big")
         path = self.path(key, etag)

@@ -210,8 +210,11 @@ class ModelRuntime:
             raise ModelUnavailable(
                 f"production model v{version} cannot be served safely; promote another version"
             )
-        log.warning("production is v%s, which was refused: still serving v%s",
-                    version, self._current.version)  # fmt: skip
+        log.warning(
+            "production is v%s, which was refused: still serving v%s",
+            version,
+            self._current.version,
+        )
         return self._current
 
     def version(self, version: int) -> LoadedModel:
@@ -238,8 +241,14 @@ class ModelRuntime:
                 model = self._load_keras(metadata)
         except StorageError as exc:
             raise ModelUnavailable(f"cannot read model v{version}: {exc}") from exc
-        log.info("loaded model %s v%s (%s %s) in %.1fs", metadata.name, version, model.runtime,
-                 model.precision, time.perf_counter() - started)  # fmt: skip
+        log.info(
+            "loaded model %s v%s (%s %s) in %.1fs",
+            metadata.name,
+            version,
+            model.runtime,
+            model.precision,
+            time.perf_counter() - started,
+        )
         if self._on_load is not None:
             self._on_load(model, approval)
         return model
@@ -265,8 +274,13 @@ class ModelRuntime:
             raise InvalidModel(f"OpenVINO manifest unreadable: {str(exc)[:300]}") from exc
         if artifacts is None:
             hint = f"`labeler models optimize {name} {version}`"
-            log.warning("model %s v%s has no OpenVINO artifacts: serving it with TensorFlow "
-                        "until %s makes them", name, version, hint)  # fmt: skip
+            log.warning(
+                "model %s v%s has no OpenVINO artifacts: serving it with TensorFlow "
+                "until %s makes them",
+                name,
+                version,
+                hint,
+            )
             return None, None
         precision = "fp32"
         if self.precision in ("auto", "int8") and artifacts.servable("int8"):

@@ -116,8 +116,13 @@ def optimize_version(
     ir = export_ir(model)
     diff = check_export(model, ir, check)
     files = {"fp32": ir_files(ir)}
-    log.info("exported %s v%s to OpenVINO FP32 in %.1fs (max diff %.1e)",
-             metadata.name, version, time.perf_counter() - started, diff)  # fmt: skip
+    log.info(
+        "exported %s v%s to OpenVINO FP32 in %.1fs (max diff %.1e)",
+        metadata.name,
+        version,
+        time.perf_counter() - started,
+        diff,
+    )
     tf_probs, tf_rate = _timed(lambda x: model.predict(x.astype(np.float32), verbose=0), held_out)
     fp32 = OpenVinoModel(read_ir(*files["fp32"]), metadata, batch_size, "fp32")
     fp32_probs, fp32_rate = _timed(fp32.predict, held_out)
@@ -129,13 +134,26 @@ def optimize_version(
     if len(calibration):
         started = time.perf_counter()
         files["int8"] = ir_files(quantize_int8(ir, calibration[: bars.calibration_images]))
-        log.info("quantized %s v%s to INT8 in %.1fs", metadata.name, version,
-                 time.perf_counter() - started)  # fmt: skip
+        log.info(
+            "quantized %s v%s to INT8 in %.1fs",
+            metadata.name,
+            version,
+            time.perf_counter() - started,
+        )
         int8 = OpenVinoModel(read_ir(*files["int8"]), metadata, batch_size, "int8")
         int8_probs, int8_rate = _timed(int8.predict, held_out)
         approval = judge_int8(fp32_probs, int8_probs, held_out.labels, bars)
-        rows.append(_row("openvino", "int8", int8_probs, fp32_probs, int8_rate, held_out,
-                         metadata.class_names))  # fmt: skip
+        rows.append(
+            _row(
+                "openvino",
+                "int8",
+                int8_probs,
+                fp32_probs,
+                int8_rate,
+                held_out,
+                metadata.class_names,
+            )
+        )
         rows[-1] |= {"approved": approval.approved, "reason": approval.reason}
     artifacts = RuntimeArtifacts(precisions=list(files), int8=approval)
     registry.put_artifacts(version, files, artifacts)
@@ -202,9 +220,15 @@ def _row(
     class_names: list[str],
 ) -> dict[str, Any]:
     """One report row: accuracy and macro-F1 (when labels are known), agreement, images/s."""
-    row: dict[str, Any] = {"runtime": runtime, "precision": precision, "images": len(probs),
-                           "images_per_second": rate, "accuracy": None, "macro_f1": None,
-                           "agreement": None}  # fmt: skip
+    row: dict[str, Any] = {
+        "runtime": runtime,
+        "precision": precision,
+        "images": len(probs),
+        "images_per_second": rate,
+        "accuracy": None,
+        "macro_f1": None,
+        "agreement": None,
+    }
     if reference is not None and len(probs):
         row["agreement"] = float((probs.argmax(1) == reference.argmax(1)).mean())
     if held_out.labels is not None and len(probs):

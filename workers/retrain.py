@@ -94,24 +94,32 @@ class Retrainer:
             self.config.cache_dir, (size[0], size[1]), max_bytes=self.config.cache_max_bytes
         )
         data = load_training_data(
-            self.training, cache, ratios=self.config.ratios,
+            self.training,
+            cache,
+            ratios=self.config.ratios,
             max_pixels=self.config.max_image_pixels,
             progress=lambda counts: report({"phase": "caching images", **counts}),
-        )  # fmt: skip
+        )
         log.info("training images: %s", data.cache)
         trained = train_model(
-            data, self.config.training, base_model=base,
-            base_classes=base_meta.class_names if base_meta else None, progress=report,
-        )  # fmt: skip
+            data,
+            self.config.training,
+            base_model=base,
+            base_classes=base_meta.class_names if base_meta else None,
+            progress=report,
+        )
         report({"phase": "evaluating"})
         candidate = self._evaluate(trained.model, data, data.class_names)
         production = self._evaluate(base, data, base_meta.class_names) if base_meta else None
         decision = decide(candidate, production, self.config.gate)
         val_probs = predict_split(trained.model, data.validation)
         thresholds = calibrate_thresholds(
-            data.validation.labels, val_probs, data.class_names,
-            target_precision=self.config.review_precision, default=0.5,
-        )  # fmt: skip
+            data.validation.labels,
+            val_probs,
+            data.class_names,
+            target_precision=self.config.review_precision,
+            default=0.5,
+        )
         metadata = self._register(trained.model, data, size, thresholds, candidate, base_meta)
         report({"phase": "optimizing"})
         runtimes = self._optimize(trained.model, data, metadata)
@@ -124,12 +132,16 @@ class Retrainer:
             self.registry.promote(metadata.version)
         self._count(metadata, candidate, decision.passed)
         outcome = RetrainOutcome(
-            version=metadata.version, promoted=decision.passed, reasons=decision.reasons,
-            accuracy=candidate.accuracy, macro_f1=candidate.macro_f1,
+            version=metadata.version,
+            promoted=decision.passed,
+            reasons=decision.reasons,
+            accuracy=candidate.accuracy,
+            macro_f1=candidate.macro_f1,
             production_version=alias.version if alias else None,
-            seconds=round(time.monotonic() - started, 1), reviewed_images_added=joined,
+            seconds=round(time.monotonic() - started, 1),
+            reviewed_images_added=joined,
             images=data.cache,
-        )  # fmt: skip
+        )
         log.info("retrain finished: %s", outcome)
         return outcome
 
@@ -168,15 +180,21 @@ class Retrainer:
             return self.registry.register(
                 path.read_bytes(),
                 ModelMetadata(
-                    name=self.registry.name, version=1, class_names=data.class_names,
-                    input_size=(int(size[0]), int(size[1])), class_thresholds=thresholds,
+                    name=self.registry.name,
+                    version=1,
+                    class_names=data.class_names,
+                    input_size=(int(size[0]), int(size[1])),
+                    class_thresholds=thresholds,
                     parent_version=parent.version if parent else None,
-                    training_data_fingerprint=data.fingerprint, seed=self.config.training.seed,
-                    library_versions={p: package_version(p) for p in
-                                      ("tensorflow", "keras", "pillow", "scikit-learn")},
+                    training_data_fingerprint=data.fingerprint,
+                    seed=self.config.training.seed,
+                    library_versions={
+                        p: package_version(p)
+                        for p in ("tensorflow", "keras", "pillow", "scikit-learn")
+                    },
                     evaluation=candidate.summary(),
                 ),
-            )  # fmt: skip
+            )
 
     def _optimize(
         self, model: Any, data: TrainingData, metadata: ModelMetadata
@@ -190,12 +208,19 @@ class Retrainer:
                 data, data.class_names, self.config.int8
             )
             result = optimize_version(
-                self.registry, metadata.version, model,
-                calibration=calibration, held_out=held_out, bars=self.config.int8,
-            )  # fmt: skip
+                self.registry,
+                metadata.version,
+                model,
+                calibration=calibration,
+                held_out=held_out,
+                bars=self.config.int8,
+            )
         except Exception:
-            log.exception("OpenVINO export of %s v%s failed: it serves with TensorFlow",
-                          metadata.name, metadata.version)  # fmt: skip
+            log.exception(
+                "OpenVINO export of %s v%s failed: it serves with TensorFlow",
+                metadata.name,
+                metadata.version,
+            )
             return []
         return result.rows
 
@@ -212,16 +237,33 @@ class Retrainer:
         name, version = metadata.name, metadata.version
         matrix = confusion_matrix_png(candidate)
         curves = training_curves_png(history) if history else None
-        extra = {"model": name, "version": version, "parent_version": metadata.parent_version,
-                 "training_data_fingerprint": metadata.training_data_fingerprint,
-                 **facts}  # fmt: skip
+        extra = {
+            "model": name,
+            "version": version,
+            "parent_version": metadata.parent_version,
+            "training_data_fingerprint": metadata.training_data_fingerprint,
+            **facts,
+        }
         files = {
-            "evaluation.json": (evaluation_json(candidate, production, decision, extra, runtimes),
-                                "application/json"),
+            "evaluation.json": (
+                evaluation_json(candidate, production, decision, extra, runtimes),
+                "application/json",
+            ),
             "confusion_matrix.png": (matrix, "image/png"),
-            "report.html": (report_html(f"{name} v{version}", candidate, production, decision,
-                                        matrix, curves, runtimes, facts), "text/html"),
-        }  # fmt: skip
+            "report.html": (
+                report_html(
+                    f"{name} v{version}",
+                    candidate,
+                    production,
+                    decision,
+                    matrix,
+                    curves,
+                    runtimes,
+                    facts,
+                ),
+                "text/html",
+            ),
+        }
         for file, (data, content_type) in files.items():
             self.reports.put(report_key(name, version, file), data, content_type=content_type)
 

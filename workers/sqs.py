@@ -69,9 +69,10 @@ class SqsInbox:
         taken = []
         for message in reply.get("Messages", []):
             held = SqsHeld(
-                message["Body"].encode(), handle=message["ReceiptHandle"],
+                message["Body"].encode(),
+                handle=message["ReceiptHandle"],
                 visible_from=now + self._visibility,
-            )  # fmt: skip
+            )
             self._held[held.handle] = held
             taken.append(held)
         return taken

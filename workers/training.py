@@ -74,8 +74,15 @@ def train_model(
             backbone.trainable = False
             _fit(trained, data, config, "head", config.learning_rate, config.max_epochs, report)
             unfreeze_backbone(backbone)
-            _fit(trained, data, config, "fine-tune", config.fine_tune_learning_rate,
-                 config.fine_tune_epochs, report)  # fmt: skip
+            _fit(
+                trained,
+                data,
+                config,
+                "fine-tune",
+                config.fine_tune_learning_rate,
+                config.fine_tune_epochs,
+                report,
+            )
         else:
             warm = base_model is not None
             if warm:
@@ -179,8 +186,14 @@ def _fit(
 
     def on_epoch_end(epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs or {}
-        report({"phase": phase, "epoch": epoch + 1, "epochs": epochs,
-                **{k: round(float(v), 4) for k, v in logs.items()}})  # fmt: skip
+        report(
+            {
+                "phase": phase,
+                "epoch": epoch + 1,
+                "epochs": epochs,
+                **{k: round(float(v), 4) for k, v in logs.items()},
+            }
+        )
 
     history = model.fit(
         input_pipeline(data.train, config, batch, training=True),
@@ -218,15 +231,18 @@ def input_pipeline(split: Split, config: TrainingConfig, batch_size: int, *, tra
         entries = tf.constant(split.entries)
         labels = tf.constant(split.labels)
         ds = order.map(lambda i: (tf.gather(entries, i), tf.gather(labels, i)))
-        ds = ds.map(entry_reader(split.input_size), num_parallel_calls=autotune,
-                    deterministic=False)  # fmt: skip
+        ds = ds.map(
+            entry_reader(split.input_size), num_parallel_calls=autotune, deterministic=False
+        )
         ds = ds.shuffle(config.shuffle_buffer, seed=config.seed)
     # Batches stay uint8 until augmentation needs floats (the model casts): 4x less buffered.
     ds = ds.batch(batch_size)
     augment = make_augmentation(config.augmentation, seed=config.seed) if training else None
     if augment is not None:
-        ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),
-                    num_parallel_calls=autotune)  # fmt: skip
+        ds = ds.map(
+            lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),
+            num_parallel_calls=autotune,
+        )
     return ds.prefetch(2)  # overlap one step; more only holds memory
 
 

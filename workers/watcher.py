@@ -37,8 +37,12 @@ from storage.local import TEMP_DIR_NAME
 log = logging.getLogger(__name__)
 
 _WATCHED: list[type[FileSystemEvent]] = [
-    FileClosedEvent, FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent,
-]  # fmt: skip
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+]
 
 
 class DirectoryWatcher(FileSystemEventHandler):

@@ -16,16 +16,26 @@ from tests.support.services import require_binary
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-LONG_RUNNING = {"redis", "minio", "inference-worker", "training-worker", "dispatcher", "review",
-                "prometheus", "grafana"}  # fmt: skip
+LONG_RUNNING = {
+    "redis",
+    "minio",
+    "inference-worker",
+    "training-worker",
+    "dispatcher",
+    "review",
+    "prometheus",
+    "grafana",
+}
 
 
 def _compose(*args: str, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess[str]:
     binary = require_binary("docker-compose", "apt-get install -y docker-compose")
     return subprocess.run(
         [binary, "-f", str(COMPOSE), "--env-file", str(env_file), "--profile", "gpu", *args],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -339,9 +339,14 @@ def test_an_outage_longer_than_the_old_retry_budget_still_ends_with_every_record
     proxy = S3Proxy(s3_server.port, seed=13)
     port = free_port()
     env = d.env(
-        redis_url, s3_endpoint_url=proxy.url, s3_max_attempts=1, retry_backoff_max_seconds=1,
-        metrics_port=port, batch_max_images=10, inference_batch_size=10,
-    )  # fmt: skip
+        redis_url,
+        s3_endpoint_url=proxy.url,
+        s3_max_attempts=1,
+        retry_backoff_max_seconds=1,
+        metrics_port=port,
+        batch_max_images=10,
+        inference_batch_size=10,
+    )
     try:
         with running_worker(env, tmp_path / "worker.log", "--queues", INFERENCE) as worker:
             _wait_warm(worker)
@@ -349,8 +354,10 @@ def test_an_outage_longer_than_the_old_retry_budget_still_ends_with_every_record
             _send_batches(env, list(etags), 10, "long-outage")
             wait_until(
                 lambda: scrape(port, TASK_RETRIES, error="TransientStorageError") > 31,
-                180, "the batch retried past the old budget of 30", every=1.0,
-            )  # fmt: skip
+                180,
+                "the batch retried past the old budget of 30",
+                every=1.0,
+            )
             proxy.up()
             wait_until(lambda: len(d.labeled(prefix)) == 10, 60, "every image", every=0.5)
     finally:

@@ -17,8 +17,11 @@ def test_refuses_a_public_address_without_credentials(tmp_path: Path, redis_url:
     env = labeler_env(data_dir=tmp_path, broker_url=redis_url)
     result = subprocess.run(
         [*LABELER, "review", "--host", "0.0.0.0", "--port", "1"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert result.returncode != 0
     assert "LABELER_REVIEW_USERS" in result.stderr
@@ -39,9 +42,13 @@ def test_bad_credentials_say_what_to_fix(tmp_path: Path, redis_url: str) -> None
 def test_hash_password_makes_a_line_the_app_accepts(tmp_path: Path) -> None:
     result = subprocess.run(
         [*LABELER, "review", "hash-password", "ana"],
-        input="pa55word\npa55word\n", env=labeler_env(), capture_output=True, text=True,
-        timeout=120, check=True,
-    )  # fmt: skip
+        input="pa55word\npa55word\n",
+        env=labeler_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     line = result.stdout.strip().splitlines()[-1]
 
     reviewers = Reviewers.parse([line], "output")
@@ -54,9 +61,15 @@ def test_reindex_rebuilds_the_queue_from_labels(tmp_path: Path, redis_url: str) 
     labels = LocalStore(tmp_path / "labels")
     for n, needs_review in enumerate([True, False, True]):
         record = LabelRecord(
-            source_key=f"{n}.png", source_etag="e", model_name="default", model_version=1,
-            label="7", score=0.5, needs_review=needs_review, created_at=float(n),
-        )  # fmt: skip
+            source_key=f"{n}.png",
+            source_etag="e",
+            model_name="default",
+            model_version=1,
+            label="7",
+            score=0.5,
+            needs_review=needs_review,
+            created_at=float(n),
+        )
         labels.put(label_key(record.source_key), record.model_dump_json().encode())
     labels.put("junk.json", b"not a record")
 

@@ -47,9 +47,11 @@ class Up:
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [*LABELER, "up", "--data-dir", str(data_dir)], env=env, stdout=out,
+                [*LABELER, "up", "--data-dir", str(data_dir)],
+                env=env,
+                stdout=out,
                 stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            )
         wait_until(
             lambda: self.record() is not None or self.process.poll() is not None, 120, "stack up"
         )
@@ -101,11 +103,18 @@ def test_commands_find_the_stack_and_status_shows_it_whole(
     data_dir = tmp_path / "data"
     port = free_ports(4)  # three components and `labeler up` itself
     env = labeler_env(
-        data_dir=data_dir, broker_url=_dead_broker(), model_name="digits", metrics_port=port,
-        scan_interval_seconds=0, watch_incoming=False,  # only `labeler submit` queues work here
-        train_image_size=32, train_architecture="small_cnn", train_max_epochs=2,
-        train_fine_tune_epochs=1, gate_min_accuracy=0,
-    )  # fmt: skip
+        data_dir=data_dir,
+        broker_url=_dead_broker(),
+        model_name="digits",
+        metrics_port=port,
+        scan_interval_seconds=0,
+        watch_incoming=False,  # only `labeler submit` queues work here
+        train_image_size=32,
+        train_architecture="small_cnn",
+        train_max_epochs=2,
+        train_fine_tune_epochs=1,
+        gate_min_accuracy=0,
+    )
     for sample in digit_samples()[:300]:
         path = data_dir / "training" / sample.label / sample.key
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,10 +175,15 @@ def test_up_restarts_what_dies_and_every_image_gets_one_record(
     data_dir = tmp_path / "data"
     port = free_ports(4)
     env = labeler_env(
-        data_dir=data_dir, broker_url=_dead_broker(), model_name="digits", metrics_port=port,
-        scan_interval_seconds=0.5, batch_max_wait_ms=200, batch_max_images=25,
+        data_dir=data_dir,
+        broker_url=_dead_broker(),
+        model_name="digits",
+        metrics_port=port,
+        scan_interval_seconds=0.5,
+        batch_max_wait_ms=200,
+        batch_max_images=25,
         **SHORT_VISIBILITY,
-    )  # fmt: skip
+    )
     run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     up = Up(env, data_dir, tmp_path / "up.log")
     try:
@@ -195,9 +209,13 @@ def test_up_restarts_what_dies_and_every_image_gets_one_record(
         record = up.record()
         assert record is not None
         assert {c.name: c.restarts for c in record.components} == {
-            "redis": 1, "inference-worker": 1, "training-worker": 0, "dispatcher": 1, "beat": 0,
+            "redis": 1,
+            "inference-worker": 1,
+            "training-worker": 0,
+            "dispatcher": 1,
+            "beat": 0,
             "review": 0,
-        }  # fmt: skip
+        }
         with urllib.request.urlopen(f"http://127.0.0.1:{port + 3}/metrics", timeout=10) as reply:
             metrics = reply.read().decode()
         assert 'labeler_component_restarts_total{component="dispatcher"} 1.0' in metrics
@@ -214,9 +232,12 @@ def test_one_stack_per_data_dir_and_a_killed_one_is_taken_over(tmp_path: Path) -
     try:
         started = time.monotonic()
         second = subprocess.run(
-            [*LABELER, "up", "--data-dir", str(data_dir)], env=env, capture_output=True,
-            text=True, timeout=60,
-        )  # fmt: skip
+            [*LABELER, "up", "--data-dir", str(data_dir)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         refused_after = time.monotonic() - started
         assert second.returncode == 1
         assert f"pid {first.process.pid}" in second.stderr
@@ -242,10 +263,13 @@ def test_status_checks_a_stack_it_did_not_start_given_its_urls(
     worker_port, dispatcher_port = free_port(), free_port()
     common = {"data_dir": tmp_path / "data", "broker_url": redis_url}
     args = [
-        "status", "--json",
-        "--component", f"inference-worker=http://127.0.0.1:{worker_port}",
-        "--component", f"dispatcher=http://127.0.0.1:{dispatcher_port}",
-    ]  # fmt: skip
+        "status",
+        "--json",
+        "--component",
+        f"inference-worker=http://127.0.0.1:{worker_port}",
+        "--component",
+        f"dispatcher=http://127.0.0.1:{dispatcher_port}",
+    ]
     status_env = labeler_env(**common)
     worker_env = labeler_env(**common, metrics_port=worker_port)
     dispatcher_env = labeler_env(**common, metrics_port=dispatcher_port, scan_interval_seconds=0)
@@ -261,8 +285,9 @@ def test_status_checks_a_stack_it_did_not_start_given_its_urls(
     assert whole.returncode == 0, whole.stdout + whole.stderr
     document = json.loads(whole.stdout)
     assert [(c["name"], c["up"]) for c in document["components"]] == [
-        ("inference-worker", True), ("dispatcher", True),
-    ]  # fmt: skip
+        ("inference-worker", True),
+        ("dispatcher", True),
+    ]
     assert any(node.startswith("inference@") for node in document["celery_nodes"])
     assert document["source"] == "the given URLs"
     assert broken.returncode == 1

@@ -23,9 +23,11 @@ pytestmark = pytest.mark.slow
 def _up(env: dict[str, str], data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [*LABELER, "up", "--data-dir", str(data_dir)], env=env, stdout=out,
+            [*LABELER, "up", "--data-dir", str(data_dir)],
+            env=env,
+            stdout=out,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
 
 
 def _labels(data_dir: Path, keys: list[str]) -> dict[str, LabelRecord]:
@@ -87,16 +89,25 @@ def test_up_labels_dropped_files_and_carries_on_after_a_restart(
         assert _stop(up) == 0, log.read_text()[-3000:]
     records = _labels(data_dir, first + second)
     assert {k: r.created_at for k, r in records.items() if k in first} == before
-    assert all(r.label == s.label for r, s in zip(
-        [records[k] for k in first + second], digits.held_out, strict=False))  # fmt: skip
+    assert all(
+        r.label == s.label
+        for r, s in zip([records[k] for k in first + second], digits.held_out, strict=False)
+    )
 
 
 def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path: Path) -> None:
     env = labeler_env()
     out = run_labeler(
-        env, "demo", "--data-dir", str(tmp_path / "demo"), "--limit", "600",
-        "--review-sample", "15", timeout=900,
-    )  # fmt: skip
+        env,
+        "demo",
+        "--data-dir",
+        str(tmp_path / "demo"),
+        "--limit",
+        "600",
+        "--review-sample",
+        "15",
+        timeout=900,
+    )
     assert "labeled 120 held-out images through the queue: accuracy" in out.stdout
     accuracy = float(out.stdout.split("accuracy ")[-1].split()[0])
     assert accuracy >= 0.9

@@ -68,10 +68,15 @@ class Prometheus:
             f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n{scrape}"
         )
         self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_until(lambda: _get(f"{self.url}/-/ready")[0] == 200, 30, "prometheus ready")
 
     @property
@@ -106,10 +111,15 @@ def scraped(
     stack = ExitStack()
     with s3_deployment(s3_server.endpoint_url, None, name="metrics") as site:
         env = site.env(
-            redis_server.url, batch_max_images=4, inference_batch_size=4,
-            metrics_port=metrics_port, train_image_size=32, train_max_epochs=2,
-            train_fine_tune_epochs=1, scan_interval_seconds=1,
-        )  # fmt: skip
+            redis_server.url,
+            batch_max_images=4,
+            inference_batch_size=4,
+            metrics_port=metrics_port,
+            train_image_size=32,
+            train_max_epochs=2,
+            train_fine_tune_epochs=1,
+            scan_interval_seconds=1,
+        )
         run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
         for i, sample in enumerate(digits.held_out[:GOOD]):
             site.incoming.put(f"m/{i}.png", sample.data)
@@ -128,11 +138,13 @@ def scraped(
         ):
             prometheus = Prometheus(
                 work,
-                {"inference-worker": f"127.0.0.1:{metrics_port}",
-                 "training-worker": f"127.0.0.1:{training_port}",
-                 "dispatcher": f"127.0.0.1:{dispatch_port}",
-                 "review": f"127.0.0.1:{review_port}"},
-            )  # fmt: skip
+                {
+                    "inference-worker": f"127.0.0.1:{metrics_port}",
+                    "training-worker": f"127.0.0.1:{training_port}",
+                    "dispatcher": f"127.0.0.1:{dispatch_port}",
+                    "review": f"127.0.0.1:{review_port}",
+                },
+            )
             dispatcher = None
             try:
                 wait_until(

@@ -82,9 +82,16 @@ def _seed(data_dir: Path, redis_url: str, digits: DigitsFixture, count: int) -> 
         etag = incoming.put(key, sample.data).etag
         top = [Prediction(label="1", score=0.45), Prediction(label=sample.label, score=0.40)]
         record = LabelRecord(
-            source_key=key, source_etag=etag, model_name="default", model_version=1,
-            label="1", score=0.45, top_k=top, needs_review=True, created_at=1000.0 + n,
-        )  # fmt: skip
+            source_key=key,
+            source_etag=etag,
+            model_name="default",
+            model_version=1,
+            label="1",
+            score=0.45,
+            top_k=top,
+            needs_review=True,
+            created_at=1000.0 + n,
+        )
         labels.put(label_key(key), record.model_dump_json(exclude_none=True).encode())
         queue.add(record)
         records.append(record)

@@ -35,10 +35,16 @@ def _retrain(env: dict[str, str]) -> dict[str, object]:
 
 def test_reviews_become_training_data_and_a_better_model(tmp_path: Path, redis_url: str) -> None:
     env = labeler_env(
-        data_dir=tmp_path / "data", broker_url=redis_url, model_name="digits",
-        train_image_size=32, train_max_epochs=12, train_fine_tune_epochs=4,
-        model_reload_seconds=0.5, gate_min_accuracy=0.3, gate_max_recall_drop=0.5,
-    )  # fmt: skip
+        data_dir=tmp_path / "data",
+        broker_url=redis_url,
+        model_name="digits",
+        train_image_size=32,
+        train_max_epochs=12,
+        train_fine_tune_epochs=4,
+        model_reload_seconds=0.5,
+        gate_min_accuracy=0.3,
+        gate_max_recall_drop=0.5,
+    )
     settings = settings_from_env(env)
     stores = Stores(settings)
     samples = digit_samples()

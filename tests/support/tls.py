@@ -27,13 +27,54 @@ def make_certificates(directory: Path) -> Certificates:
     extensions = directory / "server.ext"
     extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     commands = [
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=labeler test CA", "-keyout", ca_key, "-out", ca],
-        [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-         "-keyout", key, "-out", csr],
-        [openssl, "x509", "-req", "-days", "1", "-in", csr, "-CA", ca, "-CAkey", ca_key,
-         "-CAcreateserial", "-extfile", extensions, "-out", cert],
-    ]  # fmt: skip
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=labeler test CA",
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+        ],
+        [
+            openssl,
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            key,
+            "-out",
+            csr,
+        ],
+        [
+            openssl,
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-extfile",
+            extensions,
+            "-out",
+            cert,
+        ],
+    ]
     for command in commands:
         subprocess.run([str(part) for part in command], check=True, capture_output=True)
     return Certificates(ca, cert, key)
@@ -61,18 +102,29 @@ class TlsRedisServer:
         certs = self.certificates
         args = [
             self.binary,
-            "--port", "0",  # no plain-text port at all
-            "--tls-port", str(self.port),
-            "--tls-cert-file", str(certs.cert),
-            "--tls-key-file", str(certs.key),
-            "--tls-ca-cert-file", str(certs.ca),
-            "--tls-auth-clients", "no",  # clients verify the server; no client certificates
-            "--requirepass", self.password,
-            "--bind", "127.0.0.1",
-            "--dir", str(self.workdir),
-            "--save", "",
-            "--appendonly", "no",
-        ]  # fmt: skip
+            "--port",
+            "0",  # no plain-text port at all
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(certs.cert),
+            "--tls-key-file",
+            str(certs.key),
+            "--tls-ca-cert-file",
+            str(certs.ca),
+            "--tls-auth-clients",
+            "no",  # clients verify the server; no client certificates
+            "--requirepass",
+            self.password,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_until(

@@ -137,8 +137,13 @@ def test_promotion_mid_stream_switches_between_batches(
 ) -> None:
     run_labeler(
         deployment.env,
-        "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES), "--no-promote",
-    )  # fmt: skip
+        "models",
+        "import",
+        str(digits.model_path),
+        "--classes",
+        ",".join(CLASSES),
+        "--no-promote",
+    )
     keys = [f"stream/{i:03d}.png" for i in range(160)]
     for key, sample in zip(keys, digits.held_out, strict=False):
         deployment.site.incoming.put(key, sample.data)

@@ -86,10 +86,12 @@ def deployment(
     logs = tmp_path_factory.mktemp("dispatch")
     with s3_deployment(s3_server.endpoint_url, digits.model_path, name="dispatch") as site:
         env = site.env(
-            redis_server.url, batch_max_images=BATCH, batch_max_wait_ms=200,
+            redis_server.url,
+            batch_max_images=BATCH,
+            batch_max_wait_ms=200,
             inference_batch_size=16,
             scan_interval_seconds=0,  # events only, unless a test asks for the scan
-        )  # fmt: skip
+        )
         worker = WorkerProcess(env, logs / "worker.log", "--queues", "inference").start()
         found = Deployment(site, env, client, logs)
         try:
@@ -322,10 +324,16 @@ def test_images_waiting_longer_than_the_retry_budget_for_a_model_are_labeled_onc
     broker = redis_server.url.removesuffix("/0") + "/2"  # its own queues
     redis.Redis.from_url(broker).flushdb()
     env = labeler_env(
-        broker_url=broker, data_dir=data_dir, model_name="digits", batch_max_images=BATCH,
-        batch_max_wait_ms=200, inference_batch_size=16, scan_interval_seconds=0.5,
-        retry_backoff_max_seconds=1, metrics_port=0,
-    )  # fmt: skip
+        broker_url=broker,
+        data_dir=data_dir,
+        model_name="digits",
+        batch_max_images=BATCH,
+        batch_max_wait_ms=200,
+        inference_batch_size=16,
+        scan_interval_seconds=0.5,
+        retry_backoff_max_seconds=1,
+        metrics_port=0,
+    )
     incoming = data_dir / "incoming" / "early"
     incoming.mkdir(parents=True)
     worker = WorkerProcess(env, tmp_path / "worker.log", "--queues", "inference").start()
@@ -335,10 +343,14 @@ def test_images_waiting_longer_than_the_retry_budget_for_a_model_are_labeled_onc
             (incoming / f"{i}.png").write_bytes(digits.held_out[80 + i].data)
         # Past the 30 retries a batch used to get: its 31st try, retried or failed for good.
         wait_until(
-            lambda: (log := worker.log_path.read_bytes()).count(b" retry: Retry in") > 30
-            or b"raised unexpected" in log,
-            180, "the batch tried past the old budget", every=1.0,
-        )  # fmt: skip
+            lambda: (
+                (log := worker.log_path.read_bytes()).count(b" retry: Retry in") > 30
+                or b"raised unexpected" in log
+            ),
+            180,
+            "the batch tried past the old budget",
+            every=1.0,
+        )
         run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
 
         labels = data_dir / "labels" / "early"
@@ -358,9 +370,15 @@ def test_the_watcher_labels_completed_local_files_with_the_scan_off(
     broker = redis_server.url.removesuffix("/0") + "/3"  # its own queues
     redis.Redis.from_url(broker).flushdb()
     env = labeler_env(
-        broker_url=broker, data_dir=data_dir, model_name="digits", batch_max_images=BATCH,
-        batch_max_wait_ms=200, inference_batch_size=16, scan_interval_seconds=0, metrics_port=0,
-    )  # fmt: skip
+        broker_url=broker,
+        data_dir=data_dir,
+        model_name="digits",
+        batch_max_images=BATCH,
+        batch_max_wait_ms=200,
+        inference_batch_size=16,
+        scan_interval_seconds=0,
+        metrics_port=0,
+    )
     run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     incoming = data_dir / "incoming"
     outside = tmp_path / "camera"
@@ -410,9 +428,12 @@ class SqsSource:
 @pytest.fixture
 def sqs_source(deployment: Deployment, s3_server: MotoServer) -> Iterator[SqsSource]:
     sqs = boto3.client(
-        "sqs", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
-        aws_access_key_id="testing-key", aws_secret_access_key="testing-secret",
-    )  # fmt: skip
+        "sqs",
+        endpoint_url=s3_server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing-key",
+        aws_secret_access_key="testing-secret",
+    )
     name = f"labeler-{uuid.uuid4().hex[:8]}"
     dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
@@ -467,8 +488,9 @@ def test_sqs_bucket_notifications_label_awkward_keys_and_garbage_is_dead_lettere
     assert dead == ["not an event at all"]
     wait_until(
         lambda: sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0",
-        30, "every message deleted",
-    )  # fmt: skip
+        30,
+        "every message deleted",
+    )
     assert sqs.attribute("ApproximateNumberOfMessages") == "0"
     assert dispatcher.stop() == 0
 
@@ -483,8 +505,9 @@ def test_sqs_dispatcher_sigkilled_with_messages_in_flight_labels_every_object_on
 
     wait_until(
         lambda: int(sqs.attribute("ApproximateNumberOfMessagesNotVisible")) >= 3,
-        30, "messages received and held",
-    )  # fmt: skip
+        30,
+        "messages received and held",
+    )
     first.stop(signal.SIGKILL)
     second = d.dispatcher(**settings)
 
@@ -492,8 +515,11 @@ def test_sqs_dispatcher_sigkilled_with_messages_in_flight_labels_every_object_on
     assert set(d.site.label_writes("sqs/killed/").values()) == {1}
     assert len(d.site.label_writes("sqs/killed/")) == 120
     wait_until(
-        lambda: sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0"
-        and sqs.attribute("ApproximateNumberOfMessages") == "0",
-        60, "every message deleted",
-    )  # fmt: skip
+        lambda: (
+            sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0"
+            and sqs.attribute("ApproximateNumberOfMessages") == "0"
+        ),
+        60,
+        "every message deleted",
+    )
     assert second.stop() == 0

@@ -37,15 +37,29 @@ def test_hot_swap_between_tensorflow_and_openvino_loses_nothing(
     site: S3Deployment, redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = site.env(redis_server.url, model_reload_seconds=0.5, inference_batch_size=8,
-                   runtime="openvino", metrics_port=port)  # fmt: skip
+    env = site.env(
+        redis_server.url,
+        model_reload_seconds=0.5,
+        inference_batch_size=8,
+        runtime="openvino",
+        metrics_port=port,
+    )
     calibration = tmp_path / "calibration"
     calibration.mkdir()
     for i, sample in enumerate(digits.held_out[:150]):
         (calibration / f"{i:03d}.png").write_bytes(sample.data)
     classes = ",".join(CLASSES)
-    out = run_labeler(env, "models", "import", str(digits.model_path), "--classes", classes,
-                      "--no-promote", "--calibration-dir", str(calibration))  # fmt: skip
+    out = run_labeler(
+        env,
+        "models",
+        "import",
+        str(digits.model_path),
+        "--classes",
+        classes,
+        "--no-promote",
+        "--calibration-dir",
+        str(calibration),
+    )
     assert "INT8 approved" in out.stdout, out.stdout
     keys = [f"swap/{i:03d}.png" for i in range(96)]
     for key, sample in zip(keys, digits.held_out[150:], strict=False):
@@ -61,8 +75,10 @@ def test_hot_swap_between_tensorflow_and_openvino_loses_nothing(
                 wait_until(lambda: results[0].ready(), 180, "first batch of the stream")
                 run_labeler(env, "models", "promote", "2")
         versions = [r.get(timeout=300)["model_version"] for r in results]
-        info = {(rt, p): scrape(port, "labeler_model_info", runtime=rt, precision=p)
-                for rt, p in (("tensorflow", "fp32"), ("openvino", "int8"))}  # fmt: skip
+        info = {
+            (rt, p): scrape(port, "labeler_model_info", runtime=rt, precision=p)
+            for rt, p in (("tensorflow", "fp32"), ("openvino", "int8"))
+        }
         approved = scrape(port, "labeler_model_int8_approved", model="digits")
     finally:
         worker.stop()
@@ -95,8 +111,9 @@ def test_models_optimize_gives_an_old_version_its_artifacts(
     for i, sample in enumerate(digits.held_out[:100]):
         (calibration / f"{i:03d}.png").write_bytes(sample.data)
 
-    out = run_labeler(env, "models", "optimize", "digits", "1", "--calibration-dir",
-                      str(calibration))  # fmt: skip
+    out = run_labeler(
+        env, "models", "optimize", "digits", "1", "--calibration-dir", str(calibration)
+    )
 
     assert "OpenVINO artifacts for digits v1: FP32; INT8 approved" in out.stdout
     assert "[openvino fp32+int8 approved]" in run_labeler(env, "models", "list").stdout
@@ -116,8 +133,9 @@ def test_models_optimize_gives_an_old_version_its_artifacts(
 def test_killed_openvino_child_loses_no_batch(
     site: S3Deployment, redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
 ) -> None:
-    env = site.env(redis_server.url, runtime="openvino", batch_max_images=16,
-                   inference_batch_size=16)  # fmt: skip
+    env = site.env(
+        redis_server.url, runtime="openvino", batch_max_images=16, inference_batch_size=16
+    )
     run_labeler(env, "models", "optimize", "digits", "1")  # FP32 only: no training data
     etags = site.put_images("killed/", digits.held_out, 320)
     worker = WorkerProcess(env, tmp_path / "worker.log", "--queues", "inference").start()

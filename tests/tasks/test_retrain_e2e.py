@@ -48,10 +48,14 @@ def cluster(
     redis.Redis.from_url(redis_server.url).flushall()
     with s3_deployment(s3_server.endpoint_url, None, name="retrain") as site:
         env = site.env(
-            redis_server.url, model_reload_seconds=0.5, train_image_size=32,
-            train_max_epochs=12, train_fine_tune_epochs=4, gate_min_accuracy=0.9,
+            redis_server.url,
+            model_reload_seconds=0.5,
+            train_image_size=32,
+            train_max_epochs=12,
+            train_fine_tune_epochs=4,
+            gate_min_accuracy=0.9,
             train_cache_dir=tmp_path_factory.mktemp("train-cache"),
-        )  # fmt: skip
+        )
         settings = settings_from_env(env)
         stores = Stores(settings)
         training = stores.area(Area.TRAINING)

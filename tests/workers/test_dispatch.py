@@ -328,9 +328,15 @@ def make_harness(
     if labels is None:
         labels = LocalStore(tempfile.mkdtemp(prefix="labels-"))  # no records
     dispatcher = Dispatcher(
-        client, store, enqueue, lambda: holder["h"].backlog[0], Metrics(registry), config,
-        labels=labels, clock=clock,
-    )  # fmt: skip
+        client,
+        store,
+        enqueue,
+        lambda: holder["h"].backlog[0],
+        Metrics(registry),
+        config,
+        labels=labels,
+        clock=clock,
+    )
     raw_client = client._client if isinstance(client, CountingRedis) else client
     holder["h"] = Harness(dispatcher, raw_client, config, registry)
     return holder["h"]

@@ -90,8 +90,9 @@ def test_streamed_images_equal_decoded_ones_and_keep_their_split(tmp_path: Path)
         split = getattr(data, name)
         assert all(split_of(key) == name for key in split.keys)
         streamed = np.concatenate(list(split.images(batch_size=16)))
-        expected = np.stack([decode_image(by_key[k].data, SIZE, max_pixels=MAX_PIXELS)
-                             for k in split.keys])  # fmt: skip
+        expected = np.stack(
+            [decode_image(by_key[k].data, SIZE, max_pixels=MAX_PIXELS) for k in split.keys]
+        )
         np.testing.assert_array_equal(streamed, expected)
         assert [data.class_names[i] for i in split.labels] == [k.split("/")[0] for k in split.keys]
     assert sum(len(getattr(data, n)) for n in ("train", "validation", "test")) == 200
@@ -167,9 +168,12 @@ def test_stale_entries_are_evicted_oldest_first_and_an_oversized_set_is_refused(
 def _fill_in_child(training: str, cache_root: str) -> tuple[int, int]:
     store = LocalStore(Path(training))
     report = fill_cache(
-        store, list(store.list()), ImageCache(Path(cache_root), (64, 64), max_bytes=2**30),
-        max_pixels=MAX_PIXELS, threads=4,
-    )  # fmt: skip
+        store,
+        list(store.list()),
+        ImageCache(Path(cache_root), (64, 64), max_bytes=2**30),
+        max_pixels=MAX_PIXELS,
+        threads=4,
+    )
     return report.fetched, report.reused
 
 

@@ -32,8 +32,9 @@ def _pixels(digits: DigitsFixture) -> tuple[npt.NDArray[np.uint8], npt.NDArray[n
 
 def _register(root: Path, digits: DigitsFixture) -> ModelRegistry:
     registry = ModelRegistry(LocalStore(root), "digits")
-    metadata = ModelMetadata(name="digits", version=1, class_names=CLASSES,
-                             input_size=INPUT_SIZE, source="imported")  # fmt: skip
+    metadata = ModelMetadata(
+        name="digits", version=1, class_names=CLASSES, input_size=INPUT_SIZE, source="imported"
+    )
     registry.promote(registry.register(digits.model_path.read_bytes(), metadata).version)
     return registry
 
@@ -43,9 +44,14 @@ def _optimize(
 ) -> Optimization:
     images, labels = _pixels(digits)
     return optimize_version(
-        registry, 1, load_keras_file(digits.model_path), calibration=calibration,
-        held_out=HeldOut(images[150:], labels[150:]), bars=Int8Bars(), batch_size=16,
-    )  # fmt: skip
+        registry,
+        1,
+        load_keras_file(digits.model_path),
+        calibration=calibration,
+        held_out=HeldOut(images[150:], labels[150:]),
+        bars=Int8Bars(),
+        batch_size=16,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +72,10 @@ def test_openvino_fp32_gives_tensorflow_answers(
     ov_model = ModelRuntime(registry, batch_size=16, runtime="openvino", precision="fp32").current()
 
     assert (tf_model.runtime, ov_model.runtime, ov_model.precision) == (
-        "tensorflow", "openvino", "fp32",
-    )  # fmt: skip
+        "tensorflow",
+        "openvino",
+        "fp32",
+    )
     expected, got = tf_model.predict(images), ov_model.predict(images[:299])  # a padded batch
     assert (got.argmax(1) == expected[:299].argmax(1)).all()
     assert np.abs(got - expected[:299]).max() <= 1e-4
@@ -158,10 +166,14 @@ def test_broken_ir_is_refused_and_the_last_good_version_keeps_serving(
 def _optimize_version(registry: ModelRegistry, version: int, digits: DigitsFixture) -> None:
     images, labels = _pixels(digits)
     optimize_version(
-        registry, version, load_keras_file(digits.model_path),
+        registry,
+        version,
+        load_keras_file(digits.model_path),
         calibration=np.zeros((0, *INPUT_SIZE, 3), np.uint8),
-        held_out=HeldOut(images[:32], labels[:32]), bars=Int8Bars(), batch_size=16,
-    )  # fmt: skip
+        held_out=HeldOut(images[:32], labels[:32]),
+        bars=Int8Bars(),
+        batch_size=16,
+    )
 
 
 def test_int8_that_agrees_but_loses_accuracy_is_refused() -> None:

@@ -58,9 +58,11 @@ def _nested_batch_norms(model: object) -> list[tuple[int, object]]:
 
 @pytest.mark.parametrize(
     ("base_classes", "phases"),
-    [(["red", "green"], ["head", "fine-tune"]),  # new classes: a new head on the old features
-     (["blue", "green", "red"], ["fine-tune"])],  # same classes: the whole model, gently
-)  # fmt: skip
+    [
+        (["red", "green"], ["head", "fine-tune"]),  # new classes: a new head on the old features
+        (["blue", "green", "red"], ["fine-tune"]),
+    ],  # same classes: the whole model, gently
+)
 def test_warm_start_keeps_every_nested_batch_norm_frozen(
     tmp_path: Path, base_classes: list[str], phases: list[str]
 ) -> None:
@@ -69,16 +71,19 @@ def test_warm_start_keeps_every_nested_batch_norm_frozen(
     base = make_backbone_classifier(
         (32, 32), len(base_classes), backbone="mobilenet_v2", weights=None
     )
-    data = _colours(tmp_path, {"red": (220, 40, 40), "green": (40, 200, 40),
-                               "blue": (40, 40, 220)}, 24)  # fmt: skip
+    data = _colours(
+        tmp_path, {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220)}, 24
+    )
     before = {id(bn): _statistics(bn) for _, bn in _nested_batch_norms(base)}
     convs = [layer for _, layer in _walk(base) if "Conv2D" in type(layer).__name__]
     kernels_before = [conv.weights[0].numpy().copy() for conv in convs]
 
     trained = train_model(
-        data, TrainingConfig(max_epochs=1, fine_tune_epochs=1, batch_size=16, patience=5),
-        base_model=base, base_classes=base_classes,
-    )  # fmt: skip
+        data,
+        TrainingConfig(max_epochs=1, fine_tune_epochs=1, batch_size=16, patience=5),
+        base_model=base,
+        base_classes=base_classes,
+    )
 
     assert trained.phases == phases
     norms = _nested_batch_norms(trained.model)
@@ -89,8 +94,10 @@ def test_warm_start_keeps_every_nested_batch_norm_frozen(
     for _, bn in norms:  # inference mode: the moving statistics never moved
         for old, new in zip(before[id(bn)], _statistics(bn), strict=True):
             np.testing.assert_array_equal(old, new)
-    changed = [not np.array_equal(old, conv.weights[0].numpy())
-               for old, conv in zip(kernels_before, convs, strict=True)]  # fmt: skip
+    changed = [
+        not np.array_equal(old, conv.weights[0].numpy())
+        for old, conv in zip(kernels_before, convs, strict=True)
+    ]
     assert any(changed)  # the backbone itself learned
 
 
@@ -108,8 +115,12 @@ def _walk(model: object, depth: int = 1) -> list[tuple[int, object]]:
 
 def test_augmentation_spec_builds_the_layers_a_user_asked_for() -> None:
     assert parse_augmentation("flip, rotate:0.05,zoom:0.1,translate:0.08,contrast:0.1") == [
-        ("flip", 1.0), ("rotate", 0.05), ("zoom", 0.1), ("translate", 0.08), ("contrast", 0.1),
-    ]  # fmt: skip
+        ("flip", 1.0),
+        ("rotate", 0.05),
+        ("zoom", 0.1),
+        ("translate", 0.08),
+        ("contrast", 0.1),
+    ]
     assert parse_augmentation("none") == []
     assert make_augmentation("none", seed=1) is None
     layers = [
@@ -122,9 +133,13 @@ def test_augmentation_spec_builds_the_layers_a_user_asked_for() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "says"),
-    [("flp", "unknown augmentation 'flp'"), ("rotate", "rotate needs a factor"),
-     ("zoom:2", "zoom factor must be in (0, 1]"), ("flip,flip", "may appear once")],
-)  # fmt: skip
+    [
+        ("flp", "unknown augmentation 'flp'"),
+        ("rotate", "rotate needs a factor"),
+        ("zoom:2", "zoom factor must be in (0, 1]"),
+        ("flip,flip", "may appear once"),
+    ],
+)
 def test_a_bad_augmentation_setting_says_what_to_fix(spec: str, says: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(train_augment=spec)

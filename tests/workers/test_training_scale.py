@@ -71,8 +71,10 @@ def _small_png(level: int, seed: int) -> bytes:
 def _run(script: str, *args: str, timeout: float = 600) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), *args],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -144,10 +146,12 @@ def test_digits_from_scratch_still_reach_098_streamed(tmp_path: Path) -> None:
     for sample in digit_samples():
         training.put(sample.key, sample.data)
     retrainer = Retrainer(
-        training, ModelRegistry(LocalStore(tmp_path / "models"), "digits"),
-        LocalStore(tmp_path / "reports"), Metrics(CollectorRegistry()),
+        training,
+        ModelRegistry(LocalStore(tmp_path / "models"), "digits"),
+        LocalStore(tmp_path / "reports"),
+        Metrics(CollectorRegistry()),
         RetrainConfig(training=TrainingConfig(input_size=(32, 32)), cache_dir=tmp_path / "cache"),
-    )  # fmt: skip
+    )
 
     outcome = retrainer.run()
 
