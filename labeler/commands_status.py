@@ -65,6 +65,8 @@ def _text(s: StackStatus) -> str:
         lines.append(
             f"queue      {queue}: {depth['waiting']} waiting, {depth['reserved']} reserved"
         )
+    if s.review_pending is not None:
+        lines.append(f"review     {s.review_pending} records waiting for a reviewer")
     if s.images:
         shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(s.images.items()))
         lines.append(f"images     {shown} (since the workers started)")

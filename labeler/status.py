@@ -27,6 +27,7 @@ from storage import Area, ObjectNotFound
 from storage.keys import report_key
 from tasks.contracts import QUEUES
 from tasks.queues import queue_depths
+from workers.review_queue import ReviewQueue
 
 HTTP_TIMEOUT = 3.0
 STALE_SECONDS = 6 * SAMPLE_SECONDS  # an older sample means the sampler is stuck
@@ -54,6 +55,7 @@ class StackStatus:
     components: list[ComponentStatus] = field(default_factory=list)
     celery_nodes: list[str] = field(default_factory=list)
     queues: dict[str, dict[str, int]] = field(default_factory=dict)
+    review_pending: int | None = None  # records waiting for a reviewer (the review index)
     images: dict[str, int] = field(default_factory=dict)  # since the workers started
     last_minute: dict[str, int] | None = None  # sampled by `labeler up`
     retrains: dict[str, int] = field(default_factory=dict)  # since the workers started
@@ -78,7 +80,7 @@ def probe(settings: Settings, record: StackRecord | None, urls: dict[str, str]) 
         source=f"labeler up, pid {record.pid}" if record else "the given URLs",
     )
     if status.broker == "ok":
-        status.queues = _queues(settings)
+        status.queues, status.review_pending = _queues(settings)
         status.celery_nodes = _celery_nodes(settings)
     for component in components:
         _check(component, status.celery_nodes)
@@ -146,15 +148,17 @@ def _broker(settings: Settings) -> str:
     return "ok" if problem is None else f"does not answer: {problem}"
 
 
-def _queues(settings: Settings) -> dict[str, dict[str, int]]:
+def _queues(settings: Settings) -> tuple[dict[str, dict[str, int]], int]:
+    """Depth of each task queue, and how many records wait in the review queue."""
     client = redis.Redis.from_url(
         settings.broker_connection_url(), socket_connect_timeout=3, socket_timeout=3
     )
     try:
         depths = queue_depths(client, QUEUES)
+        pending = ReviewQueue(client).pending()
     finally:
         client.close()
-    return {q: {s: n for (q2, s), n in depths.items() if q2 == q} for q in QUEUES}
+    return {q: {s: n for (q2, s), n in depths.items() if q2 == q} for q in QUEUES}, pending
 
 
 def _celery_nodes(settings: Settings) -> list[str]:

@@ -97,6 +97,10 @@ def _labels(data_dir: Path, prefix: str) -> list[Path]:
     return sorted((data_dir / "labels" / prefix).rglob("*.json"))
 
 
+def _read(path: Path) -> LabelRecord:
+    return LabelRecord.model_validate_json(path.read_bytes())
+
+
 def test_commands_find_the_stack_and_status_shows_it_whole(
     tmp_path: Path, digits: DigitsFixture
 ) -> None:
@@ -142,6 +146,8 @@ def test_commands_find_the_stack_and_status_shows_it_whole(
         assert document["retrains"]["promoted"] == 1
         assert document["queues"]["inference"] == {"waiting": 0, "reserved": 0}
         assert document["images"]["labeled"] == 20
+        flagged = [r for r in map(_read, _labels(data_dir, "folder")) if r.needs_review]
+        assert document["review_pending"] == len(flagged)  # the worker indexed each one
         wait_until(
             lambda: (_status(env)[1]["last_minute"] or {}).get("labeled") == 20,
             30,
