@@ -209,6 +209,9 @@ def _worker_env(services: Services, db: int, **settings: Any) -> dict[str, str]:
         model_name=MODEL_NAME,
         inference_batch_size=32,
         metrics_port=0,  # several workers on one host: no port to collide on
+        # The pipeline against the bare TensorFlow model: the same runtime on both sides
+        # (bench/runtimes.py compares the runtimes).
+        runtime="tensorflow",
         **settings,
     )
 
