@@ -286,6 +286,11 @@ class Dispatcher:
             unlabeled = next(self._scan, None)
             if unlabeled is None:  # the pass is over
                 self._scan, self._next_scan = None, now + self.config.scan_interval
+                if (stats := self._reconciler.stats).verified:
+                    log.info(
+                        "reconciliation pass read %d records written in their object's second; "
+                        "%d were current and re-stamped", stats.verified, stats.restamped,
+                    )  # fmt: skip
                 return
             self._send_unlabeled(unlabeled, now)
         except StorageError:  # a pass is whole or not at all: start again soon

@@ -7,7 +7,7 @@ import hashlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from storage import (
     Blob,
@@ -23,8 +23,9 @@ from storage import (
 class MemoryStore:
     """Objects in a dict; counts calls per operation so tests can see what was read."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.uri = "memory://"
+        self.clock = clock  # stamps ``last_modified`` on every put
         self.calls: Counter[str] = Counter()
         self.keys_read: list[str] = []  # every get, in order
         self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
@@ -54,7 +55,7 @@ class MemoryStore:
         self.calls["put"] += 1
         validate_key(key)
         etag = hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag, not security
-        info = ObjectInfo(key, len(data), etag, time.time())
+        info = ObjectInfo(key, len(data), etag, self.clock())
         with self._lock:
             current = self._objects.get(key)
             if if_none_match and current is not None:

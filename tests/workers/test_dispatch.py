@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from monitoring.metrics import Metrics
 from storage import LocalStore, ObjectStore, S3Store
+from tests.support.records import record_for
 from tests.support.services import wait_until
 from workers.dispatch import Dispatcher
 from workers.dispatch_config import DispatchConfig
@@ -516,12 +517,13 @@ def test_stop_flushes_what_is_held_and_acknowledges_it(
     assert h.lengths() == (0, 0)
 
 
-def write_records(labels: LocalStore, keys: list[str]) -> None:
-    """What the worker would write for ``keys``: a record per key, newer than the object."""
+def write_records(store: LocalStore, labels: LocalStore, keys: list[str]) -> None:
+    """What the worker would write for ``keys``: a record per key answering its object's ETag,
+    newer than the object (often in the same second: then the scan reads it once)."""
     for key in keys:
         path = labels.root / f"{key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b'{"source_key": "%s"}' % key.encode())
+        path.write_bytes(record_for(store, key))
 
 
 def test_the_scan_sends_what_has_no_record_and_asks_redis_only_about_those(
@@ -536,7 +538,7 @@ def test_the_scan_sends_what_has_no_record_and_asks_redis_only_about_those(
     )
 
     h.turn_until(lambda: len(h.keys_sent()) == 6)
-    write_records(labels, h.keys_sent())
+    write_records(store, labels, h.keys_sent())
     asked = counting.mget_keys
     (tmp_path / "incoming" / "dir" / "2.png").write_bytes(b"edited")  # changed in place
     later = (tmp_path / "labels" / "dir" / "2.png.json").stat().st_mtime + 5
@@ -573,7 +575,7 @@ def test_reconciliation_sends_exactly_the_objects_without_a_fresh_record(
     for key in keys:
         (tmp_path / "incoming" / key).write_bytes(key.encode())  # as a copy would: no fsync
     unlabeled = set(keys[::500])  # 10 of them
-    write_records(labels, [k for k in keys if k not in unlabeled])
+    write_records(store, labels, [k for k in keys if k not in unlabeled])
     reuploaded = keys[1]
     later = (tmp_path / "labels" / f"{reuploaded}.json").stat().st_mtime + 5
     os.utime(tmp_path / "incoming" / reuploaded, (later, later))
