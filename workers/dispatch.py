@@ -289,8 +289,10 @@ class Dispatcher:
                 if (stats := self._reconciler.stats).verified:
                     log.info(
                         "reconciliation pass read %d records written in their object's second; "
-                        "%d were current and re-stamped", stats.verified, stats.restamped,
-                    )  # fmt: skip
+                        "%d were current and re-stamped",
+                        stats.verified,
+                        stats.restamped,
+                    )
                 return
             self._send_unlabeled(unlabeled, now)
         except StorageError:  # a pass is whole or not at all: start again soon

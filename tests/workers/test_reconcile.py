@@ -17,9 +17,20 @@ from workers.reconcile import Reconciler
 # Keys whose label keys sort differently from them ("a.b.json" < "a.json"), and folders that
 # sort between files ("a-b" < "a/b" < "a0").
 AWKWARD = [
-    "a.b", "a-b", "a/b.json.png", "a/b", "a0", "a.json", "b/c.d/e", "b/c/e", "b/c.png",
-    "b/c-", "z", "ñ/猫.png", "with space/x+y%2F.png",
-]  # fmt: skip
+    "a.b",
+    "a-b",
+    "a/b.json.png",
+    "a/b",
+    "a0",
+    "a.json",
+    "b/c.d/e",
+    "b/c/e",
+    "b/c.png",
+    "b/c-",
+    "z",
+    "ñ/猫.png",
+    "with space/x+y%2F.png",
+]
 
 
 def _stores(kind: str, tmp_path: Path, s3_store: S3Store) -> tuple[ObjectStore, ObjectStore]:
