@@ -111,7 +111,7 @@ from workers.training import TrainingConfig, train_model
 root = Path(sys.argv[1])
 data = load_training_data(LocalStore(root / "training"),
                           ImageCache(root / "cache", (32, 32), max_bytes=2**30), max_pixels=10**6)
-config = TrainingConfig(input_size=(32, 32), max_epochs=3, batch_size=16, patience=10)
+config = TrainingConfig(input_size=(32, 32), max_epochs=6, batch_size=16, patience=10)
 trained = train_model(data, config)
 print(json.dumps({"replicas": trained.replicas, "train": len(data.train),
                   "steps": int(trained.model.optimizer.iterations.numpy()),
