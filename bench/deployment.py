@@ -204,14 +204,14 @@ def s3_deployment(services: Services, db: int, model_path: Path, **settings: Any
 
 def _worker_env(services: Services, db: int, **settings: Any) -> dict[str, str]:
     """The LABELER_* environment (plus TF_CPP_MIN_LOG_LEVEL=2) every process of it gets."""
+    # By default the pipeline is measured against the bare TensorFlow model: the same runtime
+    # on both sides (bench/runtimes.py chooses the runtime to compare them).
+    settings.setdefault("runtime", "tensorflow")
     return labeler_env(
         broker_url=services.redis_url(db),
         model_name=MODEL_NAME,
         inference_batch_size=32,
         metrics_port=0,  # several workers on one host: no port to collide on
-        # The pipeline against the bare TensorFlow model: the same runtime on both sides
-        # (bench/runtimes.py compares the runtimes).
-        runtime="tensorflow",
         **settings,
     )
 
