@@ -316,12 +316,13 @@ def _scrape(port: int) -> dict[tuple[str, str], float]:
     }
 
 
-def test_images_waiting_longer_than_the_retry_budget_for_a_model_are_labeled_once_it_comes(
-    redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
-) -> None:
-    # The story of issue 13: `labeler up` before any model, images dropped, the model later.
+def _local_stack(
+    redis_server: RedisServer, tmp_path: Path, db: int, **settings: object
+) -> tuple[Path, dict[str, str]]:
+    """A local data directory and the environment of a stack over it, on Redis database ``db``
+    (its own queues) of the session's server."""
     data_dir = tmp_path / "data"
-    broker = redis_server.url.removesuffix("/0") + "/2"  # its own queues
+    broker = redis_server.url.removesuffix("/0") + f"/{db}"
     redis.Redis.from_url(broker).flushdb()
     env = labeler_env(
         broker_url=broker,
@@ -330,9 +331,18 @@ def test_images_waiting_longer_than_the_retry_budget_for_a_model_are_labeled_onc
         batch_max_images=BATCH,
         batch_max_wait_ms=200,
         inference_batch_size=16,
-        scan_interval_seconds=0.5,
-        retry_backoff_max_seconds=1,
         metrics_port=0,
+        **settings,
+    )
+    return data_dir, env
+
+
+def test_images_waiting_longer_than_the_retry_budget_for_a_model_are_labeled_once_it_comes(
+    redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
+) -> None:
+    # The story of issue 13: `labeler up` before any model, images dropped, the model later.
+    data_dir, env = _local_stack(
+        redis_server, tmp_path, 2, scan_interval_seconds=0.5, retry_backoff_max_seconds=1
     )
     incoming = data_dir / "incoming" / "early"
     incoming.mkdir(parents=True)
@@ -366,19 +376,7 @@ def test_images_waiting_longer_than_the_retry_budget_for_a_model_are_labeled_onc
 def test_the_watcher_labels_completed_local_files_with_the_scan_off(
     redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
 ) -> None:
-    data_dir = tmp_path / "data"
-    broker = redis_server.url.removesuffix("/0") + "/3"  # its own queues
-    redis.Redis.from_url(broker).flushdb()
-    env = labeler_env(
-        broker_url=broker,
-        data_dir=data_dir,
-        model_name="digits",
-        batch_max_images=BATCH,
-        batch_max_wait_ms=200,
-        inference_batch_size=16,
-        scan_interval_seconds=0,
-        metrics_port=0,
-    )
+    data_dir, env = _local_stack(redis_server, tmp_path, 3, scan_interval_seconds=0)
     run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     incoming = data_dir / "incoming"
     outside = tmp_path / "camera"
