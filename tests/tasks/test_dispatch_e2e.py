@@ -264,12 +264,13 @@ def test_events_for_label_objects_are_ignored(
     assert not any(k.endswith(".json") for k in d.site.label_writes(""))  # no label of a label
 
 
-def test_files_copied_into_a_local_data_dir_are_labeled(
-    redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
-) -> None:
-    # The embedded default: no bucket, no events; the scan is the only source.
+def _local_stack(
+    redis_server: RedisServer, tmp_path: Path, db: int, **settings: object
+) -> tuple[Path, dict[str, str]]:
+    """A local data directory and the environment of a stack over it, on Redis database ``db``
+    (its own queues) of the session's server."""
     data_dir = tmp_path / "data"
-    broker = redis_server.url.removesuffix("/0") + "/1"  # its own queues, beside the S3 worker's
+    broker = redis_server.url.removesuffix("/0") + f"/{db}"
     redis.Redis.from_url(broker).flushdb()
     env = labeler_env(
         broker_url=broker,
@@ -278,9 +279,17 @@ def test_files_copied_into_a_local_data_dir_are_labeled(
         batch_max_images=BATCH,
         batch_max_wait_ms=200,
         inference_batch_size=16,
-        scan_interval_seconds=0.5,
         metrics_port=0,
+        **settings,
     )
+    return data_dir, env
+
+
+def test_files_copied_into_a_local_data_dir_are_labeled(
+    redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
+) -> None:
+    # The embedded default: no bucket, no events; the scan is the only source.
+    data_dir, env = _local_stack(redis_server, tmp_path, 1, scan_interval_seconds=0.5)
     run_labeler(env, "models", "import", str(digits.model_path), "--classes", ",".join(CLASSES))
     sources = tmp_path / "camera"
     sources.mkdir()
@@ -314,27 +323,6 @@ def _scrape(port: int) -> dict[tuple[str, str], float]:
         for s in family.samples
         if s.name == "labeler_events_total"
     }
-
-
-def _local_stack(
-    redis_server: RedisServer, tmp_path: Path, db: int, **settings: object
-) -> tuple[Path, dict[str, str]]:
-    """A local data directory and the environment of a stack over it, on Redis database ``db``
-    (its own queues) of the session's server."""
-    data_dir = tmp_path / "data"
-    broker = redis_server.url.removesuffix("/0") + f"/{db}"
-    redis.Redis.from_url(broker).flushdb()
-    env = labeler_env(
-        broker_url=broker,
-        data_dir=data_dir,
-        model_name="digits",
-        batch_max_images=BATCH,
-        batch_max_wait_ms=200,
-        inference_batch_size=16,
-        metrics_port=0,
-        **settings,
-    )
-    return data_dir, env
 
 
 def test_images_waiting_longer_than_the_retry_budget_for_a_model_are_labeled_once_it_comes(
