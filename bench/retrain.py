@@ -53,30 +53,13 @@ def main() -> None:
 
 
 def _digits() -> dict[str, Any]:
-    from prometheus_client import CollectorRegistry
-
-    from labeler.sample_data import digit_samples
-    from monitoring.metrics import Metrics
-    from storage import LocalStore
-    from storage.registry import ModelRegistry
+    from tests.support.digits import digits_retrainer
     from workers.decoding import configure_pillow
-    from workers.retrain import RetrainConfig, Retrainer
-    from workers.training import TrainingConfig
 
     configure_pillow(50_000_000)
-    record: dict[str, Any] = {"images": 1797}
+    record: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="labeler-bench-") as tmp:
-        root = Path(tmp)
-        training = LocalStore(root / "training")
-        for sample in digit_samples():
-            training.put(sample.key, sample.data)
-        retrainer = Retrainer(
-            training,
-            ModelRegistry(LocalStore(root / "models"), "digits"),
-            LocalStore(root / "reports"),
-            Metrics(CollectorRegistry()),
-            RetrainConfig(training=TrainingConfig(input_size=(32, 32)), cache_dir=root / "cache"),
-        )
+        retrainer, record["images"] = digits_retrainer(Path(tmp))
         epochs: list[dict[str, object]] = []
         with phase(record):
             started = time.perf_counter()

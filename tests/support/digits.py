@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labeler.sample_data import Sample, digit_samples
 from storage.registry import ModelMetadata, ModelRegistry
 from workers.decoding import decode_image
+
+if TYPE_CHECKING:
+    from workers.retrain import Retrainer
 
 INPUT_SIZE = (32, 32)
 CLASSES = [str(d) for d in range(10)]
@@ -42,3 +46,27 @@ def train_digits_model(path: Path, train: list[Sample], *, epochs: int = 12) -> 
     model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.1, verbose=0)
     model.save(path)
     return path
+
+
+def digits_retrainer(root: Path) -> tuple[Retrainer, int]:
+    """A Retrainer as a training worker builds it, over every digit exported to a local
+    ``training/`` under ``root``, learning a first model from nothing; and the image count."""
+    from prometheus_client import CollectorRegistry
+
+    from monitoring.metrics import Metrics
+    from storage import LocalStore
+    from workers.retrain import RetrainConfig, Retrainer
+    from workers.training import TrainingConfig
+
+    training = LocalStore(root / "training")
+    samples = digit_samples()
+    for sample in samples:
+        training.put(sample.key, sample.data)
+    retrainer = Retrainer(
+        training,
+        ModelRegistry(LocalStore(root / "models"), "digits"),
+        LocalStore(root / "reports"),
+        Metrics(CollectorRegistry()),
+        RetrainConfig(training=TrainingConfig(input_size=INPUT_SIZE), cache_dir=root / "cache"),
+    )
+    return retrainer, len(samples)

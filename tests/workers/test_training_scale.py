@@ -16,6 +16,7 @@ from PIL import Image
 
 from labeler.sample_data import digit_samples
 from storage import LocalStore
+from tests.support.digits import digits_retrainer
 
 pytestmark = pytest.mark.slow
 
@@ -135,26 +136,11 @@ def test_two_devices_train_in_sync_with_the_global_batch_scaled(tmp_path: Path) 
 
 
 def test_digits_from_scratch_still_reach_098_streamed(tmp_path: Path) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from monitoring.metrics import Metrics
-    from storage.registry import ModelRegistry
-    from workers.retrain import RetrainConfig, Retrainer
-    from workers.training import TrainingConfig
-
-    training = LocalStore(tmp_path / "training")
-    for sample in digit_samples():
-        training.put(sample.key, sample.data)
-    retrainer = Retrainer(
-        training,
-        ModelRegistry(LocalStore(tmp_path / "models"), "digits"),
-        LocalStore(tmp_path / "reports"),
-        Metrics(CollectorRegistry()),
-        RetrainConfig(training=TrainingConfig(input_size=(32, 32)), cache_dir=tmp_path / "cache"),
-    )
+    retrainer, images = digits_retrainer(tmp_path)
 
     outcome = retrainer.run()
 
-    assert outcome.images == {"total": 1797, "fetched": 1797, "reused": 0, "failed": 0}
+    assert images == 1797  # scikit-learn's digits, every one
+    assert outcome.images == {"total": images, "fetched": images, "reused": 0, "failed": 0}
     assert outcome.accuracy >= 0.98
     assert outcome.promoted
