@@ -124,15 +124,19 @@ class LocalStore:
         with _os_errors(prefix):
             for key, path in _sorted_files(self.root, "", prefix, start_after):
                 try:
-                    st = path.stat()
+                    st = path.lstat()
+                    # The walk enters no linked folder, so only the file itself can be a link.
+                    linked = stat.S_ISLNK(st.st_mode)
+                    if linked:
+                        st = path.stat()
                 except FileNotFoundError:
-                    continue  # deleted while we walked: not there any more
+                    continue  # deleted while we walked (or a dangling link): not there any more
                 if not stat.S_ISREG(st.st_mode):
                     continue  # a FIFO or socket is not an object
-                if not path.resolve().is_relative_to(self.root):
+                if linked and not path.resolve().is_relative_to(self.root):
                     # A link out of the root is listed (its key still gets an invalid_key record)
                     # but never read: its "ETag" comes from the link itself.
-                    target = os.readlink(path) if path.is_symlink() else str(path.resolve())
+                    target = os.readlink(path)
                     etag = hashlib.md5(f"outside:{target}".encode()).hexdigest()  # noqa: S324
                     yield ObjectInfo(key, st.st_size, etag, st.st_mtime)
                 elif etags:
@@ -160,7 +164,7 @@ class LocalStore:
         return path
 
     def _info(self, key: str, path: Path, st: os.stat_result) -> ObjectInfo:
-        if not path.is_file():
+        if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(f"no object at {key!r} in {self.uri}")
         etag = self._etags.get(_signature(st))
         if etag is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import time
 import uuid
 import zlib
@@ -87,20 +86,21 @@ class ImageCache:
         """
         path = self.path(key, etag)
         try:
-            with path.open("rb") as entry:
-                size = os.fstat(entry.fileno()).st_size
-                entry.seek(max(size - TRAILER_BYTES, 0))
-                trailer = entry.read(TRAILER_BYTES)
-                whole = size == self.entry_bytes and trailer[:4] == _MAGIC
-                if whole and verify:
-                    entry.seek(0)
-                    crc = zlib.crc32(entry.read(self.pixel_bytes))
-                    whole = crc == int.from_bytes(trailer[4:], "big")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return _remembered_failure(path.with_suffix(".bad"))
-        if whole:
-            os.utime(path)  # recently used: evicted last
-            return path
+        try:  # raw calls: a night reuses thousands of entries, so each costs a few syscalls
+            size = os.fstat(fd).st_size
+            trailer = os.pread(fd, TRAILER_BYTES, max(size - TRAILER_BYTES, 0))
+            whole = size == self.entry_bytes and trailer[:4] == _MAGIC
+            if whole and verify:
+                crc = zlib.crc32(os.pread(fd, self.pixel_bytes, 0))
+                whole = crc == int.from_bytes(trailer[4:], "big")
+            if whole:
+                os.utime(fd)  # recently used: evicted last
+                return path
+        finally:
+            os.close(fd)
         log.warning("cache entry of %s is damaged (%d bytes): rebuilding it", key, size)
         path.unlink(missing_ok=True)
         return None
@@ -125,18 +125,21 @@ class ImageCache:
         freed. Temporary files of dead runs go too."""
         kept = set(keep)
         entries, total, now = [], 0, time.time()
-        for path, stat in _files(self.root):
-            if path.name.startswith(".") and now - stat.st_mtime > _STALE_TEMP_SECONDS:
-                path.unlink(missing_ok=True)
+        for entry, stat in _files(self.root):
+            if entry.name.startswith("."):  # another run's temporary file
+                if now - stat.st_mtime > _STALE_TEMP_SECONDS:
+                    Path(entry.path).unlink(missing_ok=True)
+                else:
+                    total += stat.st_size
                 continue
             total += stat.st_size
-            if str(path) not in kept and not path.name.startswith("."):
-                entries.append((stat.st_mtime, stat.st_size, path))
+            if entry.path not in kept:
+                entries.append((stat.st_mtime, stat.st_size, entry.path))
         freed = 0
         for _, size, path in sorted(entries):
             if total - freed <= self.max_bytes:
                 break
-            path.unlink(missing_ok=True)
+            Path(path).unlink(missing_ok=True)
             freed += size
         if freed:
             log.info("image cache: evicted %d bytes of unused entries", freed)
@@ -165,29 +168,41 @@ def fill_cache(
             "LABELER_TRAIN_CACHE_MAX_BYTES"
         )
     report = CacheReport(total=len(infos))
-    lock, last = threading.Lock(), [0.0]
+    last = 0.0
 
-    def one(info: ObjectInfo) -> tuple[str, Path | str, bool]:
-        found = cache.lookup(info.key, info.etag, verify=verify)
-        if found is not None:
-            return info.key, found, False
+    def tell(final: bool = False) -> None:
+        nonlocal last
+        if progress and (final or time.monotonic() - last > 0.5):
+            last = time.monotonic()
+            progress(report.counts())
+
+    def reuse(info: ObjectInfo) -> Path | str | None:
+        return cache.lookup(info.key, info.etag, verify=verify)
+
+    def fetch(info: ObjectInfo) -> Path | str:
         try:
             image = decode_image(store.get(info.key).data, cache.input_size, max_pixels=max_pixels)
         except ImageRejected as exc:
             cache.put_failure(info.key, info.etag, str(exc))
-            return info.key, str(exc), True
-        return info.key, cache.put(info.key, info.etag, image), True
+            return str(exc)
+        return cache.put(info.key, info.etag, image)
 
     with ThreadPoolExecutor(threads) as pool:
-        for key, result, fetched in pool.map(one, infos):
-            with lock:
-                _count(report, key, result, fetched)
-                if progress and time.monotonic() - last[0] > 0.5:
-                    last[0] = time.monotonic()
-                    progress(report.counts())
+        # A plain lookup is a few syscalls, cheaper inline than handed to a thread; a CRC check
+        # reads the entry, so it is worth the threads.
+        found = pool.map(reuse, infos) if verify else map(reuse, infos)
+        missing = []
+        for info, hit in zip(infos, found, strict=True):
+            if hit is None:
+                missing.append(info)
+            else:
+                _count(report, info.key, hit, fetched=False)
+                tell()
+        for info, result in zip(missing, pool.map(fetch, missing), strict=True):
+            _count(report, info.key, result, fetched=True)
+            tell()
     cache.evict(report.entries.values())
-    if progress:
-        progress(report.counts())
+    tell(final=True)
     return report
 
 
@@ -219,11 +234,20 @@ def _write_atomically(path: Path, data: bytes) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _files(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = Path(directory) / name
-            try:
-                yield path, path.stat()
-            except FileNotFoundError:
-                continue  # removed by a concurrent run meanwhile
+def _files(root: Path) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
+    """Every file under ``root`` with its stat, walked with ``scandir`` (no Path per file)."""
+    directories = [str(root)]
+    while directories:
+        try:
+            scan = os.scandir(directories.pop())
+        except FileNotFoundError:
+            continue  # removed by a concurrent run meanwhile
+        with scan:
+            for entry in scan:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        directories.append(entry.path)
+                    else:
+                        yield entry, entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
