@@ -228,6 +228,12 @@ class Settings(BaseSettings):
     train_shuffle_buffer: int = Field(
         2048, ge=1, description="Decoded images held for shuffling: bounds training memory."
     )
+    train_precision: str = Field(
+        "auto",
+        pattern=r"^(auto|float32|mixed_float16|mixed_bfloat16)$",
+        description="Training dtype policy: float32, mixed_float16, mixed_bfloat16, or auto "
+        "(mixed_float16 on a GPU, else float32). Registered models are float32 either way.",
+    )
     train_cache_dir: Path | None = Field(
         None,
         description="Decoded-image cache of the training worker (default: DATA_DIR/train-cache).",

@@ -152,6 +152,7 @@ class ProcessEngines:
                 augmentation=s.train_augment,
                 batch_size=s.train_batch_size,
                 shuffle_buffer=s.train_shuffle_buffer,
+                precision=s.train_precision,
             ),
             gate=GatePolicy(s.gate_min_accuracy, s.gate_max_macro_f1_drop, s.gate_max_recall_drop),
             review_precision=s.review_precision,

@@ -22,7 +22,8 @@ def make_small_cnn(input_size: tuple[int, int], num_classes: int, *, seed: int =
     x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
     x = layers.Dropout(0.25)(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    # float32 softmax, also under a mixed-precision policy (see workers.precision)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
@@ -49,5 +50,6 @@ def make_backbone_classifier(
     base = build(include_top=False, weights=weights, input_shape=(*input_size, 3), pooling="avg")
     x = base(x)
     x = layers.Dropout(0.2)(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    # float32 softmax, also under a mixed-precision policy (see workers.precision)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"{backbone}_classifier")

@@ -79,7 +79,7 @@ def report_html(
     matrix_png: bytes,
     curves_png: bytes | None,
     runtimes: list[dict[str, Any]] | None = None,
-    facts: dict[str, int | None] | None = None,
+    facts: dict[str, int | str | None] | None = None,
 ) -> bytes:
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td>{_cells(f, production, name)}</tr>"
@@ -98,7 +98,7 @@ def report_html(
     verdict = "promoted" if decision.passed else "refused — production unchanged"
     curves = f"<h2>Training</h2>{_img(curves_png)}" if curves_png else ""
     data = "".join(
-        f"<tr><td>{html.escape(name.replace('_', ' '))}</td><td>{value}</td></tr>"
+        f"<tr><td>{html.escape(name.replace('_', ' '))}</td><td>{html.escape(str(value))}</td></tr>"
         for name, value in (facts or {}).items()
         if value is not None
     )

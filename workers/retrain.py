@@ -124,7 +124,12 @@ class Retrainer:
         report({"phase": "optimizing"})
         runtimes = self._optimize(trained.model, data, metadata)
         joined = self._reviewed_since(base_meta)
-        facts = {"training_images": _count_images(data), "reviewed_images_added": joined}
+        facts = {
+            "training_images": _count_images(data),
+            "reviewed_images_added": joined,
+            "training_devices": trained.replicas,
+            "training_precision": trained.policy,
+        }
         self._write_reports(
             metadata, candidate, production, decision, trained.history, runtimes, facts
         )
@@ -232,7 +237,7 @@ class Retrainer:
         decision: Any,
         history: dict[str, list[float]],
         runtimes: list[dict[str, Any]],
-        facts: dict[str, int | None],
+        facts: dict[str, int | str | None],
     ) -> None:
         name, version = metadata.name, metadata.version
         matrix = confusion_matrix_png(candidate)

@@ -4,7 +4,8 @@ Reads like keras.io: a pure builder, augmentation in the tf.data pipeline (train
 class weights for imbalance, early stopping on validation, and two-phase fine-tuning where a
 backbone is frozen first (train the head; then unfreeze with every BatchNorm frozen, at any
 depth, at a low rate). Images stream from the decoded-image cache; training runs under a
-``tf.distribute`` strategy over the host's GPUs, with the global batch scaled by replicas.
+``tf.distribute`` strategy over the host's GPUs, with the global batch scaled by replicas, and
+in mixed precision where it pays (see ``workers.precision``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from workers.augmentation import DEFAULT_AUGMENTATION, make_augmentation
 from workers.dataset import Split, TrainingData
+from workers.precision import global_policy, training_policy, with_policy
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -35,6 +37,7 @@ class TrainingConfig:
     seed: int = 1337
     augmentation: str = DEFAULT_AUGMENTATION  # see workers.augmentation
     shuffle_buffer: int = 2048  # decoded images held for shuffling: bounds training memory
+    precision: str = "auto"  # a Keras dtype policy, or auto: see workers.precision
 
     def resolved_architecture(self) -> str:
         if self.architecture != "auto":
@@ -48,6 +51,7 @@ class TrainedModel:
     history: dict[str, list[float]] = field(default_factory=dict)
     phases: list[str] = field(default_factory=list)  # the phase of each epoch in ``history``
     replicas: int = 1  # devices the training ran on in sync
+    policy: str = "float32"  # the Keras dtype policy it trained in (the model is float32)
 
 
 def train_model(
@@ -64,11 +68,14 @@ def train_model(
     keras.utils.set_random_seed(config.seed)
     report = progress or (lambda _: None)
     strategy = distribution_strategy()
-    with strategy.scope():  # variables (model and optimizer) are created once per replica
-        if base_model is not None and strategy.num_replicas_in_sync > 1:
-            base_model = _copy_in_scope(base_model)
+    policy = training_policy(config.precision)
+    # Variables (model and optimizer) are created once per replica; layers built here compute
+    # in the policy's dtype.
+    with strategy.scope(), global_policy(policy):
+        if base_model is not None and (strategy.num_replicas_in_sync > 1 or policy != "float32"):
+            base_model = with_policy(base_model, policy)
         model, backbone = _initial_model(data, config, base_model, base_classes)
-        trained = TrainedModel(model, replicas=strategy.num_replicas_in_sync)
+        trained = TrainedModel(model, replicas=strategy.num_replicas_in_sync, policy=policy)
         num_classes = len(data.class_names)
         if backbone is not None:  # phase 1: only the new head learns
             backbone.trainable = False
@@ -90,6 +97,8 @@ def train_model(
             rate = config.fine_tune_learning_rate if warm else config.learning_rate
             epochs = config.fine_tune_epochs if warm else config.max_epochs
             _fit(trained, data, config, "fine-tune" if warm else "train", rate, epochs, report)
+    if policy != "float32":
+        trained.model = with_policy(model, "float32")  # what serving runs
     assert model.output_shape[-1] == num_classes
     return trained
 
@@ -109,7 +118,9 @@ def _initial_model(
     if base is not None:
         # New or changed classes: keep the learned features, give the model a new head.
         features = base.layers[-2].output
-        head = layers.Dense(num_classes, activation="softmax", name=f"head_{num_classes}")
+        head = layers.Dense(
+            num_classes, activation="softmax", name=f"head_{num_classes}", dtype="float32"
+        )
         model = keras.Model(base.inputs, head(features), name=base.name)
         return model, keras.Model(base.inputs, features, name="features")
     architecture = config.resolved_architecture()
@@ -154,15 +165,6 @@ def distribution_strategy() -> Any:
     if not gpus and len(cpus) > 1:
         return tf.distribute.MirroredStrategy([d.name for d in cpus])
     return tf.distribute.get_strategy()
-
-
-def _copy_in_scope(model: Any) -> Any:
-    """The same model with its variables created under the current strategy's scope."""
-    import keras
-
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def _fit(

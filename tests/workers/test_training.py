@@ -154,3 +154,96 @@ def test_the_split_of_every_digit_key_is_what_it_always_was() -> None:
     # Recorded from the split before the streamed pipeline; a change here moves test images.
     assert counts == {"train": 1420, "validation": 181, "test": 196}
     assert hashlib.sha256(assignment.encode()).hexdigest()[:16] == "007087f551a42e3d"
+
+
+@pytest.mark.parametrize(
+    ("policy", "compute"), [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")]
+)
+def test_mixed_precision_trains_in_16_bits_and_hands_back_a_float32_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, compute: str
+) -> None:
+    import keras
+
+    compiled: list[tuple[str, str, set[str]]] = []
+    compile_model = keras.Model.compile
+
+    def watched_compile(model: Any, *args: Any, **kwargs: Any) -> None:
+        compile_model(model, *args, **kwargs)
+        layers = [layer for _, layer in _walk(model) if layer.weights]
+        dtypes = {layer.compute_dtype for layer in layers}
+        compiled.append((model.dtype_policy.name, type(model.optimizer).__name__, dtypes))
+
+    monkeypatch.setattr(keras.Model, "compile", watched_compile)
+    data = _colours(tmp_path, {"red": (220, 40, 40), "blue": (40, 40, 220)}, 40)
+    config = TrainingConfig(
+        input_size=(32, 32), max_epochs=4, batch_size=16, patience=5, precision=policy
+    )
+
+    trained = train_model(data, config)
+
+    # What was fitted: 16-bit layers but the float32 softmax, float16 with loss scaling.
+    assert compiled == [
+        (
+            policy,
+            "LossScaleOptimizer" if policy == "mixed_float16" else "Adam",
+            {compute, "float32"},
+        )
+    ]
+    assert trained.policy == policy
+    assert trained.history["val_accuracy"][-1] > 0.9
+    # What is registered and served: float32 all through, with the trained weights.
+    model = trained.model
+    assert {layer.compute_dtype for _, layer in _walk(model)} == {"float32"}
+    images = np.concatenate(list(data.test.images()))
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.dtype == np.float32
+    assert (probabilities.argmax(axis=1) == data.test.labels).mean() > 0.9
+    assert keras.config.dtype_policy().name == "float32"  # the process default is left alone
+
+
+def test_a_mixed_precision_copy_keeps_nested_weights_and_a_float32_output() -> None:
+    from workers.architectures import make_backbone_classifier
+    from workers.precision import with_policy
+
+    model = make_backbone_classifier((32, 32), 3, backbone="mobilenet_v2", weights=None)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    expected = model.predict(images, verbose=0)
+
+    mixed = with_policy(model, "mixed_float16")
+
+    nested = [layer for depth, layer in _walk(mixed) if depth >= 2 and layer.weights]
+    assert nested
+    assert {layer.compute_dtype for layer in nested} == {"float16"}
+    assert mixed.layers[-1].compute_dtype == "float32"
+    assert {v.dtype for v in mixed.weights} == {"float32"}  # variables stay float32
+    np.testing.assert_allclose(mixed.predict(images, verbose=0), expected, atol=2e-2)
+    back = with_policy(mixed, "float32")
+    np.testing.assert_allclose(back.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_bad_training_precision_says_what_to_fix() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(train_precision="float16")
+    assert "LABELER_TRAIN_PRECISION" in str(caught.value)
+    assert "mixed_float16" in str(caught.value)
+
+
+def test_a_mixed_precision_warm_start_with_new_classes_fine_tunes_the_copy(
+    tmp_path: Path,
+) -> None:
+    from workers.architectures import make_backbone_classifier
+
+    base = make_backbone_classifier((32, 32), 2, backbone="mobilenet_v2", weights=None)
+    data = _colours(tmp_path, {"red": (220, 40, 40), "blue": (40, 40, 220)}, 24)
+    config = TrainingConfig(
+        max_epochs=1, fine_tune_epochs=1, batch_size=16, precision="mixed_float16"
+    )
+
+    trained = train_model(data, config, base_model=base, base_classes=["red", "green"])
+
+    assert trained.phases == ["head", "fine-tune"]
+    assert {layer.compute_dtype for _, layer in _walk(trained.model)} == {"float32"}
+    norms = _nested_batch_norms(trained.model)
+    assert norms
+    assert all(not bn.trainable for _, bn in norms)
+    assert {layer.compute_dtype for _, layer in _walk(base)} == {"float32"}  # base untouched
