@@ -183,21 +183,41 @@ class ReviewQueue:
 
     def clear(self) -> None:
         """Drop the whole index (leases expire by themselves)."""
-        labels = [_text(raw) for raw in self._redis.smembers(self._key("classes"))]
         names = [self._key("pending"), self._key("items"), self._key("classes")]
-        self._redis.delete(*names, *(self._key("class", label) for label in labels))
+        self._redis.delete(*names, *(self._key("class", label) for label in self._labels()))
 
     def rebuild(self, records: Iterable[LabelRecord], chunk: int = 1000) -> int:
-        """Replace the index with the records that still wait for review; returns their count."""
-        self.clear()
-        total, batch = 0, []
-        for record in records:
-            if waits_for_review(record):
-                batch.append(record)
-            if len(batch) >= chunk:
-                total += self.add_many(batch)
-                batch = []
-        return total + self.add_many(batch)
+        """Replace the index with the records that still wait for review; returns their count.
+
+        The new index is built under a private namespace and swapped in with one transaction,
+        so reviewers keep the old queue meanwhile instead of an empty one."""
+        staging = ReviewQueue(self._redis, namespace=f"{self._ns}:rebuild:{secrets.token_hex(8)}")
+        try:
+            total, batch = 0, []
+            for record in records:
+                if waits_for_review(record):
+                    batch.append(record)
+                if len(batch) >= chunk:
+                    total += staging.add_many(batch)
+                    batch = []
+            total += staging.add_many(batch)
+        except BaseException:
+            staging.clear()
+            raise
+        old, new = self._labels(), staging._labels()
+        pipe = self._redis.pipeline(transaction=True)
+        if old - new:
+            pipe.delete(*(self._key("class", label) for label in old - new))
+        for parts in [("pending",), ("items",), ("classes",), *(("class", x) for x in new)]:
+            if total:  # RENAME replaces what was there
+                pipe.rename(staging._key(*parts), self._key(*parts))
+            else:
+                pipe.delete(self._key(*parts))
+        pipe.execute()
+        return total
+
+    def _labels(self) -> set[str]:
+        return {_text(raw) for raw in self._redis.smembers(self._key("classes"))}
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))

@@ -125,3 +125,28 @@ def test_remove_and_rebuild(client: redis.Redis) -> None:
     assert queue.rebuild(records) == 1
     assert queue.get("wait.png") is not None
     assert queue.pending() == 1
+
+
+def test_a_rebuild_swaps_in_the_new_index_and_the_old_one_serves_meanwhile(
+    client: redis.Redis,
+) -> None:
+    queue = ReviewQueue(client)
+    queue.add_many([record("old-dog.png", label="dog"), record("kept.png", label="cat")])
+    seen_during: list[int] = []
+
+    def records() -> Iterator[LabelRecord]:
+        for n in range(2500):  # more than one chunk
+            seen_during.append(queue.pending())  # what a reviewer sees while it runs
+            yield record(f"new-{n:04d}.png", label="cat", at=2.0 + n)
+        yield record("kept.png", label="cat")
+
+    assert queue.rebuild(records()) == 2501
+
+    assert set(seen_during) == {2}  # the old queue, never an empty or half-built one
+    assert queue.pending() == 2501
+    assert queue.counts() == {"cat": 2501}  # the class with nothing left is gone
+    assert queue.get("old-dog.png") is None
+    assert {key.decode() for key in client.keys("labeler:review:rebuild:*")} == set()
+    assert queue.rebuild([]) == 0
+    assert queue.pending() == 0
+    assert client.keys("labeler:review:*") == []
