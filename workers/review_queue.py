@@ -22,12 +22,15 @@ from storage import LabelRecord
 DEFAULT_NAMESPACE = "labeler:review"
 
 # KEYS: the sorted set to walk (200 members per ZRANGE).
-# ARGV: namespace, token, lease ms, key prefix, most members to scan.
+# ARGV: namespace, token, lease ms, key prefix, rank to start at, most members to scan.
+# Returns [key, item] when it leased one, false when the set ended, or the rank to go on from:
+# a call scans a bounded stretch, so a filter that matches little never blocks Redis for long.
 _CLAIM = """
 local ns, token, lease_ms, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local max_scan, start = tonumber(ARGV[5]), 0
-while start < max_scan do
-  local members = redis.call('ZRANGE', KEYS[1], start, start + 199)
+local start = tonumber(ARGV[5])
+local stop = start + tonumber(ARGV[6])
+while start < stop do
+  local members = redis.call('ZRANGE', KEYS[1], start, math.min(start + 199, stop - 1))
   if #members == 0 then return false end
   for _, key in ipairs(members) do
     if prefix == '' or string.sub(key, 1, #prefix) == prefix then
@@ -36,10 +39,11 @@ while start < max_scan do
       end
     end
   end
-  start = start + 200
+  start = start + #members
 end
-return false
+return start
 """
+SCAN_PER_CALL = 2000  # members one claim call looks at before handing Redis back
 
 # Delete a lease only if it is still ours (a lease that expired may belong to someone else now).
 _RELEASE = """
@@ -114,8 +118,15 @@ class ReviewQueue:
         index = self._key("class", label) if label else self._key("pending")
         token = secrets.token_hex(16)
         lease_ms = int(self.lease_seconds * 1000)
-        found = self._claim(keys=[index], args=[self._ns, token, lease_ms, prefix, self._max_scan])
-        if not found:
+        start, found = 0, None
+        while start < self._max_scan:
+            budget = min(SCAN_PER_CALL, self._max_scan - start)
+            args = [self._ns, token, lease_ms, prefix, start, budget]
+            found = self._claim(keys=[index], args=args)
+            if not isinstance(found, int):
+                break
+            start = found  # a stretch without a free match: go on where it stopped
+        if not found or isinstance(found, int):
             return None
         key = _text(found[0])
         item = _item(key, found[1])

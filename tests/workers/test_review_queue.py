@@ -150,3 +150,22 @@ def test_a_rebuild_swaps_in_the_new_index_and_the_old_one_serves_meanwhile(
     assert queue.rebuild([]) == 0
     assert queue.pending() == 0
     assert client.keys("labeler:review:*") == []
+
+
+def test_a_filter_that_matches_late_scans_in_bounded_calls(client: redis.Redis) -> None:
+    from workers.review_queue import SCAN_PER_CALL
+
+    queue = ReviewQueue(client)
+    others = 2 * SCAN_PER_CALL + 500
+    queue.add_many(record(f"a/{n:05d}.png", at=float(n)) for n in range(others))
+    queue.add(record("z/late.png", at=float(others)))
+    before = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    claim = queue.claim(prefix="z/")
+
+    assert claim is not None
+    assert claim.item.key == "z/late.png"
+    calls = client.info("commandstats")["cmdstat_evalsha"]["calls"] - before
+    assert calls == 3  # two full stretches, then the one that found it
+    assert queue.claim(prefix="z/") is None  # leased: the walk ends at the set's end
+    assert ReviewQueue(client, max_scan=100).claim(prefix="z/") is None  # and at max_scan
