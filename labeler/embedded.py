@@ -230,8 +230,10 @@ class Stack:
         workdir = self.data_dir / "redis"
         workdir.mkdir(parents=True, exist_ok=True)
         port = _stable_port(workdir / "port")
+        password = self.env.get("LABELER_REDIS_PASSWORD")
         argv = [
             binary,
+            str(_private_config(workdir, password)),
             "--port",
             str(port),
             "--bind",
@@ -249,7 +251,7 @@ class Stack:
         self._redis.start()
         url = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + 15
-        while not _answers(url):
+        while not _answers(url, password):
             if not self._redis.running or time.monotonic() > deadline:
                 raise click.ClickException(
                     f"private redis-server did not start; its log ends:\n{self._redis.log_tail()}"
@@ -258,8 +260,22 @@ class Stack:
         return url
 
 
-def _answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+def _private_config(workdir: Path, password: str | None) -> Path:
+    """The private Redis's config file: the password, if one is set, goes here (readable by
+    us alone) rather than on the command line, which every user of the machine can read; the
+    commands and components then authenticate to it as to the configured one."""
+    path = workdir / "redis.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # also when an older file had other modes
+    with os.fdopen(fd, "w") as config:
+        if password:
+            escaped = password.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            config.write(f'requirepass "{escaped}"\n')
+    return path
+
+
+def _answers(url: str, password: str | None = None) -> bool:
+    client = redis.Redis.from_url(url, password=password, socket_connect_timeout=0.5)
     try:
         return bool(client.ping())
     except redis.RedisError:

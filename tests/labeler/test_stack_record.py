@@ -67,3 +67,22 @@ def test_the_private_redis_port_is_kept_unless_taken(tmp_path: Path) -> None:
         second = _stable_port(path)
     assert second != first
     assert path.read_text().strip() == str(second)
+
+
+def test_the_private_redis_asks_for_the_configured_password_without_showing_it(
+    tmp_path: Path,
+) -> None:
+    import redis
+
+    from labeler.embedded import Stack
+
+    password = 'pass word "with" \\ quotes'
+    env = {"LABELER_REDIS_PASSWORD": password}
+    with Stack(tmp_path, env, [], private_redis=True) as stack:
+        assert redis.Redis.from_url(stack.broker_url, password=password).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis.from_url(stack.broker_url).ping()
+        assert stack._redis is not None
+        command_line = Path(f"/proc/{stack._redis.pid}/cmdline").read_bytes()
+        assert b"quotes" not in command_line
+        assert (tmp_path / "redis" / "redis.conf").stat().st_mode & 0o777 == 0o600
