@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labeler.embedded import _stable_port
+from labeler.private_redis import stable_port
 from labeler.stack_record import (
     StackRecord,
     StackRunning,
@@ -59,12 +59,12 @@ def test_a_second_lock_on_a_data_dir_is_refused_naming_the_holder(tmp_path: Path
 
 def test_the_private_redis_port_is_kept_unless_taken(tmp_path: Path) -> None:
     path = tmp_path / "port"
-    first = _stable_port(path)
-    assert _stable_port(path) == first
+    first = stable_port(path)
+    assert stable_port(path) == first
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", first))
         taken.listen()
-        second = _stable_port(path)
+        second = stable_port(path)
     assert second != first
     assert path.read_text().strip() == str(second)
 
