@@ -43,6 +43,7 @@ while start < stop do
 end
 return start
 """
+_INDEX = ("pending", "items", "classes")  # the index's keys besides the per-class sets
 SCAN_PER_CALL = 2000  # members one claim call looks at before handing Redis back
 
 # Delete a lease only if it is still ours (a lease that expired may belong to someone else now).
@@ -194,7 +195,7 @@ class ReviewQueue:
 
     def clear(self) -> None:
         """Drop the whole index (leases expire by themselves)."""
-        names = [self._key("pending"), self._key("items"), self._key("classes")]
+        names = [self._key(name) for name in _INDEX]
         self._redis.delete(*names, *(self._key("class", label) for label in self._labels()))
 
     def rebuild(self, records: Iterable[LabelRecord], chunk: int = 1000) -> int:
@@ -219,7 +220,7 @@ class ReviewQueue:
         pipe = self._redis.pipeline(transaction=True)
         if old - new:
             pipe.delete(*(self._key("class", label) for label in old - new))
-        for parts in [("pending",), ("items",), ("classes",), *(("class", x) for x in new)]:
+        for parts in [*((name,) for name in _INDEX), *(("class", x) for x in new)]:
             if total:  # RENAME replaces what was there
                 pipe.rename(staging._key(*parts), self._key(*parts))
             else:
