@@ -212,7 +212,7 @@ def run_backlog(root: Path, total: int) -> dict[str, Any]:
         **result,
         "setup": {
             "model": "mobilenet_v2 224x224, random weights, 10 classes "
-            "(workers.architectures.make_backbone_classifier)",
+            "(workers.training.architectures.make_backbone_classifier)",
             "images": f"{total} x 640x480 JPEG ({DISTINCT_IMAGES} distinct, "
             f"mean {images.mean_bytes} bytes), hard-linked under distinct keys",
             "store": "file:// (LocalStore)",

@@ -36,7 +36,7 @@ def save_mobilenet(path: Path) -> Path:
     """MobileNetV2 at 224x224, random weights (offline), 10 classes, saved as ``.keras``."""
     import keras
 
-    from workers.architectures import make_backbone_classifier
+    from workers.training import make_backbone_classifier
 
     keras.utils.set_random_seed(0)
     model = make_backbone_classifier((224, 224), 10, backbone="mobilenet_v2", weights=None)

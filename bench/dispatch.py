@@ -39,8 +39,7 @@ from tests.support.digits import CLASSES, split_digits, train_digits_model
 from tests.support.processes import LABELER, WorkerProcess, labeler_env, run_labeler
 from tests.support.services import MotoServer, RedisServer, wait_until
 from tests.workers.test_dispatch import minio_event
-from workers.dispatch import Dispatcher
-from workers.dispatch_config import DispatchConfig
+from workers.dispatch import DispatchConfig, Dispatcher
 
 EVENTS = "labeler:events"
 LOW_LOAD_IMAGES, LOW_LOAD_INTERVAL = 40, 0.5

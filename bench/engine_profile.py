@@ -25,9 +25,7 @@ from bench.procstat import CpuWindow
 from monitoring.metrics import Metrics
 from storage import LocalStore
 from storage.results import LabelStore
-from workers.batch import BatchClassifier, EngineLimits
-from workers.decoding import configure_pillow
-from workers.model_runtime import LoadedModel
+from workers.inference import BatchClassifier, EngineLimits, LoadedModel, configure_pillow
 
 MAX_PIXELS = 50_000_000
 

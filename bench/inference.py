@@ -57,7 +57,7 @@ from bench.procstat import (
     rss_bytes,
 )
 from bench.report import finish, summary
-from workers.model_runtime import LoadedModel
+from workers.inference import LoadedModel
 
 RESULTS_DIR = Path(__file__).parent / "results"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
@@ -345,7 +345,7 @@ def run_benchmark(plan: Plan, root: Path) -> dict[str, Any]:
     results["bare"].append(measure_bare(model, batches, plan.bare_calls))
     results["image_sets"] = {s.name: s.describe() for s in (ctx.small, ctx.big)}
     results["model"] = {
-        "architecture": "mobilenet_v2 (workers.architectures.make_backbone_classifier)",
+        "architecture": "mobilenet_v2 (workers.training.architectures.make_backbone_classifier)",
         "input": [224, 224, 3],
         "classes": 10,
         "weights": None,

@@ -21,9 +21,7 @@ from storage import LocalStore
 from storage.registry import ModelMetadata, ModelRegistry
 from storage.results import LabelStore
 from tasks.contracts import CLASSIFY_BATCH, INFERENCE_QUEUE, ClassifyBatchRequest
-from workers.batch import make_record
-from workers.decoding import configure_pillow, decode_image
-from workers.model_runtime import LoadedModel, ModelRuntime
+from workers.inference import LoadedModel, ModelRuntime, configure_pillow, decode_image, make_record
 
 INPUT_SIZE = (224, 224)
 MAX_PIXELS = 50_000_000

@@ -57,7 +57,7 @@ def main() -> None:
 
 def _digits() -> dict[str, Any]:
     from tests.support.digits import digits_retrainer
-    from workers.decoding import configure_pillow
+    from workers.inference import configure_pillow
 
     configure_pillow(50_000_000)
     record: dict[str, Any] = {}
@@ -149,9 +149,7 @@ def _child(root: Path, name: str) -> None:
     from keras import layers
 
     from storage import LocalStore
-    from workers.dataset import load_training_data
-    from workers.image_cache import ImageCache
-    from workers.training import TrainingConfig, train_model
+    from workers.training import ImageCache, TrainingConfig, load_training_data, train_model
 
     started = time.perf_counter()
     data = load_training_data(
@@ -194,10 +192,8 @@ def _input_pipeline(root: Path) -> dict[str, Any]:
     import tensorflow as tf
 
     from storage import LocalStore
-    from workers.architectures import make_backbone_classifier
-    from workers.dataset import load_training_data
-    from workers.image_cache import ImageCache
-    from workers.training import TrainingConfig, input_pipeline
+    from workers.training import ImageCache, load_training_data, make_backbone_classifier
+    from workers.training.fitting import TrainingConfig, input_pipeline
 
     data = load_training_data(
         LocalStore(root / "large"),

@@ -37,8 +37,7 @@ from bench.header import phase, run_header, trusted, write_result
 from review import ReviewConfig, Reviewers, create_app
 from storage import LabelRecord, LocalStore, Prediction, label_key
 from tests.support.services import free_port, wait_until
-from workers.review_decisions import ReviewDesk
-from workers.review_queue import ReviewQueue
+from workers.review import ReviewDesk, ReviewQueue
 
 CLASSES = [str(d) for d in range(10)]
 TARGET_P95_MS = 50.0

@@ -45,9 +45,8 @@ def bare_runs(root: Path, model_path: Path, calls: int) -> list[dict[str, Any]]:
     )
     from storage import LocalStore
     from storage.registry import ModelRegistry
-    from workers.model_runtime import load_keras_file
-    from workers.openvino_runtime import OpenVinoModel, read_ir
-    from workers.optimization import HeldOut, Int8Bars, optimize_version
+    from workers.inference import OpenVinoModel, load_keras_file, read_ir
+    from workers.training import HeldOut, Int8Bars, optimize_version
 
     images = make_image_set((640, 480), 40)
     batches = decoded_batches(images, count=10)
@@ -86,8 +85,8 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
     from bench.images import keys_for, make_image_set, place_local
     from bench.measure import MODEL_NAME, Run, record_timings, timed_run, warm_up
     from storage.registry import ModelRegistry
-    from workers.model_runtime import load_keras_file
-    from workers.optimization import HeldOut, Int8Bars, optimize_version
+    from workers.inference import load_keras_file
+    from workers.training import HeldOut, Int8Bars, optimize_version
 
     sets = [make_image_set((640, 480), 40), make_image_set((4000, 3000), 8)]
     runs = []

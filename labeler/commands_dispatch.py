@@ -19,12 +19,8 @@ from storage import Area, LocalStore, ObjectStore
 from tasks.app import LabelerCelery
 from tasks.contracts import CLASSIFY_BATCH, INFERENCE_QUEUE, ClassifyBatchRequest
 from tasks.queues import waiting_images
-from workers.dispatch import Dispatcher
-from workers.dispatch_config import DispatchConfig
-from workers.events import s3_root
+from workers.dispatch import DirectoryWatcher, DispatchConfig, Dispatcher, SqsInbox, s3_root
 from workers.metered_store import MeteredStore
-from workers.sqs import SqsInbox
-from workers.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,7 @@ def import_model(
     """Register PATH (a .keras file) as the next version, export its OpenVINO IR (and INT8 with
     --calibration-dir), and promote it."""
     from storage.registry import ModelMetadata
-    from workers.errors import InvalidModel
-    from workers.model_runtime import load_keras_file, model_signature
+    from workers.inference import InvalidModel, load_keras_file, model_signature
 
     settings = settings_or_exit()
     class_names = _class_names(classes, classes_file)
@@ -134,8 +133,7 @@ def rollback(to: int | None, name: str | None) -> None:
 )
 def optimize(name: str, version: int, calibration_dir: Path | None) -> None:
     """Make the OpenVINO artifacts of an existing VERSION (FP32 IR, and INT8 if approved)."""
-    from workers.errors import InvalidModel
-    from workers.model_runtime import load_keras_file
+    from workers.inference import InvalidModel, load_keras_file
 
     settings = settings_or_exit()
     registry = Stores(settings).registry(name)
@@ -162,8 +160,8 @@ def _optimize(
 ) -> bool:
     """Export and store the version's OpenVINO artifacts; say what INT8's verdict was."""
     from storage import LocalStore
-    from workers.errors import InvalidModel
-    from workers.optimization import (
+    from workers.inference import InvalidModel
+    from workers.training import (
         HeldOut,
         calibration_from_store,
         optimize_version,
@@ -206,9 +204,7 @@ def _training_split(
     settings: Settings, class_names: list[str], size: tuple[int, int], bars: Any
 ) -> tuple[Any, Any]:
     from storage import Area
-    from workers.dataset import load_training_data
-    from workers.image_cache import ImageCache
-    from workers.optimization import HeldOut, calibration_from_training
+    from workers.training import HeldOut, ImageCache, calibration_from_training, load_training_data
 
     # The retrains' own cache: a version's images were decoded into it when it was trained.
     cache = ImageCache(

@@ -17,8 +17,7 @@ from storage import Area, LabelRecord, ObjectNotFound
 if TYPE_CHECKING:
     from monitoring.metrics import ReviewMetrics
     from review import Reviewers
-    from workers.review_decisions import ReviewDesk
-    from workers.review_queue import ReviewQueue
+    from workers.review import ReviewDesk, ReviewQueue
 
 _CLASSES_TTL_SECONDS = 60.0  # how stale the page's class list may be after a promotion
 
@@ -106,7 +105,7 @@ def build_review_app(settings: Settings, reviewers: Reviewers) -> Any:
 
     from monitoring.metrics import ReviewMetrics
     from review import ReviewConfig, create_app
-    from workers.decoding import configure_pillow
+    from workers.inference import configure_pillow
 
     configure_pillow(settings.max_image_pixels)  # previews decode untrusted bytes too
     registry = CollectorRegistry()
@@ -127,7 +126,7 @@ def build_review_app(settings: Settings, reviewers: Reviewers) -> Any:
 def review_queue(settings: Settings) -> ReviewQueue:
     import redis
 
-    from workers.review_queue import ReviewQueue
+    from workers.review import ReviewQueue
 
     client = redis.Redis.from_url(
         settings.broker_connection_url(), socket_connect_timeout=5, socket_timeout=10
@@ -136,7 +135,7 @@ def review_queue(settings: Settings) -> ReviewQueue:
 
 
 def review_desk(settings: Settings, metrics: ReviewMetrics | None = None) -> ReviewDesk:
-    from workers.review_decisions import ReviewDesk
+    from workers.review import ReviewDesk
 
     stores = Stores(settings)
 

@@ -134,7 +134,7 @@ def classify(files: tuple[str, ...]) -> None:
     """
     from monitoring.metrics import Metrics
     from storage import LocalFiles
-    from workers.batch import BatchClassifier
+    from workers.inference import BatchClassifier
 
     settings = settings_or_exit()
     runtime = model_runtime(settings, Stores(settings).registry())

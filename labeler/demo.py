@@ -126,7 +126,7 @@ def _summarise(stores: Stores, records: list[LabelRecord], held_out: list[Sample
 def _review_and_retrain(env: dict[str, str], held_out: list[Sample], count: int) -> None:
     """Answer up to ``count`` queued reviews from the known truth, retrain, compare versions."""
     from labeler.commands_review import review_desk
-    from workers.review_decisions import Action
+    from workers.review import Action
 
     settings = settings_from_env(env)  # the stack's own Redis, where the worker indexed items
     desk = review_desk(settings)

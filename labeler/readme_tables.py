@@ -18,14 +18,14 @@ ERRORS_END = "<!-- error-table:end -->"
 _ERROR_MODULES = (
     "storage.errors",
     "storage.registry",
-    "workers.errors",
-    "workers.decoding",
+    "workers.inference.errors",
+    "workers.inference.decoding",
     "tasks.contracts",
     "labeler.settings",
     "labeler.stack_record",
     "labeler.supervision",
-    "workers.dispatch_config",
-    "workers.sqs",
+    "workers.dispatch.config",
+    "workers.dispatch.sqs",
 )
 
 

@@ -336,7 +336,7 @@ class Settings(BaseSettings):
     @field_validator("train_augment")
     @classmethod
     def _augmentation(cls, value: str) -> str:
-        from workers.augmentation import parse_augmentation
+        from workers.training import parse_augmentation
 
         parse_augmentation(value)  # its ValueError says what is allowed
         return value

@@ -27,7 +27,7 @@ from storage import Area, ObjectNotFound
 from storage.keys import report_key
 from tasks.contracts import QUEUES
 from tasks.queues import queue_depths
-from workers.review_queue import ReviewQueue
+from workers.review import ReviewQueue
 
 HTTP_TIMEOUT = 3.0
 STALE_SECONDS = 6 * SAMPLE_SECONDS  # an older sample means the sampler is stuck

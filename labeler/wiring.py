@@ -22,9 +22,8 @@ from tasks.app import LabelerCelery, create_app
 from tasks.contracts import INFERENCE_QUEUE, CeleryConfig
 
 if TYPE_CHECKING:
-    from workers.batch import BatchClassifier, EngineLimits
-    from workers.model_runtime import ModelRuntime
-    from workers.retrain import Retrainer
+    from workers.inference import BatchClassifier, EngineLimits, ModelRuntime
+    from workers.training import Retrainer
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +107,8 @@ class ProcessEngines:
 
     @cached_property
     def classifier(self) -> BatchClassifier:
-        from workers.batch import BatchClassifier
-        from workers.review_queue import ReviewQueue
+        from workers.inference import BatchClassifier
+        from workers.review import ReviewQueue
 
         labels = LabelStore(self.stores.area(Area.LABELS))
         review_queue = ReviewQueue(self.redis)
@@ -134,10 +133,8 @@ class ProcessEngines:
 
     @cached_property
     def retrainer(self) -> Retrainer:
-        from workers.decoding import configure_pillow
-        from workers.evaluation import GatePolicy
-        from workers.retrain import RetrainConfig, Retrainer
-        from workers.training import TrainingConfig
+        from workers.inference import configure_pillow
+        from workers.training import GatePolicy, RetrainConfig, Retrainer, TrainingConfig
 
         s = self.settings
         configure_pillow(s.max_image_pixels)
@@ -174,7 +171,7 @@ class ProcessEngines:
         """Load the model before the first task arrives (if there is one to load yet)."""
         if INFERENCE_QUEUE not in self.queues:
             return
-        from workers.errors import ModelUnavailable
+        from workers.inference import ModelUnavailable
 
         try:
             self.classifier.runtime.current()
@@ -184,7 +181,7 @@ class ProcessEngines:
 
 def int8_bars(settings: Settings) -> Any:
     """The INT8 approval bars from settings."""
-    from workers.optimization import Int8Bars
+    from workers.training import Int8Bars
 
     return Int8Bars(
         min_agreement=settings.int8_min_agreement,
@@ -199,7 +196,7 @@ def model_runtime(
     on_load: Callable[[Any, Any], None] | None = None,
 ) -> ModelRuntime:
     """The model a process serves, with the configured runtime, precision and reload period."""
-    from workers.model_runtime import ModelRuntime
+    from workers.inference import ModelRuntime
 
     return ModelRuntime(
         registry,
@@ -213,8 +210,7 @@ def model_runtime(
 
 def engine_limits(settings: Settings) -> EngineLimits:
     """The batch engine's limits; also sets Pillow's pixel limit for this process."""
-    from workers.batch import EngineLimits
-    from workers.decoding import configure_pillow
+    from workers.inference import EngineLimits, configure_pillow
 
     configure_pillow(settings.max_image_pixels)
     return EngineLimits(

@@ -1,4 +1,4 @@
-"""The review app: routes, thin handlers over :class:`workers.review_decisions.ReviewDesk`.
+"""The review app: routes, thin handlers over :class:`workers.review.decisions.ReviewDesk`.
 
 Pages: ``/`` (one item at a time, keyboard first), ``/login``. JSON API: ``GET /api/next``,
 ``POST /api/decide``, ``POST /api/skip``, ``GET /api/stats``, ``GET /api/csrf``. Images:
@@ -28,7 +28,7 @@ from starlette.templating import Jinja2Templates
 from review.auth import Reviewers
 from review.security import SecurityMiddleware, csrf_token
 from storage import InvalidKey, ObjectNotFound, validate_key
-from workers.review_decisions import (
+from workers.review import (
     Action,
     InvalidDecision,
     LeaseLost,
@@ -37,7 +37,7 @@ from workers.review_decisions import (
     ReviewItem,
     StaleItem,
 )
-from workers.review_images import PREVIEW_CONTENT_TYPE, ImageRejected, preview_png
+from workers.review.previews import PREVIEW_CONTENT_TYPE, ImageRejected, preview_png
 
 _HERE = Path(__file__).parent
 _Body = TypeVar("_Body", bound=BaseModel)

@@ -96,6 +96,11 @@ class LabelRecord(BaseModel):
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def waits_for_review(self) -> bool:
+        """A labeled record the model was unsure of, that no one has reviewed yet."""
+        return self.needs_review and self.ok and self.label is not None and self.review is None
+
     def same_work(self, etag: str | None, model_version: int) -> bool:
         """True when this record already answers ``(etag, model_version)``: rewriting is a no-op."""
         return self.source_etag == etag and self.model_version == model_version

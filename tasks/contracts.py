@@ -18,8 +18,8 @@ from storage import InvalidKey, PermanentError, validate_key
 
 if TYPE_CHECKING:
     from monitoring.metrics import Metrics
-    from workers.batch import BatchClassifier
-    from workers.retrain import Retrainer
+    from workers.inference import BatchClassifier
+    from workers.training import Retrainer
 
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"

@@ -10,7 +10,7 @@ import redis
 from review import Reviewers
 from storage import LabelRecord, LocalStore, label_key
 from tests.support.processes import LABELER, labeler_env, run_labeler
-from workers.review_queue import ReviewQueue
+from workers.review import ReviewQueue
 
 
 def test_refuses_a_public_address_without_credentials(tmp_path: Path, redis_url: str) -> None:

@@ -40,7 +40,7 @@ from tests.support.services import (
     require_binary,
     wait_until,
 )
-from workers.review_decisions import Action
+from workers.review import Action
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from monitoring.metrics import ReviewMetrics
 from review import ReviewConfig, Reviewers, create_app
 from storage import LabelRecord, LocalStore, Prediction, label_key
-from workers.review_decisions import ReviewDesk
-from workers.review_queue import ReviewQueue
+from workers.review import ReviewDesk, ReviewQueue
 
 CLASSES = ["cat", "dog", "fox"]
 

@@ -17,7 +17,7 @@ from tests.conftest import DigitsFixture
 from tests.support.digits import CLASSES, register_digits
 from tests.support.processes import LABELER, labeler_env
 from tests.support.services import free_port, require_binary, wait_until
-from workers.review_queue import ReviewQueue
+from workers.review import ReviewQueue
 
 pytestmark = pytest.mark.slow
 PASSWORD = "s3cret-enough"

@@ -21,7 +21,7 @@ from review import Reviewers
 from storage import Area, LabelRecord
 from storage.keys import label_key, report_key
 from tests.support.processes import labeler_env, run_labeler, running_worker
-from workers.review_queue import ReviewQueue
+from workers.review import ReviewQueue
 
 pytestmark = pytest.mark.slow
 FIRST_PER_CLASS = 10  # a deliberately weak first model: 100 images

@@ -23,7 +23,7 @@ from PIL import Image
 from labeler.sample_data import Sample
 from storage import ErrorReason
 from tests.support.digits import CLASSES, INPUT_SIZE
-from workers.decoding import decode_image
+from workers.inference import decode_image
 
 ANY_LABEL = "*"  # Case.label for a valid image that shows no digit: any class of the model
 BOMB_SIDE = 40_000  # 1.6 Gpx: decoded as Pillow's 1-bit mode that is 1.6 GB, far over 500 MB

@@ -9,10 +9,10 @@ import numpy as np
 
 from labeler.sample_data import Sample, digit_samples
 from storage.registry import ModelMetadata, ModelRegistry
-from workers.decoding import decode_image
+from workers.inference import decode_image
 
 if TYPE_CHECKING:
-    from workers.retrain import Retrainer
+    from workers.training import Retrainer
 
 INPUT_SIZE = (32, 32)
 CLASSES = [str(d) for d in range(10)]
@@ -37,7 +37,7 @@ def split_digits() -> tuple[list[Sample], list[Sample]]:
 
 def train_digits_model(path: Path, train: list[Sample], *, epochs: int = 12) -> Path:
     """Fit the small CNN on ``train`` (decoded exactly as the workers decode) and save it."""
-    from workers.architectures import make_small_cnn
+    from workers.training import make_small_cnn
 
     x = np.stack([decode_image(s.data, INPUT_SIZE, max_pixels=10**6) for s in train])
     y = np.array([int(s.label) for s in train])
@@ -55,8 +55,7 @@ def digits_retrainer(root: Path) -> tuple[Retrainer, int]:
 
     from monitoring.metrics import Metrics
     from storage import LocalStore
-    from workers.retrain import RetrainConfig, Retrainer
-    from workers.training import TrainingConfig
+    from workers.training import RetrainConfig, Retrainer, TrainingConfig
 
     training = LocalStore(root / "training")
     samples = digit_samples()

@@ -1,4 +1,5 @@
-"""Unit tests for workers.decoding. The corpus is generated here, in code: no files, no network."""
+"""Unit tests for workers.inference.decoding. The corpus is generated here, in code: no files,
+no network."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from storage.records import ErrorReason
-from workers.decoding import ALLOWED_FORMATS, ImageRejected, configure_pillow, decode_image
+from workers.inference import ALLOWED_FORMATS, ImageRejected, configure_pillow, decode_image
 
 SIZE = (24, 40)  # (height, width); not square, so a swapped order shows
 MAX_PIXELS = 50_000_000

@@ -25,9 +25,8 @@ from monitoring.metrics import Metrics
 from storage import LocalStore, ObjectStore, S3Store
 from tests.support.records import record_for
 from tests.support.services import wait_until
-from workers.dispatch import Dispatcher
-from workers.dispatch_config import DispatchConfig
-from workers.events import CreatedObject, S3Root, parse_event
+from workers.dispatch import DispatchConfig, Dispatcher
+from workers.dispatch.events import CreatedObject, S3Root, parse_event
 from workers.metered_store import MeteredStore
 
 EVENT_TIME = "2024-05-01T10:00:00.000Z"
@@ -204,7 +203,7 @@ def test_other_events_are_ignored_and_broken_ones_invalid(
 
 def test_sources_and_outcomes_are_the_metric_label_sets() -> None:
     from monitoring.metrics import EVENT_OUTCOMES, EVENT_SOURCES
-    from workers import events as dispatch
+    from workers.dispatch.dispatcher import events as dispatch
 
     sources = {
         dispatch.SOURCE_MINIO,

@@ -19,9 +19,9 @@ from storage import LocalStore, S3Store, make_s3_client
 from tests.conftest import s3_options
 from tests.support.s3_proxy import S3Proxy
 from tests.support.services import MotoServer
-from workers.dataset import load_training_data, split_of
-from workers.decoding import decode_image
-from workers.image_cache import TRAILER_BYTES, ImageCache, fill_cache
+from workers.inference import decode_image
+from workers.training import load_training_data, split_of
+from workers.training.image_cache import TRAILER_BYTES, ImageCache, fill_cache
 
 SIZE = (32, 32)
 MAX_PIXELS = 10**6

@@ -16,11 +16,9 @@ from storage.keys import openvino_key
 from storage.registry import ModelMetadata, ModelRegistry
 from tests.conftest import DigitsFixture
 from tests.support.digits import CLASSES, INPUT_SIZE
-from workers.decoding import decode_image
-from workers.errors import ModelUnavailable
-from workers.model_runtime import ModelRuntime, load_keras_file
-from workers.optimization import HeldOut, Int8Bars, Optimization, optimize_version
-from workers.report import report_html
+from workers.inference import ModelRuntime, ModelUnavailable, decode_image, load_keras_file
+from workers.training import report_html
+from workers.training.optimization import HeldOut, Int8Bars, Optimization, optimize_version
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +119,7 @@ def test_int8_calibrated_on_blank_images_is_refused_and_fp32_serves(
 
 
 def report_html_for(result: Optimization) -> bytes:
-    from workers.evaluation import GateDecision, evaluate
+    from workers.training.evaluation import GateDecision, evaluate
 
     probs = np.eye(2, dtype=np.float32)
     evaluation = evaluate(["a", "b"], np.array([0, 1]), probs, ["x", "y"])
@@ -177,7 +175,7 @@ def _optimize_version(registry: ModelRegistry, version: int, digits: DigitsFixtu
 
 
 def test_int8_that_agrees_but_loses_accuracy_is_refused() -> None:
-    from workers.optimization import judge_int8
+    from workers.training.optimization import judge_int8
 
     labels = np.arange(200) % 2
     fp32 = np.eye(2, dtype=np.float32)[labels]  # always right

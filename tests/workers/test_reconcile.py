@@ -12,7 +12,7 @@ import pytest
 from storage import Blob, LocalStore, ObjectInfo, ObjectStore, S3Store
 from tests.support.memory_store import MemoryStore
 from tests.support.records import record_for
-from workers.reconcile import Reconciler
+from workers.dispatch import Reconciler
 
 # Keys whose label keys sort differently from them ("a.b.json" < "a.json"), and folders that
 # sort between files ("a-b" < "a/b" < "a0").

@@ -11,15 +11,15 @@ import redis
 
 from storage import LabelRecord, ReviewOutcome, S3Store, label_key
 from storage.s3 import S3Client
-from workers.review_decisions import (
+from workers.review import (
     Action,
     InvalidDecision,
     LeaseLost,
     ReviewDesk,
+    ReviewQueue,
     StaleItem,
     count_reviewed_since,
 )
-from workers.review_queue import ReviewQueue
 
 
 class Bucket:

@@ -11,7 +11,7 @@ import redis
 
 from storage import LabelRecord, Review, ReviewOutcome
 from tests.support.services import wait_until
-from workers.review_queue import ReviewQueue
+from workers.review import ReviewQueue
 
 
 def record(key: str, label: str = "cat", at: float = 1.0, **extra: object) -> LabelRecord:
@@ -153,7 +153,7 @@ def test_a_rebuild_swaps_in_the_new_index_and_the_old_one_serves_meanwhile(
 
 
 def test_a_filter_that_matches_late_scans_in_bounded_calls(client: redis.Redis) -> None:
-    from workers.review_queue import SCAN_PER_CALL
+    from workers.review.queue import SCAN_PER_CALL
 
     queue = ReviewQueue(client)
     others = 2 * SCAN_PER_CALL + 500

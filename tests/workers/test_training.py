@@ -15,10 +15,19 @@ from PIL import Image
 from labeler.sample_data import digit_samples
 from labeler.settings import ConfigError, load_settings
 from storage import LocalStore
-from workers.augmentation import DEFAULT_AUGMENTATION, make_augmentation, parse_augmentation
-from workers.dataset import TrainingData, load_training_data, split_of
-from workers.image_cache import ImageCache
-from workers.training import TrainingConfig, train_model
+from workers.training import (
+    ImageCache,
+    TrainingConfig,
+    TrainingData,
+    load_training_data,
+    split_of,
+    train_model,
+)
+from workers.training.augmentation import (
+    DEFAULT_AUGMENTATION,
+    make_augmentation,
+    parse_augmentation,
+)
 
 
 def _colour_png(rgb: tuple[int, int, int], seed: int) -> bytes:
@@ -66,7 +75,7 @@ def _nested_batch_norms(model: object) -> list[tuple[int, object]]:
 def test_warm_start_keeps_every_nested_batch_norm_frozen(
     tmp_path: Path, base_classes: list[str], phases: list[str]
 ) -> None:
-    from workers.architectures import make_backbone_classifier
+    from workers.training import make_backbone_classifier
 
     base = make_backbone_classifier(
         (32, 32), len(base_classes), backbone="mobilenet_v2", weights=None
@@ -202,8 +211,8 @@ def test_mixed_precision_trains_in_16_bits_and_hands_back_a_float32_model(
 
 
 def test_a_mixed_precision_copy_keeps_nested_weights_and_a_float32_output() -> None:
-    from workers.architectures import make_backbone_classifier
-    from workers.precision import with_policy
+    from workers.training import make_backbone_classifier
+    from workers.training.dtype_policy import with_policy
 
     model = make_backbone_classifier((32, 32), 3, backbone="mobilenet_v2", weights=None)
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
@@ -231,7 +240,7 @@ def test_a_bad_training_precision_says_what_to_fix() -> None:
 def test_a_mixed_precision_warm_start_with_new_classes_fine_tunes_the_copy(
     tmp_path: Path,
 ) -> None:
-    from workers.architectures import make_backbone_classifier
+    from workers.training import make_backbone_classifier
 
     base = make_backbone_classifier((32, 32), 2, backbone="mobilenet_v2", weights=None)
     data = _colours(tmp_path, {"red": (220, 40, 40), "blue": (40, 40, 220)}, 24)

@@ -31,9 +31,9 @@ import keras
 import numpy as np
 from keras import layers
 from storage import LocalStore
-from workers.dataset import load_training_data
-from workers.evaluation import predict_split
-from workers.image_cache import ImageCache
+from workers.training import load_training_data
+from workers.training import predict_split
+from workers.training import ImageCache
 from workers.training import TrainingConfig, train_model
 
 def peak_rss():
@@ -105,8 +105,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 from storage import LocalStore
-from workers.dataset import load_training_data
-from workers.image_cache import ImageCache
+from workers.training import load_training_data
+from workers.training import ImageCache
 from workers.training import TrainingConfig, train_model
 
 root = Path(sys.argv[1])

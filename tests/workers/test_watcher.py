@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.services import wait_until
-from workers.watcher import DirectoryWatcher
+from workers.dispatch import DirectoryWatcher
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tasks.contracts import (
     InvalidPayload,
     parse_payload,
 )
-from workers.errors import ModelUnavailable
+from workers.inference import ModelUnavailable
 
 CONFIG = CeleryConfig(broker_url="redis://127.0.0.1:1/0", result_backend="redis://127.0.0.1:1/0")
 

@@ -19,8 +19,7 @@ from storage.records import ErrorReason
 from storage.registry import ModelMetadata
 from storage.results import LabelStore
 from tests.support.memory_store import MemoryStore
-from workers.batch import BatchClassifier, EngineLimits
-from workers.decoding import configure_pillow
+from workers.inference import BatchClassifier, EngineLimits, configure_pillow
 
 SIZE = (8, 8)
 CLASSES = ["dark", "light"]

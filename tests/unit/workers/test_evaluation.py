@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.dataset import split_of
-from workers.evaluation import GatePolicy, calibrate_thresholds, decide, evaluate
+from workers.training import GatePolicy, calibrate_thresholds, decide, evaluate, split_of
 
 NAMES = ["cat", "dog"]
 

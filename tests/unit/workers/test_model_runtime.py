@@ -12,8 +12,7 @@ import pytest
 
 from storage.registry import ModelMetadata, ModelRegistry
 from tests.support.memory_store import MemoryStore
-from workers.errors import ModelUnavailable
-from workers.model_runtime import ModelRuntime
+from workers.inference import ModelRuntime, ModelUnavailable
 
 SIZE = (8, 8)
 

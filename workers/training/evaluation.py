@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from workers.dataset import Split
+from workers.training.dataset import Split
 
 
 @dataclass

@@ -207,7 +207,7 @@ class ReviewQueue:
         try:
             total, batch = 0, []
             for record in records:
-                if waits_for_review(record):
+                if record.waits_for_review:
                     batch.append(record)
                 if len(batch) >= chunk:
                     total += staging.add_many(batch)
@@ -233,11 +233,6 @@ class ReviewQueue:
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))
-
-
-def waits_for_review(record: LabelRecord) -> bool:
-    """A labeled record the model was unsure of, that no one has reviewed yet."""
-    return record.needs_review and record.ok and record.label is not None and record.review is None
 
 
 def _text(value: bytes | str) -> str:

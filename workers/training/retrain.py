@@ -16,8 +16,10 @@ from monitoring.metrics import Metrics
 from storage import ObjectStore
 from storage.keys import report_key
 from storage.registry import ModelMetadata, ModelRegistry
-from workers.dataset import SplitRatios, TrainingData, load_training_data
-from workers.evaluation import (
+from workers.inference import load_keras_file
+from workers.review import count_reviewed_since
+from workers.training.dataset import SplitRatios, TrainingData, load_training_data
+from workers.training.evaluation import (
     Evaluation,
     GatePolicy,
     calibrate_thresholds,
@@ -25,12 +27,15 @@ from workers.evaluation import (
     evaluate,
     predict_split,
 )
-from workers.image_cache import ImageCache
-from workers.model_runtime import load_keras_file
-from workers.optimization import Int8Bars, calibration_from_training, optimize_version
-from workers.report import confusion_matrix_png, evaluation_json, report_html, training_curves_png
-from workers.review_decisions import count_reviewed_since
-from workers.training import Progress, TrainingConfig, train_model
+from workers.training.fitting import Progress, TrainingConfig, train_model
+from workers.training.image_cache import ImageCache
+from workers.training.optimization import Int8Bars, calibration_from_training, optimize_version
+from workers.training.report import (
+    confusion_matrix_png,
+    evaluation_json,
+    report_html,
+    training_curves_png,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ class RetrainConfig:
     max_image_pixels: int = 50_000_000
     int8: Int8Bars = field(default_factory=Int8Bars)
     export_openvino: bool = True  # the IR is made here, once, never by the workers
-    cache_dir: Path = Path(tempfile.gettempdir()) / "labeler-train-cache"  # workers.image_cache
+    cache_dir: Path = Path(tempfile.gettempdir()) / "labeler-train-cache"  # see image_cache
     cache_max_bytes: int = 20 * 2**30
 
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from monitoring.metrics import Metrics
-from workers.backpressure import Backpressure
-from workers.dispatch_config import EnqueueFailed
-from workers.events import DUPLICATE, QUEUED
-from workers.inbox import Held
+from workers.dispatch.backpressure import Backpressure
+from workers.dispatch.config import EnqueueFailed
+from workers.dispatch.events import DUPLICATE, QUEUED
+from workers.dispatch.inbox import Held
 
 
 @dataclass(eq=False)

@@ -9,7 +9,7 @@ import io
 import json
 from typing import Any
 
-from workers.evaluation import Evaluation, GateDecision
+from workers.training.evaluation import Evaluation, GateDecision
 
 
 def confusion_matrix_png(evaluation: Evaluation) -> bytes:

@@ -35,9 +35,8 @@ from storage import (
     Timings,
 )
 from storage.registry import ModelMetadata
-from workers.decoding import ImageRejected, decode_image
-from workers.model_runtime import LoadedModel, ModelRuntime
-from workers.review_queue import waits_for_review
+from workers.inference.decoding import ImageRejected, decode_image
+from workers.inference.model_runtime import LoadedModel, ModelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ class BatchClassifier:
         self.metrics.stage_seconds.labels("fetch").observe(item.timings.fetch)
         if existing is not None and existing.same_work(item.etag, model.version):
             item.skipped = True
-            if self._on_needs_review is not None and waits_for_review(existing):
+            if self._on_needs_review is not None and existing.waits_for_review:
                 self._on_needs_review(existing)  # a retried batch heals an index add it missed
             return item
         with self._decode_slots:

@@ -1,12 +1,13 @@
 """The batching dispatcher: object events, watched files and reconciliation finds become
 batches of keys.
 
-Its sources: the Redis events list (:mod:`workers.inbox`; MinIO's ``notify_redis`` or a relay),
-an SQS queue (:mod:`workers.sqs`), the inotify watcher of a local incoming directory
-(:mod:`workers.watcher`), and the reconciliation scan (:mod:`workers.reconcile`), the safety net
-for missed events and the source itself where there are none. Keys leave in batches
-(``batch_max_images`` or ``batch_max_wait``, whichever first), de-duplicated by (key, ETag)
-against the ledger (:mod:`workers.dedup`) over the in-flight window.
+Its sources: the Redis events list (:mod:`~workers.dispatch.inbox`; MinIO's ``notify_redis`` or a
+relay), an SQS queue (:mod:`~workers.dispatch.sqs`), the inotify watcher of a local incoming
+directory (:mod:`~workers.dispatch.watcher`), and the reconciliation scan
+(:mod:`~workers.dispatch.reconcile`), the safety net for missed events and the source itself where
+there are none. Keys leave in batches (``batch_max_images`` or ``batch_max_wait``, whichever
+first), de-duplicated by (key, ETag) against the ledger (:mod:`~workers.dispatch.dedup`) over the
+in-flight window.
 
 An event is acknowledged only after every key it carried has been enqueued and marked sent
 (one MULTI/EXEC), found a duplicate, or ignored.
@@ -29,11 +30,11 @@ from storage import (
     StorageError,
     validate_key,
 )
-from workers.backpressure import Backpressure
-from workers.batcher import Batcher
-from workers.dedup import DedupLedger
-from workers.dispatch_config import DispatchConfig, EnqueueFailed
-from workers.events import (
+from workers.dispatch.backpressure import Backpressure
+from workers.dispatch.batcher import Batcher
+from workers.dispatch.config import DispatchConfig, EnqueueFailed
+from workers.dispatch.dedup import DedupLedger
+from workers.dispatch.events import (
     IGNORED,
     INVALID,
     SOURCE_SCAN,
@@ -43,10 +44,10 @@ from workers.events import (
     s3_root,
     with_etags,
 )
-from workers.inbox import EventInbox, Held
-from workers.reconcile import Reconciler
-from workers.sqs import SqsHeld, SqsInbox, SqsUnavailable
-from workers.watcher import DirectoryWatcher
+from workers.dispatch.inbox import EventInbox, Held
+from workers.dispatch.reconcile import Reconciler
+from workers.dispatch.sqs import SqsHeld, SqsInbox, SqsUnavailable
+from workers.dispatch.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Labeled training data read through a store: ``training/<class>/<file>``, split by key hash,
-decoded once into an :class:`~workers.image_cache.ImageCache` and streamed from it.
+decoded once into an :class:`~workers.training.image_cache.ImageCache` and streamed from it.
 
 The split hashes the file's path *inside* its class folder, so an image keeps its split across
 nights even when it is relabeled (moved to another class), and the test set that old and new
@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from storage import ObjectInfo, ObjectStore
-from workers.image_cache import CacheProgress, ImageCache, fill_cache
+from workers.training.image_cache import CacheProgress, ImageCache, fill_cache
 
 log = logging.getLogger(__name__)
 

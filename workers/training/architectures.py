@@ -22,7 +22,7 @@ def make_small_cnn(input_size: tuple[int, int], num_classes: int, *, seed: int =
     x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
     x = layers.Dropout(0.25)(x)
-    # float32 softmax, also under a mixed-precision policy (see workers.precision)
+    # float32 softmax, also under a mixed-precision policy (see workers.training.dtype_policy)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="small_cnn")
 
@@ -50,6 +50,6 @@ def make_backbone_classifier(
     base = build(include_top=False, weights=weights, input_shape=(*input_size, 3), pooling="avg")
     x = base(x)
     x = layers.Dropout(0.2)(x)
-    # float32 softmax, also under a mixed-precision policy (see workers.precision)
+    # float32 softmax, also under a mixed-precision policy (see workers.training.dtype_policy)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"{backbone}_classifier")

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from storage import ObjectNotFound, StorageError
 from storage.registry import Int8Approval, ModelMetadata, ModelRegistry
-from workers.errors import InvalidModel, ModelUnavailable
+from workers.inference.errors import InvalidModel, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class ModelRuntime:
         self, metadata: ModelMetadata
     ) -> tuple[LoadedModel | None, Int8Approval | None]:
         """The version's IR (INT8 where approved and wanted), or None: serve it with TensorFlow."""
-        from workers.openvino_runtime import OpenVinoModel, read_ir
+        from workers.inference.openvino_runtime import OpenVinoModel, read_ir
 
         name, version = metadata.name, metadata.version
         try:

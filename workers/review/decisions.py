@@ -25,7 +25,7 @@ from storage import (
     label_key,
     validate_key,
 )
-from workers.review_queue import Claim, ReviewQueue, waits_for_review
+from workers.review.queue import Claim, ReviewQueue
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class ReviewDesk:
         """Lease the oldest item still worth reviewing; stale or decided ones leave the queue."""
         while (claim := self.queue.claim(label=label, prefix=prefix)) is not None:
             record = self._current(claim.item.key)
-            if record is not None and waits_for_review(record):
+            if record is not None and record.waits_for_review:
                 return ReviewItem(record, claim)
             self.queue.remove(claim.item.key)  # decided elsewhere, relabeled, or image changed
         return None

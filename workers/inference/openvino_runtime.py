@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from storage.registry import ModelMetadata
-from workers.errors import InvalidModel
+from workers.inference.errors import InvalidModel
 
 # The CPU plugin runs an FP32 IR in bfloat16 where the CPU has it (max error 3e-4 measured on
 # the digits model); an FP32 artifact must compute in FP32 to match TensorFlow within 1e-4.

@@ -5,7 +5,7 @@ class weights for imbalance, early stopping on validation, and two-phase fine-tu
 backbone is frozen first (train the head; then unfreeze with every BatchNorm frozen, at any
 depth, at a low rate). Images stream from the decoded-image cache; training runs under a
 ``tf.distribute`` strategy over the host's GPUs, with the global batch scaled by replicas, and
-in mixed precision where it pays (see ``workers.precision``).
+in mixed precision where it pays (see ``workers.training.dtype_policy``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.augmentation import DEFAULT_AUGMENTATION, make_augmentation
-from workers.dataset import Split, TrainingData
-from workers.precision import global_policy, training_policy, with_policy
+from workers.training.augmentation import DEFAULT_AUGMENTATION, make_augmentation
+from workers.training.dataset import Split, TrainingData
+from workers.training.dtype_policy import global_policy, training_policy, with_policy
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -35,9 +35,9 @@ class TrainingConfig:
     fine_tune_learning_rate: float = 1e-4
     patience: int = 4
     seed: int = 1337
-    augmentation: str = DEFAULT_AUGMENTATION  # see workers.augmentation
+    augmentation: str = DEFAULT_AUGMENTATION  # see workers.training.augmentation
     shuffle_buffer: int = 2048  # decoded images held for shuffling: bounds training memory
-    precision: str = "auto"  # a Keras dtype policy, or auto: see workers.precision
+    precision: str = "auto"  # a Keras dtype policy, or auto: see workers.training.dtype_policy
 
     def resolved_architecture(self) -> str:
         if self.architecture != "auto":
@@ -110,7 +110,7 @@ def _initial_model(
     import keras
     from keras import layers
 
-    from workers.architectures import make_backbone_classifier, make_small_cnn
+    from workers.training.architectures import make_backbone_classifier, make_small_cnn
 
     num_classes = len(data.class_names)
     if base is not None and base_classes == data.class_names:
@@ -221,7 +221,7 @@ def input_pipeline(split: Split, config: TrainingConfig, batch_size: int, *, tra
     batches are prefetched."""
     import tensorflow as tf
 
-    from workers.dataset import entry_reader
+    from workers.training.dataset import entry_reader
 
     autotune = tf.data.AUTOTUNE
     if not training:

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from storage import ObjectInfo, ObjectStore
-from workers.decoding import ImageRejected, decode_image
+from workers.inference import ImageRejected, decode_image
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import io
 
 from PIL import Image
 
-from workers.decoding import ALLOWED_FORMATS, ImageRejected, decode_image
+from workers.inference import ALLOWED_FORMATS, ImageRejected, decode_image
 
 PREVIEW_CONTENT_TYPE = "image/png"
 

@@ -19,17 +19,18 @@ import numpy.typing as npt
 
 from storage import ObjectStore
 from storage.registry import Int8Approval, ModelRegistry, RuntimeArtifacts
-from workers.dataset import TrainingData
-from workers.decoding import ImageRejected, decode_image
-from workers.evaluation import evaluate
-from workers.openvino_runtime import (
+from workers.inference import (
+    ImageRejected,
     OpenVinoModel,
     check_export,
+    decode_image,
     export_ir,
     ir_files,
     quantize_int8,
     read_ir,
 )
+from workers.training.dataset import TrainingData
+from workers.training.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from storage import TransientError
-from workers.inbox import Held
+from workers.dispatch.inbox import Held
 
 log = logging.getLogger(__name__)
 
