@@ -94,7 +94,7 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
         services = Services(root / "services", stack)
         for db, (runtime, precision) in enumerate(RUNTIMES):
             deployment = local_deployment(
-                services, db, model_path, runtime=runtime, precision=precision
+                services, db, model_path, runtime=runtime, serving_format=precision
             )
             if precision == "int8":  # the import made FP32 only: add INT8 (bench bars)
                 registry = ModelRegistry(deployment_models(deployment), MODEL_NAME)

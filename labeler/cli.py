@@ -6,7 +6,7 @@ import json
 
 import click
 
-from labeler.cli_common import settings_or_exit
+from labeler.cli_common import failures_as_messages, settings_or_exit
 from labeler.commands_dispatch import dispatch
 from labeler.commands_models import models
 from labeler.commands_review import review
@@ -49,7 +49,8 @@ def demo(data_dir: str, limit: int | None, review_sample: int | None) -> None:
 
     from labeler.demo import run_demo
 
-    run_demo(settings_or_exit(), Path(data_dir), limit, review_sample)
+    with failures_as_messages():
+        run_demo(settings_or_exit(), Path(data_dir), limit, review_sample)
 
 
 main.add_command(models)
@@ -72,4 +73,5 @@ def up(data_dir: str | None) -> None:
 
     from labeler.embedded import run_up
 
-    run_up(settings_or_exit(), Path(data_dir) if data_dir else None)
+    with failures_as_messages():
+        run_up(settings_or_exit(Path(data_dir) if data_dir else None))

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import click
 import redis
 
 from labeler.settings import ConfigError, Settings, env_name, load_settings
 from labeler.stack_record import read_record
+from storage import LabelerError
 
 
-def settings_or_exit() -> Settings:
+def settings_or_exit(data_dir: Path | None = None) -> Settings:
+    """The settings (those ``data_dir``, if given, remembers included), or exit 2 saying why."""
     try:
-        settings = load_settings()
+        settings = load_settings(**({"data_dir": data_dir} if data_dir is not None else {}))
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
@@ -27,6 +32,15 @@ def settings_or_exit() -> Settings:
     for chatty in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
     return settings
+
+
+@contextmanager
+def failures_as_messages() -> Iterator[None]:
+    """A :class:`LabelerError` inside becomes the CLI's one-line error (exit 1), not a trace."""
+    try:
+        yield
+    except LabelerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def broker_or_exit(settings: Settings) -> Settings:
@@ -48,8 +62,12 @@ def broker_or_exit(settings: Settings) -> Settings:
 
 def find_broker(settings: Settings) -> Settings:
     """The configured broker if it answers, else the broker of the ``labeler up`` running on the
-    same data directory if that one answers (said in one line), else the configured one."""
-    if broker_problem(settings) is None:
+    same data directory if that one answers (said in one line), else the configured one.
+
+    With ``private_redis`` the running stack's broker comes first: the data directory's queues
+    live in its own Redis, whatever else answers at the configured URL.
+    """
+    if not settings.private_redis and broker_problem(settings) is None:
         return settings
     record = read_record(settings.data_dir)
     if record is None or record.broker_url == settings.broker_url:
@@ -57,11 +75,12 @@ def find_broker(settings: Settings) -> Settings:
     found = settings.model_copy(update={"broker_url": record.broker_url})
     if broker_problem(found) is not None:
         return settings
-    click.echo(
-        f"no broker answers at {settings.broker_url}: using the broker of the stack running "
-        f"on {record.data_dir} (pid {record.pid}), {record.broker_url}",
-        err=True,
-    )
+    if not settings.private_redis:
+        click.echo(
+            f"no broker answers at {settings.broker_url}: using the broker of the stack running "
+            f"on {record.data_dir} (pid {record.pid}), {record.broker_url}",
+            err=True,
+        )
     return found
 
 

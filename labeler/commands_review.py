@@ -156,11 +156,11 @@ def _scrape(queue: ReviewQueue, metrics: ReviewMetrics, registry: Any) -> bytes:
     """The exposition, with the index-backed gauges refreshed first."""
     from prometheus_client import generate_latest
 
-    from review import precision_of
+    from workers.review import agreement_of
 
     metrics.pending.set(queue.pending())
-    for label, value in precision_of(queue.tallies()).items():
-        metrics.precision.labels(label).set(value)
+    for label, value in agreement_of(queue.tallies()).items():
+        metrics.agreement.labels(label).set(value)
     return generate_latest(registry)
 
 

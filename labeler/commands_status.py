@@ -27,9 +27,7 @@ from labeler.status import StackStatus, probe
 )
 def status(as_json: bool, data_dir: str | None, components: tuple[str, ...]) -> None:
     """Show whether every component answers; exit 0 if all do, 1 otherwise."""
-    settings = settings_or_exit()
-    if data_dir:
-        settings = settings.model_copy(update={"data_dir": Path(data_dir)})
+    settings = settings_or_exit(Path(data_dir) if data_dir else None)
     urls = {}
     for item in components:
         name, sep, url = item.partition("=")
@@ -46,7 +44,7 @@ def status(as_json: bool, data_dir: str | None, components: tuple[str, ...]) -> 
         )
         click.echo(json.dumps({"ok": False, "error": problem}) if as_json else problem)
         sys.exit(1)
-    if record is not None and broker_problem(settings) is not None:
+    if record is not None and (settings.private_redis or broker_problem(settings) is not None):
         settings = settings.model_copy(update={"broker_url": record.broker_url})
     report = probe(settings, record, urls)
     click.echo(report.to_json() if as_json else _text(report))

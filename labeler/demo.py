@@ -3,12 +3,15 @@
 Exports scikit-learn's digits into ``training/``, starts the embedded stack (a private Redis if
 none answers, an inference and a training worker, the dispatcher), retrains from nothing, then
 drops a held-out fifth of the digits into ``incoming/`` and waits for the dispatcher and the
-inference worker to label them, and prints accuracy against the truth.
+inference worker to label them, and prints accuracy against the truth. The data directory
+remembers what the demo needs (``labeler.json``: the model name, its own Redis), so the printed
+``labeler up --data-dir ...`` carries on with the demo's model and review queue.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,35 +20,41 @@ from pathlib import Path
 
 import click
 
-from labeler.embedded import Stack, default_components, stack_env
 from labeler.sample_data import Sample, digit_samples
-from labeler.settings import Settings, settings_from_env
+from labeler.settings import Settings, env_name, settings_from_env
+from labeler.settings_sources import remember
+from labeler.stack import Stack, default_components
 from labeler.wiring import Stores
 from storage import Area, LabelRecord, ObjectStore
 from storage.keys import label_key, report_key
 
 MARKER = ".labeler-demo"  # the demo only ever wipes a directory it created itself
 LABEL_TIMEOUT = 600.0
+# What the data directory remembers for every later command on it; a private Redis because the
+# review queue the demo fills lives there, whatever else answers at the default broker URL.
+REMEMBERED: dict[str, object] = {"model_name": "digits", "train_image_size": 32}
+REMEMBERED["private_redis"] = True
 
 
 def run_demo(
     settings: Settings, data_dir: Path, limit: int | None, review_sample: int | None = None
 ) -> None:
     root = _fresh_demo_dir(data_dir)
+    remember(root, **REMEMBERED)
     samples = digit_samples()[:limit]
     held_out = samples[::5]
     training = [s for s in samples if s not in held_out]
-    env = stack_env(settings, root)
-    env.update(
-        LABELER_MODEL_NAME="digits",
-        LABELER_TRAIN_IMAGE_SIZE="32",
+    env = {**os.environ, **{env_name(k): str(v).lower() for k, v in REMEMBERED.items()}}
+    env.update(  # for the demo's own run: quick reloads and scans, and no other store
+        LABELER_DATA_DIR=str(root),
         LABELER_MODEL_RELOAD_SECONDS="1",
         LABELER_SCAN_INTERVAL_SECONDS="1",
         LABELER_STORAGE_URI=root.as_uri(),
     )
-    components = [c for c in default_components(0, 0) if c.name not in ("beat", "review")]
-    # A private Redis: the demo never touches a shared one.
-    with Stack(root, env, components, private_redis=True) as stack:
+    own = settings_from_env(env).model_copy(update={"metrics_port": 0})
+    components = [c for c in default_components(own) if c.name not in ("beat", "review")]
+    with Stack(own, components, env=env) as stack:
+        env = stack.child_env()  # the commands below talk to the stack's Redis
         stores = Stores(settings_from_env(env))
         train_store = stores.area(Area.TRAINING)
         for sample in training:
@@ -118,8 +127,7 @@ def _summarise(stores: Stores, records: list[LabelRecord], held_out: list[Sample
     click.echo(
         f"\n{review} digits wait for review at http://{settings.review_host}:"
         f"{settings.review_port}/ once the stack runs: `labeler up --data-dir {root}` "
-        f"(the review queue lives in {root}/redis; with another Redis, run "
-        "`labeler review reindex` first)"
+        f"({root}/labeler.json remembers the model name and its own Redis, {root}/redis)"
     )
 
 

@@ -14,10 +14,9 @@ import socket
 import time
 from pathlib import Path
 
-import click
 import redis
 
-from labeler.supervision import SupervisedProcess
+from labeler.supervision import StackFailed, SupervisedProcess
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +24,16 @@ log = logging.getLogger(__name__)
 def start_private_redis(
     workdir: Path, password: str | None, log_path: Path, *, name: str
 ) -> tuple[SupervisedProcess, str]:
-    """Start it supervised, wait until it answers; returns the process and its URL."""
+    """Start it supervised, wait until it answers; returns the process and its URL.
+
+    Raises:
+        StackFailed: redis-server is not installed, or did not start (its log tail says why).
+    """
     binary = shutil.which("redis-server")
     if binary is None:
-        raise click.ClickException(
-            "no Redis answers at LABELER_BROKER_URL and redis-server is not installed: "
-            "apt-get install -y redis-server"
+        raise StackFailed(
+            "no Redis answers at LABELER_BROKER_URL (or LABELER_PRIVATE_REDIS is set) and "
+            "redis-server is not installed: apt-get install -y redis-server"
         )
     workdir.mkdir(parents=True, exist_ok=True)
     port = stable_port(workdir / "port")
@@ -56,7 +59,7 @@ def start_private_redis(
     deadline = time.monotonic() + 15
     while not _answers(url, password):
         if not process.running or time.monotonic() > deadline:
-            raise click.ClickException(
+            raise StackFailed(
                 f"private redis-server did not start; its log ends:\n{process.log_tail()}"
             )
         time.sleep(0.05)

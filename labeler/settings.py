@@ -1,6 +1,8 @@
 """All configuration, from the environment (prefix ``LABELER_``), validated once at start-up.
 
 Only this package reads the environment; everything else gets plain values through constructors.
+Value checks and error messages: :mod:`labeler.settings_checks`; renamed variables and the
+settings a data directory remembers: :mod:`labeler.settings_sources`.
 """
 
 from __future__ import annotations
@@ -8,36 +10,39 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from labeler.settings_checks import (
+    ENV_PREFIX,
+    Augmentation,
+    ConfigError,
+    Cron,
+    HttpUrl,
+    RedisUrl,
+    StoreUri,
+    check_s3_credentials_together,
+    check_visibility_outlasts_tasks,
+    env_name,
+    explain,
+    mask_url,
+    reveal,
+    with_password,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from labeler.settings_sources import DataDirSettings, RenamedVariables, renamed_variables
+from storage import Area, S3Options, join_uri
 
-from storage import Area, InvalidStoreUri, PermanentError, S3Options, check_store_uri, join_uri
-
-ENV_PREFIX = "LABELER_"
-
-
-def _store_uri(value: str) -> str:
-    try:
-        return check_store_uri(value)
-    except InvalidStoreUri as exc:
-        raise ValueError(str(exc)) from None
-
-
-StoreUri = Annotated[str, AfterValidator(_store_uri)]
-
-
-class ConfigError(PermanentError):
-    """Settings that cannot work; the message names each variable and what is allowed."""
+__all__ = [
+    "ENV_PREFIX",
+    "ConfigError",
+    "Settings",
+    "env_name",
+    "load_settings",
+    "mask_url",
+    "settings_from_env",
+]
 
 
 class Settings(BaseSettings):
@@ -48,14 +53,20 @@ class Settings(BaseSettings):
     )
 
     # --- broker -----------------------------------------------------------------------------
-    broker_url: str = Field(
+    broker_url: RedisUrl = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis for the task queues: redis://host:port/db or rediss:// for TLS.",
     )
     redis_password: SecretStr | None = Field(
         None, description="Redis password (kept out of the URL so it never reaches a log)."
     )
-    result_backend: str | None = Field(
+    private_redis: bool = Field(
+        False,
+        description="`labeler up` runs its own redis-server under DATA_DIR/redis even if one "
+        "answers at BROKER_URL, and commands on DATA_DIR use the running stack's (the demo's "
+        "data directory remembers this: its review queue lives there).",
+    )
+    result_backend: RedisUrl | None = Field(
         None, description="Where task results live; defaults to the broker's Redis."
     )
 
@@ -72,7 +83,7 @@ class Settings(BaseSettings):
     training_uri: StoreUri | None = Field(None, description="Override: training/<class>/<file>.")
     models_uri: StoreUri | None = Field(None, description="Override: the model registry.")
     reports_uri: StoreUri | None = Field(None, description="Override: evaluation reports.")
-    s3_endpoint_url: str | None = Field(
+    s3_endpoint_url: HttpUrl | None = Field(
         None, description="S3 endpoint for MinIO/moto, e.g. http://minio:9000. Unset: AWS."
     )
     s3_region: str = Field("us-east-1", description="S3 region.")
@@ -197,7 +208,7 @@ class Settings(BaseSettings):
     )
 
     # --- retraining -------------------------------------------------------------------------
-    retrain_cron: str = Field(
+    retrain_cron: Cron = Field(
         "0 2 * * *", description="When beat queues a retrain: 5-field cron, UTC."
     )
     retrain_expires_seconds: int = Field(
@@ -217,7 +228,7 @@ class Settings(BaseSettings):
     train_max_epochs: int = Field(30, ge=1, le=1000, description="Epochs at most (early stop).")
     train_fine_tune_epochs: int = Field(10, ge=1, le=1000, description="Fine-tuning epochs.")
     train_seed: int = Field(1337, description="Seed for splits of work, shuffling and init.")
-    train_augment: str = Field(
+    train_augment: Augmentation = Field(
         "translate:0.08,rotate:0.04,zoom:0.08",
         description="Training augmentation: comma-separated flip, rotate:F, zoom:F, "
         "translate:F, contrast:F, or none. Photos want `flip`; digits must not be flipped.",
@@ -228,11 +239,12 @@ class Settings(BaseSettings):
     train_shuffle_buffer: int = Field(
         2048, ge=1, description="Decoded images held for shuffling: bounds training memory."
     )
-    train_precision: str = Field(
+    train_dtype_policy: str = Field(
         "auto",
         pattern=r"^(auto|float32|mixed_float16|mixed_bfloat16)$",
-        description="Training dtype policy: float32, mixed_float16, mixed_bfloat16, or auto "
-        "(mixed_float16 on a GPU, else float32). Registered models are float32 either way.",
+        description="Keras dtype policy of training: float32, mixed_float16, mixed_bfloat16, or "
+        "auto (mixed_float16 on a GPU, else float32). Registered models are float32 either way. "
+        "Was TRAIN_PRECISION.",
     )
     train_cache_dir: Path | None = Field(
         None,
@@ -248,8 +260,13 @@ class Settings(BaseSettings):
     gate_max_recall_drop: float = Field(
         0.10, ge=0, le=1, description="Gate: allowed recall drop of any class."
     )
-    review_precision: float = Field(
-        0.95, gt=0, le=1, description="Per-class review thresholds aim for this precision."
+    auto_label_target_precision: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="The promised precision of automatic labels: each class's review threshold "
+        "is set so labels above it are right this often on held-out images. Was "
+        "REVIEW_PRECISION.",
     )
 
     # --- inference runtime (OpenVINO on CPUs) -------------------------------------------------
@@ -258,10 +275,10 @@ class Settings(BaseSettings):
         description="What runs inference: auto is TensorFlow where a GPU is visible, else "
         "OpenVINO (the version's IR; TensorFlow until `labeler models optimize` made one).",
     )
-    precision: Literal["auto", "fp32", "int8"] = Field(
+    serving_format: Literal["auto", "fp32", "int8"] = Field(
         "auto",
-        description="OpenVINO precision: auto is INT8 where the version's INT8 was "
-        "approved, else FP32; int8 also serves FP32 when INT8 was refused.",
+        description="Numeric format OpenVINO serves: auto is INT8 where the version's INT8 was "
+        "approved, else FP32; int8 also serves FP32 when INT8 was refused. Was PRECISION.",
     )
     int8_min_agreement: float = Field(
         0.99, ge=0, le=1, description="INT8 approval: top-1 agreement with FP32 at least this."
@@ -309,79 +326,23 @@ class Settings(BaseSettings):
         False, description="Send the session cookie over HTTPS only (behind a TLS proxy)."
     )
 
-    @field_validator("broker_url", "result_backend")
-    @classmethod
-    def _redis_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError("must be redis://host:port/db or rediss://host:port/db (TLS)")
-        if not parts.hostname:
-            raise ValueError("must name a host, e.g. redis://127.0.0.1:6379/0")
-        if parts.password:
-            raise ValueError(
-                "must not contain a password: set LABELER_REDIS_PASSWORD instead "
-                "(URLs end up in logs)"
-            )
-        return value
-
-    @field_validator("s3_endpoint_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:9000")
-        return value
-
-    @field_validator("train_augment")
-    @classmethod
-    def _augmentation(cls, value: str) -> str:
-        from workers.training import parse_augmentation
-
-        parse_augmentation(value)  # its ValueError says what is allowed
-        return value
-
-    @field_validator("retrain_cron")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        fields = value.split()
-        if len(fields) != 5:
-            raise ValueError("must have 5 fields: minute hour day-of-month month day-of-week")
-        from celery.schedules import crontab
-
-        try:
-            crontab(*fields)
-        except ValueError as exc:
-            raise ValueError(f"is not a valid cron expression: {exc}") from None
-        return value
-
     @model_validator(mode="after")
-    def _visibility_outlasts_tasks(self) -> Settings:
-        # A batch waiting out its retry backoff stays reserved by the worker, then runs.
-        batch = self.inference_time_limit_seconds + self.retry_backoff_max_seconds
-        for name, timeout, longest in (
-            (
-                "VISIBILITY_TIMEOUT",
-                self.visibility_timeout_seconds,
-                max(batch, self.training_time_limit_seconds),
-            ),
-            ("INFERENCE_VISIBILITY_TIMEOUT", self.inference_visibility_timeout_seconds, batch),
-        ):
-            if timeout <= longest:
-                raise ValueError(
-                    f"LABELER_{name}_SECONDS ({timeout}) must exceed the longest time a task "
-                    f"can stay reserved ({longest} s: its time limit, plus the retry backoff "
-                    "cap for a batch), or a slow task runs twice"
-                )
+    def _consistent(self) -> Settings:
+        check_visibility_outlasts_tasks(self)
+        check_s3_credentials_together(self)
         return self
 
-    @model_validator(mode="after")
-    def _s3_needs_credentials_together(self) -> Settings:
-        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
-            raise ValueError(
-                "set both LABELER_S3_ACCESS_KEY_ID and LABELER_S3_SECRET_ACCESS_KEY, or neither"
-            )
-        return self
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        renamed, remembered = RenamedVariables(settings_cls), DataDirSettings(settings_cls)
+        return init_settings, env_settings, renamed, remembered, dotenv_settings
 
     # --- derived values -----------------------------------------------------------------------
     def area_uri(self, area: Area) -> str:
@@ -398,17 +359,17 @@ class Settings(BaseSettings):
 
     def broker_connection_url(self) -> str:
         """The broker URL with the password put back in: for connecting, never for printing."""
-        return _with_password(self.broker_url, self.redis_password)
+        return with_password(self.broker_url, self.redis_password)
 
     def result_backend_url(self) -> str:
-        return _with_password(self.result_backend or self.broker_url, self.redis_password)
+        return with_password(self.result_backend or self.broker_url, self.redis_password)
 
     def s3_options(self) -> S3Options:
         return S3Options(
             endpoint_url=self.s3_endpoint_url,
             region=self.s3_region,
-            access_key_id=_reveal(self.s3_access_key_id),
-            secret_access_key=_reveal(self.s3_secret_access_key),
+            access_key_id=reveal(self.s3_access_key_id),
+            secret_access_key=reveal(self.s3_secret_access_key),
             max_attempts=self.s3_max_attempts,
             connect_timeout=self.s3_connect_timeout,
             read_timeout=self.s3_read_timeout,
@@ -421,58 +382,12 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(explain(exc)) from None
 
 
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """The settings a child process given ``env`` will see (its LABELER_* variables only)."""
     prefix = len(ENV_PREFIX)
-    return load_settings(
-        **{k[prefix:].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
-    )
-
-
-def env_name(field: str) -> str:
-    return f"{ENV_PREFIX}{field.upper()}"
-
-
-_SECRET_FIELDS = frozenset({"redis_password", "s3_access_key_id", "s3_secret_access_key"})
-_SECRET_FIELDS |= {"review_users", "review_secret_key"}
-
-
-def _explain(exc: ValidationError) -> str:
-    lines = ["invalid configuration:"]
-    for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else ""
-        where = env_name(field) if field else "settings"
-        message = error["msg"].removeprefix("Value error, ")
-        shown = ""
-        if field and field not in _SECRET_FIELDS and error["type"] != "missing":
-            shown = f" (got {mask_url(str(error['input']))!r})"
-        lines.append(f"  {where}: {message}{shown}")
-    return "\n".join(lines)
-
-
-def mask_url(value: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host``; anything else unchanged."""
-    parts = urlsplit(value)
-    if not parts.password:
-        return value
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
-
-
-def _reveal(secret: SecretStr | None) -> str | None:
-    return secret.get_secret_value() if secret is not None else None
-
-
-def _with_password(url: str, password: SecretStr | None) -> str:
-    if password is None:
-        return url
-    parts = urlsplit(url)
-    user = parts.username or ""
-    # Percent-encoded: a password with '/', '@', '#', '?' or '%' would otherwise end the userinfo
-    # early (and a parse error would print the rest of it). kombu and redis-py decode it.
-    netloc = f"{user}:{quote(password.get_secret_value(), safe='')}@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    values = {k[prefix:].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    values |= renamed_variables(dict(env), set(values))
+    return load_settings(**values)

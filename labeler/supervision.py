@@ -38,7 +38,11 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class CrashLoop(PermanentError):
+class StackFailed(PermanentError):
+    """``labeler up`` or the demo cannot go on: a component, a port or the private Redis."""
+
+
+class CrashLoop(StackFailed):
     """A child keeps exiting; the message names it and ends with its last log lines."""
 
 

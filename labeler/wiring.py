@@ -98,7 +98,7 @@ class ProcessEngines:
             self.metrics.model_loads.labels(name).inc()
             for labels in served:  # the previous version's runtime is no longer in service
                 self.metrics.model_info.labels(*labels).set(0)
-            served[:] = [(name, model.runtime, model.precision)]
+            served[:] = [(name, model.runtime, model.serving_format)]
             self.metrics.model_info.labels(*served[0]).set(1)
             if int8 is not None:
                 self.metrics.int8_approved.labels(name).set(1 if int8.approved else 0)
@@ -149,10 +149,10 @@ class ProcessEngines:
                 augmentation=s.train_augment,
                 batch_size=s.train_batch_size,
                 shuffle_buffer=s.train_shuffle_buffer,
-                precision=s.train_precision,
+                dtype_policy=s.train_dtype_policy,
             ),
             gate=GatePolicy(s.gate_min_accuracy, s.gate_max_macro_f1_drop, s.gate_max_recall_drop),
-            review_precision=s.review_precision,
+            target_precision=s.auto_label_target_precision,
             max_image_pixels=s.max_image_pixels,
             int8=int8_bars(s),
             cache_dir=s.train_cache_path().resolve(),
@@ -195,7 +195,7 @@ def model_runtime(
     registry: ModelRegistry,
     on_load: Callable[[Any, Any], None] | None = None,
 ) -> ModelRuntime:
-    """The model a process serves, with the configured runtime, precision and reload period."""
+    """The model a process serves, with the configured runtime, numeric format and reload period."""
     from workers.inference import ModelRuntime
 
     return ModelRuntime(
@@ -204,7 +204,7 @@ def model_runtime(
         reload_seconds=settings.model_reload_seconds,
         on_load=on_load,
         runtime=settings.runtime,
-        precision=settings.precision,
+        serving_format=settings.serving_format,
     )
 
 

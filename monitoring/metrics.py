@@ -198,11 +198,11 @@ class Metrics:
             ["decision"],
             registry=r,
         )
-        # 1 for the (runtime, precision) a live process serves, 0 once it swapped away from it.
+        # 1 for the (runtime, serving_format) a live process serves, 0 once it swapped away from it.
         self.model_info = Gauge(
             "labeler_model_info",
-            "What computes the labels: runtime and precision in service.",
-            ["model", "runtime", "precision"],
+            "What computes the labels: runtime and numeric format (fp32, int8) in service.",
+            ["model", "runtime", "serving_format"],
             multiprocess_mode="livemax",
             registry=r,
         )
@@ -257,7 +257,7 @@ REVIEW_OUTCOMES = ("agreed", "corrected", "discarded")
 class ReviewMetrics:
     """The review app's metrics (served by the app itself on ``/metrics``).
 
-    ``pending`` and ``precision`` are read from the review index (shared by every app process)
+    ``pending`` and ``agreement`` are read from the review index (shared by every app process)
     at scrape time; ``reviews`` counts this process's decisions.
     """
 
@@ -274,10 +274,11 @@ class ReviewMetrics:
             ["outcome"],
             registry=registry,
         )
-        self.precision = Gauge(
-            "labeler_review_precision",
-            "Auto-label precision measured by reviews: agreed / (agreed + corrected), per "
-            "predicted class (classes of the model: a bounded set)",
+        # Not the precision of automatic labels: reviewed items are the low-confidence ones.
+        self.agreement = Gauge(
+            "labeler_review_agreement_ratio",
+            "Share of reviewed low-confidence items whose predicted label reviewers agreed with: "
+            "agreed / (agreed + corrected), per predicted class (classes of the model)",
             ["label"],
             registry=registry,
             multiprocess_mode="max",

@@ -1,6 +1,6 @@
 """The review app: a web adapter over the review queue and decisions in ``workers``."""
 
-from review.app import LOCAL_REVIEWER, ReviewConfig, create_app, precision_of
+from review.app import LOCAL_REVIEWER, ReviewConfig, create_app
 from review.auth import InvalidCredentials, Reviewers, hash_password, verify_password
 
 __all__ = [
@@ -10,6 +10,5 @@ __all__ = [
     "Reviewers",
     "create_app",
     "hash_password",
-    "precision_of",
     "verify_password",
 ]

@@ -36,6 +36,7 @@ from workers.review import (
     ReviewError,
     ReviewItem,
     StaleItem,
+    agreement_of,
 )
 from workers.review.previews import PREVIEW_CONTENT_TYPE, ImageRejected, preview_png
 
@@ -198,7 +199,7 @@ class _Handlers:
                 "pending": pending,
                 "by_class": by_class,
                 "decided": tallies,
-                "precision": precision_of(tallies),
+                "agreement": agreement_of(tallies),
             }
         )
 
@@ -220,16 +221,6 @@ class _Handlers:
         except ImageRejected as exc:
             return JSONResponse({"error": f"not shown: {exc}"}, 415)
         return Response(png, media_type=PREVIEW_CONTENT_TYPE, headers={"cache-control": "private"})
-
-
-def precision_of(tallies: dict[str, dict[str, int]]) -> dict[str, float]:
-    """Share of ``agreed`` among agreed + corrected decisions, per predicted class."""
-    result = {}
-    for label, outcomes in tallies.items():
-        judged = outcomes.get("agreed", 0) + outcomes.get("corrected", 0)
-        if judged:
-            result[label] = outcomes.get("agreed", 0) / judged
-    return result
 
 
 def _item_json(item: ReviewItem) -> dict[str, Any]:

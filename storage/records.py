@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
 class ErrorReason(StrEnum):
@@ -88,7 +88,11 @@ class LabelRecord(BaseModel):
     batch_id: str | None = None
     created_at: float
     runtime: str | None = None  # what computed the label: tensorflow or openvino
-    precision: str | None = None  # fp32 or int8
+    # The numeric format that computed it, fp32 or int8; records written before the rename
+    # call it "precision".
+    serving_format: str | None = Field(
+        None, validation_alias=AliasChoices("serving_format", "precision")
+    )
     timings: Timings = Field(default_factory=Timings)
     review: Review | None = None
 

@@ -74,11 +74,12 @@ def test_the_private_redis_asks_for_the_configured_password_without_showing_it(
 ) -> None:
     import redis
 
-    from labeler.embedded import Stack
+    from labeler.settings import load_settings
+    from labeler.stack import Stack
 
     password = 'pass word "with" \\ quotes'
-    env = {"LABELER_REDIS_PASSWORD": password}
-    with Stack(tmp_path, env, [], private_redis=True) as stack:
+    settings = load_settings(data_dir=tmp_path, redis_password=password, private_redis=True)
+    with Stack(settings, [], env={}) as stack:
         assert redis.Redis.from_url(stack.broker_url, password=password).ping()
         with pytest.raises(redis.AuthenticationError):
             redis.Redis.from_url(stack.broker_url).ping()
@@ -86,3 +87,34 @@ def test_the_private_redis_asks_for_the_configured_password_without_showing_it(
         command_line = Path(f"/proc/{stack._redis.pid}/cmdline").read_bytes()
         assert b"quotes" not in command_line
         assert (tmp_path / "redis" / "redis.conf").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_data_dir_that_remembers_its_own_redis_keeps_to_it_though_another_answers(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The demo's case: its review queue lives in DATA_DIR/redis, and some other Redis answers
+    at the configured URL; the stack, its children and the commands all use the former."""
+    import redis
+
+    from labeler.cli_common import find_broker
+    from labeler.settings import load_settings
+    from labeler.settings_sources import remember
+    from labeler.stack import Component, Stack
+
+    remember(tmp_path, model_name="digits", private_redis=True)
+    settings = load_settings(data_dir=tmp_path, broker_url=redis_url)
+    assert (settings.model_name, settings.private_redis) == ("digits", True)
+    assert redis.Redis.from_url(redis_url).ping()  # the other Redis answers
+    base = {"KEPT": "1"}
+    with Stack(settings, [], env=base) as stack:
+        assert stack.broker_url != redis_url
+        assert redis.Redis.from_url(stack.broker_url).ping()
+        assert find_broker(settings).broker_url == stack.broker_url
+        review = Component("review", ("review",), 8399, port_setting="review_port")
+        env = stack.child_env(review)
+        assert env["LABELER_BROKER_URL"] == stack.broker_url
+        assert env["LABELER_DATA_DIR"] == str(tmp_path.resolve())
+        assert env["LABELER_REVIEW_PORT"] == "8399"
+        assert "LABELER_METRICS_PORT" not in env  # the review app's port is its own setting
+        assert env["KEPT"] == "1"
+    assert base == {"KEPT": "1"}, "the caller's environment is never changed"

@@ -164,7 +164,9 @@ def scraped(
                     lambda: prometheus.value("count(labeler_evaluation_score)"), 60, "a scrape"
                 )
                 wait_until(
-                    lambda: prometheus.value("count(labeler_review_precision)"), 60, "review app"
+                    lambda: prometheus.value("count(labeler_review_agreement_ratio)"),
+                    60,
+                    "review app",
                 )
                 yield prometheus, worker, f"http://127.0.0.1:{metrics_port}"
             finally:
@@ -175,7 +177,7 @@ def scraped(
 
 
 def _review_app(env: dict[str, str], port: int, work: Path, stack: ExitStack) -> None:
-    """`labeler review` with one decision made, so its per-class precision series exists."""
+    """`labeler review` with one decision made, so its per-class agreement series exists."""
     with (work / "review.log").open("ab") as log:
         process = subprocess.Popen(
             [*LABELER, "review", "--port", str(port)], env=env, stdout=log, stderr=log

@@ -82,7 +82,7 @@ def test_next_correct_and_the_effects(setup: ReviewSetup, local: TestClient) -> 
     stats = local.get("/api/stats").json()
     assert stats["pending"] == 1
     assert stats["by_class"] == {"dog": 1}
-    assert stats["precision"] == {"cat": 0.0}
+    assert stats["agreement"] == {"cat": 0.0}
     metrics = local.get("/metrics").text
     assert 'labeler_reviews_total{outcome="corrected"} 1.0' in metrics
     assert "labeler_review_pending 1.0" in metrics

@@ -154,4 +154,4 @@ def test_sign_in_see_correct_with_keyboard_next_appears(
 
     metrics = _get(url + "/metrics")
     assert 'labeler_reviews_total{outcome="corrected"} 2.0' in metrics
-    assert 'labeler_review_precision{label="1"} 0.0' in metrics
+    assert 'labeler_review_agreement_ratio{label="1"} 0.0' in metrics

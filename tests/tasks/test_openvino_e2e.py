@@ -76,7 +76,7 @@ def test_hot_swap_between_tensorflow_and_openvino_loses_nothing(
                 run_labeler(env, "models", "promote", "2")
         versions = [r.get(timeout=300)["model_version"] for r in results]
         info = {
-            (rt, p): scrape(port, "labeler_model_info", runtime=rt, precision=p)
+            (rt, p): scrape(port, "labeler_model_info", runtime=rt, serving_format=p)
             for rt, p in (("tensorflow", "fp32"), ("openvino", "int8"))
         }
         approved = scrape(port, "labeler_model_int8_approved", model="digits")
@@ -87,7 +87,7 @@ def test_hot_swap_between_tensorflow_and_openvino_loses_nothing(
     assert approved == 1
     records = site.records(keys)
     assert len(records) == len(keys)
-    served = {(r.model_version, r.runtime, r.precision) for r in records.values()}
+    served = {(r.model_version, r.runtime, r.serving_format) for r in records.values()}
     assert served == {(1, "tensorflow", "fp32"), (2, "openvino", "int8")}, served
     by_batch: dict[str, set[int]] = {}
     for record in records.values():
@@ -126,7 +126,7 @@ def test_models_optimize_gives_an_old_version_its_artifacts(
     finally:
         with_worker.stop()
     record = site.record("old/0.png")
-    assert (record.model_version, record.runtime, record.precision) == (1, "openvino", "int8")
+    assert (record.model_version, record.runtime, record.serving_format) == (1, "openvino", "int8")
     assert record.label == digits.held_out[200].label
 
 
@@ -155,6 +155,6 @@ def test_killed_openvino_child_loses_no_batch(
         worker.stop()
 
     records = site.records(keys)
-    assert {(r.runtime, r.precision) for r in records.values()} == {("openvino", "fp32")}
+    assert {(r.runtime, r.serving_format) for r in records.values()} == {("openvino", "fp32")}
     assert all(r.source_etag == etags[k] and r.error is None for k, r in records.items())
     assert worker.log_tail(200_000).count("loaded model digits v1 (openvino fp32)") == 2

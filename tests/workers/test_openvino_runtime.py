@@ -67,9 +67,11 @@ def test_openvino_fp32_gives_tensorflow_answers(
     registry, _ = optimized
     images, _ = _pixels(digits)
     tf_model = ModelRuntime(registry, batch_size=16, runtime="tensorflow").current()
-    ov_model = ModelRuntime(registry, batch_size=16, runtime="openvino", precision="fp32").current()
+    ov_model = ModelRuntime(
+        registry, batch_size=16, runtime="openvino", serving_format="fp32"
+    ).current()
 
-    assert (tf_model.runtime, ov_model.runtime, ov_model.precision) == (
+    assert (tf_model.runtime, ov_model.runtime, ov_model.serving_format) == (
         "tensorflow",
         "openvino",
         "fp32",
@@ -88,9 +90,13 @@ def test_int8_of_digits_is_approved_and_served(
     assert result.artifacts.int8.approved, result.rows
     assert result.artifacts.int8.figures["agreement"] >= 0.99
 
-    model = ModelRuntime(registry, batch_size=16, runtime="openvino", precision="auto").current()
-    fp32 = ModelRuntime(registry, batch_size=16, runtime="openvino", precision="fp32").current()
-    assert model.precision == "int8"
+    model = ModelRuntime(
+        registry, batch_size=16, runtime="openvino", serving_format="auto"
+    ).current()
+    fp32 = ModelRuntime(
+        registry, batch_size=16, runtime="openvino", serving_format="fp32"
+    ).current()
+    assert model.serving_format == "int8"
     agreement = (model.predict(images).argmax(1) == fp32.predict(images).argmax(1)).mean()
     assert agreement >= 0.99
     rows = {(r["runtime"], r["precision"]): r for r in result.rows}
@@ -111,8 +117,10 @@ def test_int8_calibrated_on_blank_images_is_refused_and_fp32_serves(
     assert approval is not None
     assert not approval.approved
     assert "agreement with FP32" in approval.reason
-    model = ModelRuntime(registry, batch_size=16, runtime="openvino", precision="int8").current()
-    assert (model.runtime, model.precision) == ("openvino", "fp32")
+    model = ModelRuntime(
+        registry, batch_size=16, runtime="openvino", serving_format="int8"
+    ).current()
+    assert (model.runtime, model.serving_format) == ("openvino", "fp32")
     page = report_html_for(result).decode()
     assert "refused, FP32 serves" in page
     assert "agreement with FP32" in page
@@ -156,7 +164,7 @@ def test_broken_ir_is_refused_and_the_last_good_version_keeps_serving(
     registry.promote(v2)
 
     assert runtime.current().version == 1  # refused: still serving v1
-    fresh = ModelRuntime(registry, batch_size=16, runtime="openvino", precision="fp32")
+    fresh = ModelRuntime(registry, batch_size=16, runtime="openvino", serving_format="fp32")
     with pytest.raises(ModelUnavailable, match="cannot be served safely"):
         fresh.current()
 

@@ -185,7 +185,7 @@ def test_mixed_precision_trains_in_16_bits_and_hands_back_a_float32_model(
     monkeypatch.setattr(keras.Model, "compile", watched_compile)
     data = _colours(tmp_path, {"red": (220, 40, 40), "blue": (40, 40, 220)}, 40)
     config = TrainingConfig(
-        input_size=(32, 32), max_epochs=4, batch_size=16, patience=5, precision=policy
+        input_size=(32, 32), max_epochs=4, batch_size=16, patience=5, dtype_policy=policy
     )
 
     trained = train_model(data, config)
@@ -230,10 +230,10 @@ def test_a_mixed_precision_copy_keeps_nested_weights_and_a_float32_output() -> N
     np.testing.assert_allclose(back.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_a_bad_training_precision_says_what_to_fix() -> None:
+def test_a_bad_training_dtype_policy_says_what_to_fix() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings(train_precision="float16")
-    assert "LABELER_TRAIN_PRECISION" in str(caught.value)
+        load_settings(train_dtype_policy="float16")
+    assert "LABELER_TRAIN_DTYPE_POLICY" in str(caught.value)
     assert "mixed_float16" in str(caught.value)
 
 
@@ -245,7 +245,7 @@ def test_a_mixed_precision_warm_start_with_new_classes_fine_tunes_the_copy(
     base = make_backbone_classifier((32, 32), 2, backbone="mobilenet_v2", weights=None)
     data = _colours(tmp_path, {"red": (220, 40, 40), "blue": (40, 40, 220)}, 24)
     config = TrainingConfig(
-        max_epochs=1, fine_tune_epochs=1, batch_size=16, precision="mixed_float16"
+        max_epochs=1, fine_tune_epochs=1, batch_size=16, dtype_policy="mixed_float16"
     )
 
     trained = train_model(data, config, base_model=base, base_classes=["red", "green"])

@@ -212,7 +212,7 @@ class BatchClassifier:
             item.error,
             batch_id=batch_id,
             runtime=model.runtime,
-            precision=model.precision,
+            serving_format=model.serving_format,
         )
         record.timings = item.timings
         self.labels.write(record)
@@ -240,7 +240,7 @@ def make_record(
     *,
     batch_id: str | None = None,
     runtime: str | None = None,
-    precision: str | None = None,
+    serving_format: str | None = None,
 ) -> LabelRecord:
     """The record for one image: top-k labels from ``probabilities``, or the ``error``."""
     record = LabelRecord(
@@ -252,7 +252,7 @@ def make_record(
         batch_id=batch_id,
         created_at=time.time(),
         runtime=runtime,
-        precision=precision,
+        serving_format=serving_format,
     )
     if error is not None or probabilities is None:
         return record

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 _devices_configured = False
 
 RUNTIMES = ("auto", "tensorflow", "openvino")
-PRECISIONS = ("auto", "fp32", "int8")
+SERVING_FORMATS = ("auto", "fp32", "int8")  # numeric formats OpenVINO can serve
 
 
 def configure_devices() -> None:
@@ -70,7 +70,7 @@ class LoadedModel(Protocol):
     metadata: ModelMetadata
     batch_size: int
     runtime: str
-    precision: str
+    serving_format: str  # fp32 or int8
 
     @property
     def version(self) -> int: ...
@@ -99,7 +99,7 @@ class KerasModel:
     """One version served by TensorFlow."""
 
     runtime = "tensorflow"
-    precision = "fp32"
+    serving_format = "fp32"
 
     def __init__(self, model: Any, metadata: ModelMetadata, batch_size: int) -> None:
         import tensorflow as tf
@@ -155,13 +155,15 @@ class ModelRuntime:
         on_load: Callable[[LoadedModel, Int8Approval | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         runtime: str = "tensorflow",
-        precision: str = "auto",
+        serving_format: str = "auto",
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if serving_format not in SERVING_FORMATS:
+            raise ValueError(
+                f"serving_format must be one of {SERVING_FORMATS}, got {serving_format!r}"
+            )
         self.registry = registry
         self.runtime = runtime
-        self.precision = precision
+        self.serving_format = serving_format
         self._resolved: str | None = None
         self.batch_size = batch_size
         self.reload_seconds = reload_seconds
@@ -246,7 +248,7 @@ class ModelRuntime:
             metadata.name,
             version,
             model.runtime,
-            model.precision,
+            model.serving_format,
             time.perf_counter() - started,
         )
         if self._on_load is not None:
@@ -282,15 +284,15 @@ class ModelRuntime:
                 hint,
             )
             return None, None
-        precision = "fp32"
-        if self.precision in ("auto", "int8") and artifacts.servable("int8"):
-            precision = "int8"
-        elif self.precision == "int8":
+        fmt = "fp32"
+        if self.serving_format in ("auto", "int8") and artifacts.servable("int8"):
+            fmt = "int8"
+        elif self.serving_format == "int8":
             reason = artifacts.int8.reason if artifacts.int8 else "no INT8 artifact"
             log.warning("model %s v%s: INT8 not approved (%s): serving FP32", name, version, reason)
         try:
-            xml, weights = self.registry.ir_bytes(version, precision)
+            xml, weights = self.registry.ir_bytes(version, fmt)
         except ObjectNotFound as exc:  # listed in the manifest but gone: a broken version
-            raise InvalidModel(f"OpenVINO {precision} artifact missing: {exc}") from exc
-        model = OpenVinoModel(read_ir(xml, weights), metadata, self.batch_size, precision)
+            raise InvalidModel(f"OpenVINO {fmt} artifact missing: {exc}") from exc
+        model = OpenVinoModel(read_ir(xml, weights), metadata, self.batch_size, fmt)
         return model, artifacts.int8

@@ -97,7 +97,9 @@ class OpenVinoModel:
 
     runtime = "openvino"
 
-    def __init__(self, ir: Any, metadata: ModelMetadata, batch_size: int, precision: str) -> None:
+    def __init__(
+        self, ir: Any, metadata: ModelMetadata, batch_size: int, serving_format: str
+    ) -> None:
         height, width = metadata.input_size
         shape, out = list(ir.inputs[0].get_partial_shape()), list(ir.outputs[0].get_partial_shape())
         if len(shape) != 4 or [d.get_length() for d in shape[1:]] != [height, width, 3]:
@@ -106,7 +108,7 @@ class OpenVinoModel:
             raise InvalidModel(f"IR output must be (batch, {len(metadata.class_names)}), got {out}")
         self.metadata = metadata
         self.batch_size = batch_size
-        self.precision = precision
+        self.serving_format = serving_format
         try:
             ir.reshape([batch_size, height, width, 3])
             self._compiled = _core().compile_model(ir, "CPU", _FP32_HINT)

@@ -1,7 +1,8 @@
-"""The review loop's engine: the queue of records waiting for a person, decisions, and preview
-images.
+"""The review loop's engine: the queue of records waiting for a person, decisions, preview
+images, and the agreement rate of reviewed items.
 """
 
+from workers.review.agreement import agreement_of
 from workers.review.decisions import (
     Action,
     InvalidDecision,
@@ -26,6 +27,7 @@ __all__ = [
     "ReviewItem",
     "ReviewQueue",
     "StaleItem",
+    "agreement_of",
     "count_reviewed_since",
     "preview_png",
 ]

@@ -17,11 +17,11 @@ POLICIES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def training_policy(setting: str) -> str:
-    """The Keras dtype policy for a ``LABELER_TRAIN_PRECISION`` setting: ``auto`` is
+    """The Keras dtype policy for a ``LABELER_TRAIN_DTYPE_POLICY`` setting: ``auto`` is
     ``mixed_float16`` when the host has a GPU (where it pays) and ``float32`` otherwise."""
     if setting not in POLICIES:
         raise ValueError(
-            f"training precision must be one of {', '.join(POLICIES)}, got {setting!r}"
+            f"training dtype policy must be one of {', '.join(POLICIES)}, got {setting!r}"
         )
     if setting != "auto":
         return setting

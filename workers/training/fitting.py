@@ -37,7 +37,7 @@ class TrainingConfig:
     seed: int = 1337
     augmentation: str = DEFAULT_AUGMENTATION  # see workers.training.augmentation
     shuffle_buffer: int = 2048  # decoded images held for shuffling: bounds training memory
-    precision: str = "auto"  # a Keras dtype policy, or auto: see workers.training.dtype_policy
+    dtype_policy: str = "auto"  # a Keras dtype policy, or auto: see workers.training.dtype_policy
 
     def resolved_architecture(self) -> str:
         if self.architecture != "auto":
@@ -68,7 +68,7 @@ def train_model(
     keras.utils.set_random_seed(config.seed)
     report = progress or (lambda _: None)
     strategy = distribution_strategy()
-    policy = training_policy(config.precision)
+    policy = training_policy(config.dtype_policy)
     # Variables (model and optimizer) are created once per replica; layers built here compute
     # in the policy's dtype.
     with strategy.scope(), global_policy(policy):

@@ -45,7 +45,7 @@ class RetrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     ratios: SplitRatios = field(default_factory=SplitRatios)
     gate: GatePolicy = field(default_factory=GatePolicy)
-    review_precision: float = 0.95  # per-class thresholds aim for this precision
+    target_precision: float = 0.95  # promised precision of auto labels: sets review thresholds
     max_image_pixels: int = 50_000_000
     int8: Int8Bars = field(default_factory=Int8Bars)
     export_openvino: bool = True  # the IR is made here, once, never by the workers
@@ -122,7 +122,7 @@ class Retrainer:
             data.validation.labels,
             val_probs,
             data.class_names,
-            target_precision=self.config.review_precision,
+            target_precision=self.config.target_precision,
             default=0.5,
         )
         metadata = self._register(trained.model, data, size, thresholds, candidate, base_meta)
@@ -133,7 +133,7 @@ class Retrainer:
             "training_images": _count_images(data),
             "reviewed_images_added": joined,
             "training_devices": trained.replicas,
-            "training_precision": trained.policy,
+            "training_dtype_policy": trained.policy,
         }
         self._write_reports(
             metadata, candidate, production, decision, trained.history, runtimes, facts

@@ -34,7 +34,7 @@ class FakeModel:
         )
         self.version = version
         self.batch_size = batch_size
-        self.runtime, self.precision = "fake", "fp32"
+        self.runtime, self.serving_format = "fake", "fp32"
         self.calls: list[int] = []
         self.during_predict: threading.Event | None = None  # set by the test to block a call
 
