@@ -299,14 +299,22 @@ class Settings(BaseSettings):
     )
     review_secret_key: SecretStr | None = Field(
         None,
-        description="Signs session cookies; set it so sign-ins survive a restart and are shared "
-        "by several app processes. Unset: a random key per start.",
+        description="Keys the review sessions kept in Redis; set it (32+ bytes: `labeler "
+        "review gen-secret`) so sign-ins survive a restart and are shared by several app "
+        "processes. Unset: a random key per start. Placeholders and short keys are refused.",
     )
     review_lease_seconds: float = Field(
         120.0, gt=0, le=3600, description="How long a reviewer holds an item before it returns."
     )
     review_secure_cookies: bool = Field(
-        False, description="Send the session cookie over HTTPS only (behind a TLS proxy)."
+        False,
+        description="Send the session cookie over HTTPS only. Unset: Secure whenever the "
+        "request came over https (directly or from a trusted proxy).",
+    )
+    review_trusted_proxies: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses (or `*`) whose X-Forwarded-For and "
+        "X-Forwarded-Proto the review app believes: your TLS proxy.",
     )
 
     @field_validator("broker_url", "result_backend")
@@ -376,6 +384,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> Settings:
+        for name in ("redis_password", "s3_secret_access_key", "review_secret_key"):
+            secret: SecretStr | None = getattr(self, name)
+            if secret is not None and secret.get_secret_value().startswith(_PLACEHOLDER):
+                raise ValueError(
+                    f"{env_name(name)} is still the {_PLACEHOLDER}... placeholder from "
+                    f".env.example; make a real one with `{_RANDOM_VALUE_COMMAND}`"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _s3_needs_credentials_together(self) -> Settings:
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
             raise ValueError(
@@ -436,6 +455,8 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+_PLACEHOLDER = "change-me"  # how every secret in .env.example starts
+_RANDOM_VALUE_COMMAND = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 _SECRET_FIELDS = frozenset({"redis_password", "s3_access_key_id", "s3_secret_access_key"})
 _SECRET_FIELDS |= {"review_users", "review_secret_key"}
 

@@ -1,9 +1,17 @@
 """The review app: a web adapter over the review queue and decisions in ``workers``."""
 
 from review.app import LOCAL_REVIEWER, ReviewConfig, create_app, precision_of
-from review.auth import InvalidCredentials, Reviewers, hash_password, verify_password
+from review.auth import (
+    KEY_COMMAND,
+    InvalidCredentials,
+    Reviewers,
+    hash_password,
+    verify_password,
+    weak_secret,
+)
 
 __all__ = [
+    "KEY_COMMAND",
     "LOCAL_REVIEWER",
     "InvalidCredentials",
     "ReviewConfig",
@@ -12,4 +20,5 @@ __all__ = [
     "hash_password",
     "precision_of",
     "verify_password",
+    "weak_secret",
 ]
