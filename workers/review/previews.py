@@ -14,6 +14,7 @@ import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
@@ -79,6 +80,9 @@ class PreviewRenderer:
         self.max_pixels = max_pixels
         self.preview_max_pixels = preview_max_pixels
         self._slots = threading.BoundedSemaphore(decodes)
+        # Decodes run on these threads only: glibc keeps an arena per thread, and memory freed
+        # by a decode stays in its thread's arena, so any web thread decoding would keep ~70 MB.
+        self._decoders = ThreadPoolExecutor(decodes, thread_name_prefix="preview")
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._lock = threading.Lock()
@@ -97,12 +101,13 @@ class PreviewRenderer:
             raise PreviewBusy(f"{key!r}: every preview slot is busy; try again")
         try:
             data, etag = load()  # cached under what was read: it may have changed since
-            png = preview_png(
+            png = self._decoders.submit(
+                preview_png,
                 data,
                 max_side=self.max_side,
                 max_pixels=self.max_pixels,
                 preview_max_pixels=self.preview_max_pixels,
-            )
+            ).result()
         finally:
             self._slots.release()
         self._store((key, etag), png)
