@@ -239,6 +239,15 @@ def _class_names(classes: str | None, classes_file: Path | None) -> list[str]:
     names = [c for c in names if c]
     if len(names) < 2 or len(set(names)) != len(names):
         raise click.UsageError(f"need at least two distinct class names, got {names}")
+    from workers.review import is_class_name
+
+    unsafe = [name for name in names if not is_class_name(name)]
+    if unsafe:
+        # A class becomes a folder, training/<class>/: no '/', no leading dot, 64 characters.
+        raise click.UsageError(
+            f"class names must be letters, digits, space and _.+- (starting with a letter or "
+            f"digit, at most 64 characters); refused: {unsafe}"
+        )
     return names
 
 

@@ -63,6 +63,14 @@ def hash_password_command(name: str, password: str) -> None:
     click.echo(f"{name}:{hash_password(password)}")
 
 
+@review.command("gen-secret")
+def gen_secret() -> None:
+    """Print a random key for LABELER_REVIEW_SECRET_KEY."""
+    import secrets
+
+    click.echo(secrets.token_urlsafe(48))
+
+
 def serve_review(settings: Settings, host: str, port: int) -> None:
     """Check the address against the credentials, build the app, run uvicorn until stopped."""
     import uvicorn
@@ -74,11 +82,35 @@ def serve_review(settings: Settings, host: str, port: int) -> None:
             f"{env_name('review_users')} or {env_name('review_users_file')} (make entries with "
             f"`labeler review hash-password NAME`), or listen on 127.0.0.1"
         )
+    _check_secret_key(settings, reviewers)
     broker_or_exit(settings)
     app = build_review_app(settings, reviewers)
     who = f"{len(reviewers)} reviewers" if reviewers else "no sign-in (local only)"
     click.echo(f"review app on http://{host}:{port}/ ({who})")
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        # X-Forwarded-For/-Proto are believed from these hops only: the client address that
+        # sign-in throttling counts, and https (Secure cookies) behind a TLS proxy.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.review_trusted_proxies,
+    )
+
+
+def _check_secret_key(settings: Settings, reviewers: Reviewers) -> None:
+    """A configured key that anyone could guess is refused (unset: random per start)."""
+    from review import KEY_COMMAND, weak_secret
+
+    key = settings.review_secret_key
+    problem = weak_secret(key.get_secret_value()) if key is not None else None
+    if reviewers and problem is not None:
+        raise click.ClickException(
+            f"{env_name('review_secret_key')} {problem}: make a real one with "
+            f"`labeler review gen-secret` or `{KEY_COMMAND}`"
+        )
 
 
 def load_reviewers(settings: Settings) -> Reviewers:

@@ -26,6 +26,7 @@ _ERROR_MODULES = (
     "labeler.supervision",
     "workers.dispatch.config",
     "workers.dispatch.sqs",
+    "workers.review.previews",
 )
 
 

@@ -23,6 +23,7 @@ from labeler.settings_checks import (
     HttpUrl,
     RedisUrl,
     StoreUri,
+    check_no_placeholder_secrets,
     check_s3_credentials_together,
     check_visibility_outlasts_tasks,
     env_name,
@@ -316,20 +317,29 @@ class Settings(BaseSettings):
     )
     review_secret_key: SecretStr | None = Field(
         None,
-        description="Signs session cookies; set it so sign-ins survive a restart and are shared "
-        "by several app processes. Unset: a random key per start.",
+        description="Keys the review sessions kept in Redis; set it (32+ bytes: `labeler "
+        "review gen-secret`) so sign-ins survive a restart and are shared by several app "
+        "processes. Unset: a random key per start. Placeholders and short keys are refused.",
     )
     review_lease_seconds: float = Field(
         120.0, gt=0, le=3600, description="How long a reviewer holds an item before it returns."
     )
     review_secure_cookies: bool = Field(
-        False, description="Send the session cookie over HTTPS only (behind a TLS proxy)."
+        False,
+        description="Send the session cookie over HTTPS only. Unset: Secure whenever the "
+        "request came over https (directly or from a trusted proxy).",
+    )
+    review_trusted_proxies: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses (or `*`) whose X-Forwarded-For and "
+        "X-Forwarded-Proto the review app believes: your TLS proxy.",
     )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         check_visibility_outlasts_tasks(self)
         check_s3_credentials_together(self)
+        check_no_placeholder_secrets(self)
         return self
 
     @classmethod

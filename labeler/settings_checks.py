@@ -103,6 +103,20 @@ def check_s3_credentials_together(s: Settings) -> None:
         )
 
 
+_PLACEHOLDER = "change-me"  # how every secret in .env.example starts
+_RANDOM_VALUE_COMMAND = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def check_no_placeholder_secrets(s: Settings) -> None:
+    for name in ("redis_password", "s3_secret_access_key", "review_secret_key"):
+        secret: SecretStr | None = getattr(s, name)
+        if secret is not None and secret.get_secret_value().startswith(_PLACEHOLDER):
+            raise ValueError(
+                f"{env_name(name)} is still the {_PLACEHOLDER}... placeholder from "
+                f".env.example; make a real one with `{_RANDOM_VALUE_COMMAND}`"
+            )
+
+
 _SECRET_FIELDS = frozenset({"redis_password", "s3_access_key_id", "s3_secret_access_key"})
 _SECRET_FIELDS |= {"review_users", "review_secret_key"}
 

@@ -1,9 +1,17 @@
 """The review app: a web adapter over the review queue and decisions in ``workers``."""
 
 from review.app import LOCAL_REVIEWER, ReviewConfig, create_app
-from review.auth import InvalidCredentials, Reviewers, hash_password, verify_password
+from review.auth import (
+    KEY_COMMAND,
+    InvalidCredentials,
+    Reviewers,
+    hash_password,
+    verify_password,
+    weak_secret,
+)
 
 __all__ = [
+    "KEY_COMMAND",
     "LOCAL_REVIEWER",
     "InvalidCredentials",
     "ReviewConfig",
@@ -11,4 +19,5 @@ __all__ = [
     "create_app",
     "hash_password",
     "verify_password",
+    "weak_secret",
 ]

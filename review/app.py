@@ -1,14 +1,15 @@
 """The review app: routes, thin handlers over :class:`workers.review.decisions.ReviewDesk`.
 
-Pages: ``/`` (one item at a time, keyboard first), ``/login``. JSON API: ``GET /api/next``,
+Pages: ``/`` (one item at a time, keyboard first), ``/login``. JSON API: ``POST /api/next``,
 ``POST /api/decide``, ``POST /api/skip``, ``GET /api/stats``, ``GET /api/csrf``. Images:
 ``GET /image?key=`` (a PNG we encode; the original bytes are never served).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +19,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -26,7 +26,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from review.auth import Reviewers
+from review.guards import BodyLimit, OriginGuard, ResponseHeaders
 from review.security import SecurityMiddleware, csrf_token
+from review.sessions import SessionMiddleware, SessionStore
+from review.throttle import SignInThrottle
 from storage import InvalidKey, ObjectNotFound, validate_key
 from workers.review import (
     Action,
@@ -38,9 +41,17 @@ from workers.review import (
     StaleItem,
     agreement_of,
 )
-from workers.review.previews import PREVIEW_CONTENT_TYPE, ImageRejected, preview_png
+from workers.review.previews import (
+    PREVIEW_CONTENT_TYPE,
+    PREVIEW_MAX_PIXELS,
+    ImageRejected,
+    PreviewBusy,
+    PreviewRenderer,
+)
 
+log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
+_HELD_LEASES = 16  # lease tokens a session remembers (a few tabs, a prefetched next item)
 _Body = TypeVar("_Body", bound=BaseModel)
 LOCAL_REVIEWER = "local"
 
@@ -54,7 +65,8 @@ class ReviewConfig:
     classes: Callable[[], list[str]]  # the production model's classes, first nine get digits
     preview_side: int = 512
     max_pixels: int = 50_000_000
-    secure_cookies: bool = False  # set behind HTTPS
+    preview_max_pixels: int = PREVIEW_MAX_PIXELS  # non-JPEG previews decode at full size
+    secure_cookies: bool = False  # always Secure; without it, Secure when the request was https
     metrics: Callable[[], bytes] | None = None  # Prometheus exposition for /metrics
 
 
@@ -82,23 +94,23 @@ def create_app(desk: ReviewDesk, config: ReviewConfig) -> Starlette:
         Route("/healthz", handlers.health),
         Route("/metrics", handlers.metrics),
         Route("/api/csrf", handlers.csrf),
-        Route("/api/next", handlers.next_item),
+        # POST for the page (it leases an item); GET kept for scripts, same-origin only.
+        Route("/api/next", handlers.next_item, methods=["GET", "POST"]),
         Route("/api/decide", handlers.decide, methods=["POST"]),
         Route("/api/skip", handlers.skip, methods=["POST"]),
         Route("/api/stats", handlers.stats),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
     local_user = None if config.reviewers else LOCAL_REVIEWER
-    middleware = [
-        Middleware(
-            SessionMiddleware,
-            secret_key=config.secret_key or secrets.token_hex(32),
-            session_cookie="labeler_review",
-            same_site="strict",
-            https_only=config.secure_cookies,
-            max_age=12 * 3600,
-        ),
-        Middleware(SecurityMiddleware, local_user=local_user),
+    # A loopback-only app keeps its sessions apart: its cookies mean nothing to a signed-in one.
+    realm = "local:" if local_user else "signed-in:"
+    store = SessionStore(desk.queue.client, realm + (config.secret_key or secrets.token_hex(32)))
+    middleware = [  # outermost first
+        Middleware(ResponseHeaders),
+        Middleware(OriginGuard, loopback_only=local_user is not None),
+        Middleware(BodyLimit),
+        Middleware(SessionMiddleware, store=store, https_only=config.secure_cookies),
+        Middleware(SecurityMiddleware, local_user=local_user, reviewers=config.reviewers),
     ]
     return Starlette(routes=routes, middleware=middleware)
 
@@ -108,6 +120,19 @@ class _Handlers:
         self.desk = desk
         self.config = config
         self.templates = templates
+        self.throttle = SignInThrottle(desk.queue.client)
+        self.previews = PreviewRenderer(
+            max_side=config.preview_side,
+            max_pixels=config.max_pixels,
+            preview_max_pixels=config.preview_max_pixels,
+        )
+
+    def _loader(self, key: str) -> Callable[[], tuple[bytes, str]]:
+        def load() -> tuple[bytes, str]:
+            blob = self.desk.incoming.get(key)
+            return blob.data, blob.info.etag
+
+        return load
 
     async def page(self, request: Request) -> Response:
         context = {
@@ -129,11 +154,25 @@ class _Handlers:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         name = (form.get("username") or [""])[0]
         password = (form.get("password") or [""])[0]
+        address = request.client.host if request.client else ""
+        wait = await run_in_threadpool(self.throttle.wait, name, address)
+        if wait:
+            log.warning("sign-in for %r from %s throttled (%d s)", name[:64], address, wait)
+            return JSONResponse(
+                {"error": f"too many failed sign-ins; try again in {wait} s"},
+                429,
+                headers={"retry-after": str(wait)},
+            )
         ok = await run_in_threadpool(self.config.reviewers.check, name, password)
         if not ok:
+            log.warning("failed sign-in for %r from %s", name[:64], address)
+            await run_in_threadpool(self.throttle.failed, name, address)
             return RedirectResponse("/login?failed=1", 303)
+        await run_in_threadpool(self.throttle.succeeded, name, address)
+        log.info("%r signed in from %s", name, address)
         request.session.clear()  # a fresh session (and CSRF token) for the signed-in user
         request.session["user"] = name
+        request.session["cred"] = self.config.reviewers.fingerprint(name)
         csrf_token(request.session)
         return RedirectResponse("/", 303)
 
@@ -161,6 +200,8 @@ class _Handlers:
         label = request.query_params.get("label") or None
         prefix = request.query_params.get("prefix", "")
         item = await run_in_threadpool(self.desk.next_item, label=label, prefix=prefix)
+        if item is not None:
+            _hold(request.session, item.claim.token)
         pending = await run_in_threadpool(self.desk.queue.pending)
         return JSONResponse(
             {"item": None if item is None else _item_json(item), "pending": pending}
@@ -172,10 +213,11 @@ class _Handlers:
             return body
         user = request.session["user"]
         try:
+            _check_held(request.session, body.key, body.token)
             record = await run_in_threadpool(
                 self.desk.decide, body.key, body.token, body.action, user, body.label
             )
-        except ReviewError as exc:
+        except (ReviewError, InvalidKey) as exc:
             return _refusal(exc)
         return JSONResponse({"record": record.model_dump(mode="json", exclude_none=True)})
 
@@ -184,9 +226,10 @@ class _Handlers:
         if isinstance(body, Response):
             return body
         try:
+            _check_held(request.session, body.key, body.token)
             await run_in_threadpool(self.desk.skip, body.key, body.token)
-        except InvalidKey as exc:
-            return JSONResponse({"error": str(exc)}, 400)
+        except (ReviewError, InvalidKey) as exc:
+            return _refusal(exc)
         return JSONResponse({"skipped": body.key})
 
     async def stats(self, request: Request) -> Response:
@@ -207,19 +250,16 @@ class _Handlers:
         key = request.query_params.get("key", "")
         try:
             validate_key(key)
-            blob = await run_in_threadpool(self.desk.incoming.get, key)
-            png = await run_in_threadpool(
-                preview_png,
-                blob.data,
-                max_side=self.config.preview_side,
-                max_pixels=self.config.max_pixels,
-            )
+            info = await run_in_threadpool(self.desk.incoming.head, key)
+            png = await run_in_threadpool(self.previews.render, key, info.etag, self._loader(key))
         except InvalidKey as exc:
             return JSONResponse({"error": str(exc)}, 400)
         except ObjectNotFound:
             return JSONResponse({"error": f"no image at {key!r}"}, 404)
         except ImageRejected as exc:
             return JSONResponse({"error": f"not shown: {exc}"}, 415)
+        except PreviewBusy as exc:
+            return JSONResponse({"error": str(exc)}, 503, headers={"retry-after": "5"})
         return Response(png, media_type=PREVIEW_CONTENT_TYPE, headers={"cache-control": "private"})
 
 
@@ -246,8 +286,20 @@ async def _parse(request: Request, model: type[_Body]) -> _Body | Response:
         return JSONResponse({"error": "invalid request", "details": errors}, 400)
 
 
-def _refusal(exc: ReviewError) -> Response:
-    if isinstance(exc, InvalidDecision):
+def _hold(session: MutableMapping[str, Any], token: str) -> None:
+    """Remember that this session claimed ``token``: only it may decide or skip with it."""
+    held = [t for t in session.get("leases", []) if isinstance(t, str)]
+    session["leases"] = [*held, token][-_HELD_LEASES:]
+
+
+def _check_held(session: MutableMapping[str, Any], key: str, token: str | None) -> None:
+    validate_key(key)  # a bad key is a 400 whoever holds what
+    if token is not None and token not in session.get("leases", []):
+        raise LeaseLost("that lease was not claimed in this session")
+
+
+def _refusal(exc: ReviewError | InvalidKey) -> Response:
+    if isinstance(exc, (InvalidDecision, InvalidKey)):
         return JSONResponse({"error": str(exc)}, 400)
     reason = "conflict"
     if isinstance(exc, LeaseLost):

@@ -14,7 +14,12 @@ import secrets
 from collections.abc import Iterable
 
 _N, _R, _P = 2**14, 8, 1  # scrypt cost: ~50 ms and 16 MB per check on this machine's CPUs
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+MIN_SECRET_BYTES = 32
+# Values people copy from .env.example or docs instead of making a real secret.
+_PLACEHOLDERS = ("change-me", "replace-with", "changeme", "secret", "password")
+# How to make a real key, for messages: what `labeler review gen-secret` does.
+KEY_COMMAND = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
 class InvalidCredentials(ValueError):
@@ -67,7 +72,7 @@ class Reviewers:
             if not line or line.startswith("#"):
                 continue
             name, _, stored = line.partition(":")
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise InvalidCredentials(f"{where}, entry {number}: {name!r} is not a valid name")
             if not _well_formed(stored):
                 raise InvalidCredentials(
@@ -83,6 +88,14 @@ class Reviewers:
     def __len__(self) -> int:
         return len(self._hashes)
 
+    def fingerprint(self, name: str) -> str | None:
+        """A digest of ``name``'s stored hash (None if not a reviewer): a session made before a
+        password change or removal no longer matches it."""
+        stored = self._hashes.get(name)
+        if stored is None:
+            return None
+        return hashlib.sha256(f"{name}:{stored}".encode()).hexdigest()[:32]
+
     def check(self, name: str, password: str) -> bool:
         stored = self._hashes.get(name)
         if stored is None:
@@ -90,6 +103,16 @@ class Reviewers:
                 verify_password(password, self._decoy)
             return False
         return verify_password(password, stored)
+
+
+def weak_secret(secret: str) -> str | None:
+    """Why ``secret`` may not sign anything (a known placeholder, or too short), or None."""
+    lowered = secret.lower()
+    if any(lowered.startswith(p) for p in _PLACEHOLDERS):
+        return "is a placeholder from the examples"
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    return None
 
 
 def _well_formed(stored: str) -> bool:

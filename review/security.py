@@ -1,15 +1,18 @@
-"""Every request passes here once: security headers, the sign-in gate, and CSRF.
+"""Every request passes here once: the sign-in gate and CSRF.
 
-A pure ASGI middleware inside Starlette's ``SessionMiddleware`` (which has already decoded the
-signed cookie into ``scope["session"]``). State-changing requests must carry the session's CSRF
-token, in an ``X-CSRF-Token`` header (the page and API clients) or a ``csrf_token`` form field
-(the sign-in form); anything else is 403 before a handler runs.
+A pure ASGI middleware inside :class:`review.sessions.SessionMiddleware` (which has already
+loaded the server-side session into ``scope["session"]``); the headers, body limits and
+cross-site checks are the outer layers in :mod:`review.guards`. A session counts as signed in
+only while its user is a configured reviewer with the password the session was made with.
+
+State-changing requests must carry the session's CSRF token, in an ``X-CSRF-Token`` header (the
+page and API clients) or a ``csrf_token`` form field (the sign-in form); anything else is 403
+before a handler runs.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import secrets
 from collections.abc import MutableMapping
 from typing import Any
@@ -17,22 +20,12 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+from review.auth import Reviewers
+from review.guards import SAFE_METHODS, send_json
+
 # Paths anyone may fetch: the sign-in page, its assets, the CSRF bootstrap, health and metrics.
 PUBLIC_PATHS = ("/login", "/static/", "/api/csrf", "/healthz", "/metrics")
 _MAX_FORM_BYTES = 16 * 1024
-# Nothing from another origin, no inline script or style, no plugins, no framing.
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-HEADERS = [
-    (b"content-security-policy", CSP.encode()),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-resource-policy", b"same-origin"),
-]
 
 
 def csrf_token(session: MutableMapping[str, Any]) -> str:
@@ -47,19 +40,21 @@ def csrf_token(session: MutableMapping[str, Any]) -> str:
 class SecurityMiddleware:
     """Headers on every response; 401/redirect without a session; 403 without the CSRF token."""
 
-    def __init__(self, app: ASGIApp, *, local_user: str | None) -> None:
+    def __init__(self, app: ASGIApp, *, local_user: str | None, reviewers: Reviewers) -> None:
         self.app = app
         self.local_user = local_user  # set when no credentials exist (127.0.0.1 only)
+        self.reviewers = reviewers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _with_headers(send)
         session: MutableMapping[str, Any] = scope["session"]
         path: str = scope["path"]
         if self.local_user is not None:
             session.setdefault("user", self.local_user)
+        elif session.get("user") and not self._valid(session):
+            session.clear()  # removed, password changed, or made by a loopback-only app: ended
         public = any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC_PATHS)
         if not public and not session.get("user"):
             await _refuse_unsigned(path, send)
@@ -68,19 +63,17 @@ class SecurityMiddleware:
             receive, presented = await _presented_token(scope, receive)
             expected = session.get("csrf")
             if not (expected and presented and hmac.compare_digest(presented, expected)):
-                await _json(send, 403, {"error": "missing or wrong CSRF token"})
+                await send_json(send, 403, {"error": "missing or wrong CSRF token"})
                 return
         await self.app(scope, receive, send)
 
-
-def _with_headers(send: Send) -> Send:
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [h for h in message.get("headers", []) if h[0] not in dict(HEADERS)]
-            message["headers"] = headers + HEADERS
-        await send(message)
-
-    return sending
+    def _valid(self, session: MutableMapping[str, Any]) -> bool:
+        """The session's user is a reviewer now, with the credentials it signed in with."""
+        expected = self.reviewers.fingerprint(str(session.get("user")))
+        presented = session.get("cred")
+        return bool(expected and isinstance(presented, str)) and hmac.compare_digest(
+            str(expected), str(presented)
+        )
 
 
 async def _presented_token(scope: Scope, receive: Receive) -> tuple[Receive, str | None]:
@@ -113,7 +106,7 @@ async def _presented_token(scope: Scope, receive: Receive) -> tuple[Receive, str
 
 async def _refuse_unsigned(path: str, send: Send) -> None:
     if path.startswith("/api/") or path == "/image":
-        await _json(send, 401, {"error": "sign in first: POST /login"})
+        await send_json(send, 401, {"error": "sign in first: POST /login"})
         return
     await send(
         {"type": "http.response.start", "status": 303, "headers": [(b"location", b"/login")]}
@@ -121,8 +114,4 @@ async def _refuse_unsigned(path: str, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _json(send: Send, status: int, body: dict[str, str]) -> None:
-    data = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+__all__ = ["PUBLIC_PATHS", "SecurityMiddleware", "csrf_token"]

@@ -32,6 +32,7 @@ from storage.errors import (
 TEMP_DIR_NAME = ".labeler-tmp"  # reserved top-level folder for in-flight writes; never listed
 _LOCK_STRIPES = 256  # lock files, reused by every key that hashes to them
 ETAG_CACHE_ENTRIES = 100_000  # ~10 MB; a bigger tree re-hashes only what falls out
+_MAX_NAME_BYTES = 255  # NAME_MAX of ext4 and most filesystems: longer is ENAMETOOLONG
 
 
 class LocalStore:
@@ -154,6 +155,8 @@ class LocalStore:
 
     def _path(self, key: str) -> Path:
         validate_key(key)
+        if any(len(segment.encode()) > _MAX_NAME_BYTES for segment in key.split("/")):
+            raise InvalidKey(f"object key {key[:40]!r}... has a name over {_MAX_NAME_BYTES} bytes")
         if key.split("/", 1)[0] == TEMP_DIR_NAME:
             raise InvalidKey(f"object key {key!r} uses the reserved folder {TEMP_DIR_NAME}/")
         path = self.root / key

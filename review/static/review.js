@@ -23,7 +23,7 @@ function imageUrl(key) { return "/image?key=" + encodeURIComponent(key); }
 
 async function fetchNext() {
   const query = new URLSearchParams({ label: $("filter-label").value, prefix: $("filter-prefix").value });
-  const data = await api("/api/next?" + query);
+  const data = await api("/api/next?" + query, {});  // POST: it leases an item
   $("pending").textContent = data.pending;
   if (data.item) new Image().src = imageUrl(data.item.key);  // preload
   return data.item;

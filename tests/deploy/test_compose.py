@@ -112,3 +112,34 @@ def test_gpu_profile_reserves_a_device(services: dict[str, Any]) -> None:
     assert gpu["profiles"] == ["gpu"]
     device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["capabilities"] == ["gpu"]
+
+
+def test_every_image_is_pinned_to_a_version(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        image = service["image"]
+        if image.startswith("labeler:"):
+            continue  # built here
+        _, _, tag = image.rpartition(":")
+        pinned = "@sha256:" in image or (tag != "latest" and any(c.isdigit() for c in tag))
+        assert pinned, f"{name}: {image} is not pinned to a version"
+        assert not tag.split("-")[0].isdigit() or "." in tag, f"{name}: {image} is a major only"
+
+
+def test_only_the_review_app_is_published_beyond_this_host(services: dict[str, Any]) -> None:
+    exposed = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                host_ip = port.get("host_ip", "")
+            else:  # "127.0.0.1:9000:9000/tcp", or "8300:8300" (every interface)
+                parts = str(port).split(":")
+                host_ip = parts[0] if len(parts) == 3 else ""
+            if host_ip not in ("127.0.0.1", "::1"):
+                exposed[name] = port
+    assert list(exposed) == ["review"], exposed
+
+
+def test_the_review_app_gets_the_tls_proxy_settings(services: dict[str, Any]) -> None:
+    environment = services["review"]["environment"]
+    assert "LABELER_REVIEW_TRUSTED_PROXIES" in environment
+    assert "LABELER_REVIEW_SECURE_COOKIES" in environment

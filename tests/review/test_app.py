@@ -14,6 +14,7 @@ from review import Reviewers, hash_password
 from tests.review.support import ReviewSetup
 
 PASSWORD = "correct horse battery staple"
+LOCAL = "http://127.0.0.1"  # the loopback-only app answers to loopback Host names only
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def setup(tmp_path: Path, redis_url: str) -> ReviewSetup:
 @pytest.fixture
 def local(setup: ReviewSetup) -> Iterator[TestClient]:
     """No credentials configured: one local reviewer (the app then binds 127.0.0.1 only)."""
-    with TestClient(setup.app(), follow_redirects=False) as client:
+    with TestClient(setup.app(), base_url=LOCAL, follow_redirects=False) as client:
         yield client
 
 
@@ -35,7 +36,7 @@ def reviewers() -> Reviewers:
 
 @pytest.fixture
 def guarded(setup: ReviewSetup, reviewers: Reviewers) -> Iterator[TestClient]:
-    with TestClient(setup.app(reviewers), follow_redirects=False) as client:
+    with TestClient(setup.app(reviewers), base_url=LOCAL, follow_redirects=False) as client:
         yield client
 
 
@@ -196,7 +197,7 @@ def test_two_reviewers_at_once_decide_every_item_exactly_once(
 
     def review_until_empty(name: str) -> list[str]:
         decided = []
-        with TestClient(app) as client:
+        with TestClient(app, base_url=LOCAL) as client:
             headers = {"X-CSRF-Token": csrf(client)}
             start.wait()  # both reviewers begin together
             while (item := client.get("/api/next").json()["item"]) is not None:
@@ -225,7 +226,7 @@ def test_health_is_503_when_the_index_is_unreachable(tmp_path: Path) -> None:
     from tests.support.services import free_port
 
     unreachable = ReviewSetup.build(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
-    with TestClient(unreachable.app()) as client:
+    with TestClient(unreachable.app(), base_url=LOCAL) as client:
         response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json() == {"ok": False, "error": "ConnectionError"}

@@ -100,7 +100,7 @@ def test_reviews_become_training_data_and_a_better_model(tmp_path: Path, redis_u
 def _review_everything(app: object) -> list[str]:
     """Answer every queued item from the truth (the digit is the key's folder)."""
     decided = []
-    with TestClient(app) as client:  # type: ignore[arg-type]
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # type: ignore[arg-type]
         token = client.get("/api/csrf").json()["csrf"]
         while (item := client.get("/api/next").json()["item"]) is not None:
             truth = item["key"].split("/")[1]

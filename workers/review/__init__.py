@@ -12,16 +12,26 @@ from workers.review.decisions import (
     ReviewItem,
     StaleItem,
     count_reviewed_since,
+    is_class_name,
 )
-from workers.review.previews import PREVIEW_CONTENT_TYPE, preview_png
+from workers.review.previews import (
+    PREVIEW_CONTENT_TYPE,
+    PREVIEW_MAX_PIXELS,
+    PreviewBusy,
+    PreviewRenderer,
+    preview_png,
+)
 from workers.review.queue import Claim, ReviewQueue
 
 __all__ = [
     "PREVIEW_CONTENT_TYPE",
+    "PREVIEW_MAX_PIXELS",
     "Action",
     "Claim",
     "InvalidDecision",
     "LeaseLost",
+    "PreviewBusy",
+    "PreviewRenderer",
     "ReviewDesk",
     "ReviewError",
     "ReviewItem",
@@ -29,5 +39,6 @@ __all__ = [
     "StaleItem",
     "agreement_of",
     "count_reviewed_since",
+    "is_class_name",
     "preview_png",
 ]

@@ -30,7 +30,8 @@ from workers.review.queue import Claim, ReviewQueue
 log = logging.getLogger(__name__)
 
 # A class is one folder name under training/: no '/', no leading dot, nothing a URL mangles.
-CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}$")
+# Always fullmatch: ``$`` alone would let a trailing newline through.
+CLASS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}")
 _CAS_ATTEMPTS = 5
 
 
@@ -95,7 +96,14 @@ class ReviewDesk:
         return None
 
     def skip(self, key: str, token: str) -> None:
-        self.queue.skip(validate_key(key), token)
+        """Put a leased item at the back of the queue.
+
+        Raises:
+            LeaseLost: ``token`` does not hold ``key`` (expired, decided, or never leased).
+        """
+        if not self.queue.holds(validate_key(key), token):
+            raise LeaseLost(f"{key!r} is not leased to you (it expired or was never yours)")
+        self.queue.skip(key, token)
 
     def decide(
         self,
@@ -123,7 +131,7 @@ class ReviewDesk:
             validate_key(key)
         except ValueError as exc:
             raise InvalidDecision(str(exc)) from None
-        if action is Action.CORRECT and (label is None or not CLASS_NAME.match(label)):
+        if action is Action.CORRECT and (label is None or not is_class_name(label)):
             raise InvalidDecision(
                 f"a correction needs a class name matching {CLASS_NAME.pattern} (got {label!r})"
             )
@@ -145,6 +153,9 @@ class ReviewDesk:
             raise StaleItem(f"{key!r} has no label to review (its record is an error)")
         self._check_image(record)
         review = _review(record, action, reviewer, label)
+        if review.label is not None and not is_class_name(review.label):
+            # A predicted label from a model registered before names were checked: never a path.
+            raise InvalidDecision(f"{review.label!r} is not a usable class name; correct it")
         if previous is not None and (previous.label, previous.outcome) == (
             review.label,
             review.outcome,
@@ -202,8 +213,16 @@ class ReviewDesk:
         blob = self.incoming.get(key)
         if blob.info.etag != etag:
             raise StaleItem(f"{key!r} changed since it was labeled; it will be labeled again")
-        target = validate_key(f"{label}/{key}")
+        try:
+            target = validate_key(f"{label}/{key}")
+        except ValueError as exc:
+            raise InvalidDecision(str(exc)) from None
         self.training.put(target, blob.data)
+
+
+def is_class_name(name: object) -> bool:
+    """True for a name that is safe as one folder under ``training/``."""
+    return isinstance(name, str) and CLASS_NAME.fullmatch(name) is not None
 
 
 def count_reviewed_since(training: ObjectStore, labels: ObjectStore, since: float) -> int:

@@ -92,6 +92,11 @@ class ReviewQueue:
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
 
+    @property
+    def client(self) -> Any:
+        """The Redis client (the review app keeps its sessions and sign-in counts there too)."""
+        return self._redis
+
     def add(self, record: LabelRecord) -> None:
         """Index a record that needs review (the worker calls this after writing it)."""
         if record.label is None:
