@@ -133,7 +133,7 @@ def run_pass(root: Path, redis_url: str, record: dict[str, Any]) -> dict[str, An
 
 def main() -> None:
     from bench.header import run_header, trusted, write_result
-    from tests.support.services import RedisServer
+    from testbed.services import RedisServer
 
     result: dict[str, Any] = {"benchmark": "reconciliation (issue 13)", **run_header()}
     with tempfile.TemporaryDirectory(prefix="labeler-reconcile-") as tmp:

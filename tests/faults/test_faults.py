@@ -22,6 +22,11 @@ from labeler.settings import settings_from_env
 from labeler.wiring import build_app
 from tasks.contracts import CLASSIFY_BATCH
 from tasks.queues import UNACKED_HASH, unacked_hash
+from testbed.digits import CLASSES
+from testbed.events import aws_event, minio_event
+from testbed.processes import DispatcherProcess, WorkerProcess, running_worker
+from testbed.services import EventSource, MotoServer, RedisServer, free_port
+from testbed.waiting import wait_until
 from tests.conftest import DigitsFixture
 from tests.support.deployment import (
     S3Deployment,
@@ -30,11 +35,7 @@ from tests.support.deployment import (
     s3_deployment,
     scrape,
 )
-from tests.support.digits import CLASSES
-from tests.support.processes import DispatcherProcess, WorkerProcess, running_worker
 from tests.support.s3_proxy import S3Proxy
-from tests.support.services import EventSource, MotoServer, RedisServer, free_port, wait_until
-from tests.workers.test_dispatch import aws_event, minio_event
 
 pytestmark = pytest.mark.slow
 

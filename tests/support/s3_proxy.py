@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from tests.support.services import free_port
+from testbed.services import free_port
 
 CHUNK_BYTES = 64 * 1024
 SEND_BUFFER_BYTES = 64 * 1024  # the kernel holds at most this much the client has not taken

@@ -28,23 +28,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from storage import LabelRecord
 from storage.keys import label_key
-from tests.conftest import DigitsFixture
-from tests.support.deployment import S3Deployment, s3_deployment
-from tests.support.digits import CLASSES
-from tests.support.processes import (
-    DispatcherProcess,
-    WorkerProcess,
-    labeler_env,
-    run_labeler,
-)
-from tests.support.services import EventSource, MotoServer, RedisServer, free_port, wait_until
-from tests.workers.test_dispatch import (
+from testbed.digits import CLASSES
+from testbed.events import (
     aws_event,
     eventbridge_event,
     minio_documented_event,
     minio_event,
     sns_event,
 )
+from testbed.processes import DispatcherProcess, WorkerProcess, labeler_env, run_labeler
+from testbed.services import EventSource, MotoServer, RedisServer, free_port
+from testbed.waiting import wait_until
+from tests.conftest import DigitsFixture
+from tests.support.deployment import S3Deployment, s3_deployment
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from labeler.sample_data import digit_samples
 from storage import LocalStore
-from tests.support.digits import digits_retrainer
+from testbed.digits import digits_retrainer
 
 pytestmark = pytest.mark.slow
 
