@@ -210,10 +210,14 @@ def engine_throughput(bench: Bench) -> dict[str, Any]:
     results = {}
     for run in ("new", "duplicate"):
         sent: list[int] = []
+
+        def enqueue(keys: list[str], sent: list[int] = sent) -> None:
+            sent.append(len(keys))
+
         engine = Dispatcher(
             client,
             store,
-            lambda keys, sent=sent: sent.append(len(keys)),
+            enqueue,
             lambda: 0,
             Metrics(CollectorRegistry()),
             config,

@@ -66,12 +66,12 @@ def child(root: str, redis_url: str) -> None:
     class CountingRedis(redis.Redis):
         looked_up = 0
 
-        def mget(self, keys: Any, *args: Any) -> Any:  # type: ignore[override]
+        def mget(self, keys: Any, *args: Any) -> Any:
             self.looked_up += len(keys)
             return super().mget(keys, *args)
 
     incoming, labels = Counted(Path(root, "incoming")), Counted(Path(root, "labels"))
-    client = CountingRedis.from_url(redis_url)
+    client = CountingRedis(connection_pool=redis.ConnectionPool.from_url(redis_url))
     sent: list[str] = []
     config = DispatchConfig(
         events_list="bench:reconcile",

@@ -157,7 +157,7 @@ def main() -> None:
 
         timed(WARM_UP, next_item, queue.remove)  # warm-up: connections, templates, caches
         phases: dict[str, dict[str, Any]] = {}
-        runs = {
+        runs: dict[str, Callable[[], list[float]]] = {
             "next": lambda: timed(args.requests, next_item, queue.remove),
             "next_by_class": lambda: timed(
                 args.requests // 2, lambda: next_item("?label=7"), queue.remove

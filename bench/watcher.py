@@ -59,7 +59,8 @@ def main() -> None:
         stack.callback(worker.stop)
         log = (root / "dispatch.log").open("ab")
         dispatcher = subprocess.Popen([*LABELER, "dispatch"], env=env, stdout=log, stderr=log)
-        stack.callback(lambda: (dispatcher.terminate(), dispatcher.wait(30)))
+        stack.callback(dispatcher.wait, 30)  # callbacks run last-in first-out: terminate, wait
+        stack.callback(dispatcher.terminate)
         wait_until(lambda: b"dispatching events" in (root / "dispatch.log").read_bytes(), 60, "up")
         staging = data / "staging"
         staging.mkdir()

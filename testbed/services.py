@@ -18,12 +18,17 @@ import sys
 import threading
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
 from storage.s3 import S3Client
 from testbed.waiting import wait_until
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 
 class MissingBinary(RuntimeError):
@@ -103,7 +108,7 @@ def remove_bucket(s3: S3Client, bucket: str) -> None:
     """Delete every object version and delete marker in ``bucket``, then the bucket."""
     while True:  # list afresh each time: paging on past deleted markers skips versions
         page = s3.list_object_versions(Bucket=bucket, MaxKeys=1000)
-        doomed = [
+        doomed: list[ObjectIdentifierTypeDef] = [
             {"Key": v["Key"], "VersionId": v["VersionId"]}
             for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
         ]
@@ -279,7 +284,7 @@ class EventSource(threading.Thread):
     def run(self) -> None:
         try:
             for event in self.events:
-                wait_until(lambda e=event: self._push(e), 60, "the broker to take an event")
+                wait_until(partial(self._push, event), 60, "the broker to take an event")
                 self.pushed += 1
                 time.sleep(self.every)  # pacing a producer, not waiting for a condition
         finally:
