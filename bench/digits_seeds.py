@@ -1,11 +1,11 @@
 """The digits-from-scratch accuracy over several seeds: how much margin a test can assert.
 
-``tests/workers/test_training_scale.py::test_digits_from_scratch_still_reach_098_streamed``
+The digits-from-scratch test in ``tests/workers/test_training_scale.py``
 retrains the first digits model from nothing (1,797 images, split 80/10/10 by key hash) and
 asserts a test-set accuracy. One seeded run is one draw: on a test set of ~200 images one image
 is half a point, and thread scheduling on a busy machine changes the floating-point sums. This
-runs the same retrain under ``SEEDS`` (TrainingConfig's default first), each in a fresh process,
-and records every figure, their spread, and the foreign CPU load while each ran.
+runs the same retrain under ``SEEDS`` (TrainingConfig's default first), in this process as the
+test does, and records every figure, their spread, and the foreign CPU load while each ran.
 
 Writes bench/results/digits_seeds.json. Usage: ``python -m bench.digits_seeds``.
 """
@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from bench.header import REPO_ROOT, phase, run_header, trusted, write_result
+from bench.header import phase, run_header, trusted, write_result
 
 SEEDS = (1337, 1, 2, 3, 4)
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        print(json.dumps(_one(int(sys.argv[2]))))
-        return
     result = run_header()
-    runs = [_child(seed) for seed in SEEDS]
+    runs = [_one(seed) for seed in SEEDS]
     accuracies = [run["test_accuracy"] for run in runs]
     result["digits_seeds"] = {
         "runs": runs,
@@ -46,45 +43,30 @@ def main() -> None:
     print(f"wrote {path}")
 
 
-def _child(seed: int) -> dict[str, Any]:
-    """One retrain in a fresh Python process (as a training worker runs it), measured."""
-    record: dict[str, Any] = {"seed": seed}
-    with phase(record):  # the child is this process's descendant: its CPU counts as ours
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.digits_seeds", "--one", str(seed)],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"seed {seed} failed:\n{done.stderr[-4000:]}")
-    record.update(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(json.dumps(record), file=sys.stderr)
-    return record
-
-
 def _one(seed: int) -> dict[str, Any]:
-    import time
-
+    """One retrain from nothing, as the test runs it (in this process), measured."""
     from testbed.digits import digits_retrainer
     from workers.inference import configure_pillow
 
     configure_pillow(50_000_000)
+    record: dict[str, Any] = {"seed": seed}
     with tempfile.TemporaryDirectory(prefix="labeler-bench-seeds-") as tmp:
-        retrainer, images = digits_retrainer(Path(tmp), seed=seed)
-        started = time.perf_counter()
-        outcome = retrainer.run()
-        seconds = time.perf_counter() - started
-        evaluation = _evaluation(Path(tmp) / "reports")
-    return {
-        "images": images,
-        "test_accuracy": round(outcome.accuracy, 4),
-        "test_macro_f1": round(outcome.macro_f1, 4),
-        "test_images": evaluation.get("test_images"),
-        "promoted": outcome.promoted,
-        "seconds": round(seconds, 1),
-    }
+        retrainer, record["images"] = digits_retrainer(Path(tmp), seed=seed)
+        with phase(record):
+            started = time.perf_counter()
+            outcome = retrainer.run()
+            seconds = time.perf_counter() - started
+        record.update(_evaluation(Path(tmp) / "reports"))
+    record.update(
+        {
+            "test_accuracy": round(outcome.accuracy, 4),
+            "test_macro_f1": round(outcome.macro_f1, 4),
+            "promoted": outcome.promoted,
+            "seconds": round(seconds, 1),
+        }
+    )
+    print(json.dumps(record), file=sys.stderr)
+    return record
 
 
 def _evaluation(reports: Path) -> dict[str, Any]:
