@@ -141,14 +141,9 @@ def test_the_backoff_stops_growing_at_8_s(
     assert now == 1 + 2 + 4 + 8 + 8 + 8
 
 
-def test_terminate_drops_a_pending_restart(
+def test_terminate_signals_the_running_childs_whole_group(
     child: FakeSupervised, signals: list[tuple[int, int]]
 ) -> None:
-    child.exit(1)
-    assert child.supervise(0.0) == "exited"
-
     child.terminate()
 
-    assert child.supervise(3600.0) is None
-    assert child.restarts == 0
-    assert len(child.started) == 1
+    assert signals == [(child.started[0].pid, signal.SIGTERM)]

@@ -92,7 +92,7 @@ def test_other_events_are_ignored_and_broken_ones_invalid(
 
 def test_sources_and_outcomes_are_the_metric_label_sets() -> None:
     from monitoring.metrics import EVENT_OUTCOMES, EVENT_SOURCES
-    from workers.dispatch.dispatcher import events as dispatch
+    from workers.dispatch import events as dispatch
 
     sources = {
         dispatch.SOURCE_MINIO,
