@@ -1,6 +1,6 @@
 """The digits-from-scratch accuracy over several seeds: how much margin a test can assert.
 
-The digits-from-scratch test in ``tests/workers/test_training_scale.py``
+The digits-from-scratch test in ``tests/workers/training/test_training_scale.py``
 retrains the first digits model from nothing (1,797 images, split 80/10/10 by key hash) and
 asserts a test-set accuracy. One seeded run is one draw: on a test set of ~200 images one image
 is half a point, and thread scheduling on a busy machine changes the floating-point sums. This
