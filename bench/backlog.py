@@ -36,7 +36,7 @@ from bench.header import run_header, trusted
 from bench.images import keys_for, make_image_set, place_local
 from bench.measure import Run, warm_up
 from bench.procstat import CpuWindow, busy_cores, process_tree, rss_bytes
-from tests.support.processes import run_labeler
+from testbed.processes import run_labeler
 
 RESULTS = Path(__file__).parent / "results" / "backlog.json"
 SAMPLE_SECONDS = 2.0

@@ -23,8 +23,9 @@ from labeler.wiring import Stores, build_app
 from storage import Area, ObjectStore, S3Options, make_s3_client
 from storage.results import LabelStore
 from tasks.app import LabelerCelery
-from tests.support.processes import WorkerProcess, labeler_env, run_labeler
-from tests.support.services import MotoServer, RedisServer, wait_until
+from testbed.processes import WorkerProcess, labeler_env, run_labeler
+from testbed.services import MotoServer, RedisServer
+from testbed.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "bench"

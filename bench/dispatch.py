@@ -35,10 +35,11 @@ from labeler.wiring import Stores
 from monitoring.metrics import Metrics
 from storage import Area, LabelRecord, ObjectStore, S3Store, make_s3_client
 from storage.keys import label_key
-from tests.support.digits import CLASSES, split_digits, train_digits_model
-from tests.support.processes import LABELER, WorkerProcess, labeler_env, run_labeler
-from tests.support.services import MotoServer, RedisServer, wait_until
-from tests.workers.test_dispatch import minio_event
+from testbed.digits import CLASSES, split_digits, train_digits_model
+from testbed.events import minio_event
+from testbed.processes import LABELER, WorkerProcess, labeler_env, run_labeler
+from testbed.services import MotoServer, RedisServer
+from testbed.waiting import wait_until
 from workers.dispatch import DispatchConfig, Dispatcher
 
 EVENTS = "labeler:events"
@@ -209,10 +210,14 @@ def engine_throughput(bench: Bench) -> dict[str, Any]:
     results = {}
     for run in ("new", "duplicate"):
         sent: list[int] = []
+
+        def enqueue(keys: list[str], sent: list[int] = sent) -> None:
+            sent.append(len(keys))
+
         engine = Dispatcher(
             client,
             store,
-            lambda keys, sent=sent: sent.append(len(keys)),
+            enqueue,
             lambda: 0,
             Metrics(CollectorRegistry()),
             config,

@@ -89,8 +89,8 @@ def measure_stage_costs(images: ImageSet, root: Path, samples: int = 32) -> dict
     store = LocalStore(root / images.name / "incoming")
     labels = LabelStore(LocalStore(root / images.name / "labels"))
     blobs = [images.blobs[i % len(images.blobs)] for i in range(samples)]
-    for n, blob in enumerate(blobs):
-        store.put(f"{n}.jpg", blob)
+    for n, data in enumerate(blobs):
+        store.put(f"{n}.jpg", data)
     metadata = ModelMetadata(
         name=MODEL_NAME, version=1, class_names=CLASS_NAMES, input_size=INPUT_SIZE
     )

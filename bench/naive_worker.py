@@ -66,7 +66,7 @@ def classify_one(key: str) -> dict[str, Any]:
     return record
 
 
-@worker_process_init.connect(weak=False)
+@worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
 def _load_model(**_: Any) -> None:
     # TensorFlow is not fork-safe: load in the child, once per process.
     import keras

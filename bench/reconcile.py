@@ -66,12 +66,12 @@ def child(root: str, redis_url: str) -> None:
     class CountingRedis(redis.Redis):
         looked_up = 0
 
-        def mget(self, keys: Any, *args: Any) -> Any:  # type: ignore[override]
+        def mget(self, keys: Any, *args: Any) -> Any:
             self.looked_up += len(keys)
             return super().mget(keys, *args)
 
     incoming, labels = Counted(Path(root, "incoming")), Counted(Path(root, "labels"))
-    client = CountingRedis.from_url(redis_url)
+    client = CountingRedis(connection_pool=redis.ConnectionPool.from_url(redis_url))
     sent: list[str] = []
     config = DispatchConfig(
         events_list="bench:reconcile",
@@ -133,7 +133,7 @@ def run_pass(root: Path, redis_url: str, record: dict[str, Any]) -> dict[str, An
 
 def main() -> None:
     from bench.header import run_header, trusted, write_result
-    from tests.support.services import RedisServer
+    from testbed.services import RedisServer
 
     result: dict[str, Any] = {"benchmark": "reconciliation (issue 13)", **run_header()}
     with tempfile.TemporaryDirectory(prefix="labeler-reconcile-") as tmp:

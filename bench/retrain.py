@@ -56,7 +56,7 @@ def main() -> None:
 
 
 def _digits() -> dict[str, Any]:
-    from tests.support.digits import digits_retrainer
+    from testbed.digits import digits_retrainer
     from workers.inference import configure_pillow
 
     configure_pillow(50_000_000)

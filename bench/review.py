@@ -36,7 +36,8 @@ from bench.deployment import Services
 from bench.header import phase, run_header, trusted, write_result
 from review import ReviewConfig, Reviewers, create_app
 from storage import LabelRecord, LocalStore, Prediction, label_key
-from tests.support.services import free_port, wait_until
+from testbed.services import free_port
+from testbed.waiting import wait_until
 from workers.review import ReviewDesk, ReviewQueue
 
 CLASSES = [str(d) for d in range(10)]
@@ -156,7 +157,7 @@ def main() -> None:
 
         timed(WARM_UP, next_item, queue.remove)  # warm-up: connections, templates, caches
         phases: dict[str, dict[str, Any]] = {}
-        runs = {
+        runs: dict[str, Callable[[], list[float]]] = {
             "next": lambda: timed(args.requests, next_item, queue.remove),
             "next_by_class": lambda: timed(
                 args.requests // 2, lambda: next_item("?label=7"), queue.remove

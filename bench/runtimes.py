@@ -20,25 +20,35 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.header import phase, run_header, trusted, write_result
+
+if TYPE_CHECKING:
+    from workers.training import Int8Bars
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
 
 RUNTIMES = (("tensorflow", "fp32"), ("openvino", "fp32"), ("openvino", "int8"))
-# The model has random weights: INT8 is approved so its speed can be measured, never its accuracy.
-BENCH_BARS = {"min_agreement": 0.0, "max_accuracy_drop": 1.0, "calibration_images": 300}
+CALIBRATION_IMAGES = 300
+
+
+def _bench_bars() -> Int8Bars:
+    """The model has random weights: INT8 is approved so its speed can be measured, never its
+    accuracy."""
+    from workers.training import Int8Bars
+
+    return Int8Bars(min_agreement=0.0, max_accuracy_drop=1.0, calibration_images=CALIBRATION_IMAGES)
 
 
 def bare_runs(root: Path, model_path: Path, calls: int) -> list[dict[str, Any]]:
     """Images/s of each runtime's ``predict`` alone (the ceiling), pre-decoded batches."""
     import numpy as np
 
+    from bench.deployment import MODEL_NAME
     from bench.images import make_image_set
     from bench.measure import (
         INPUT_SIZE,
-        MODEL_NAME,
         decoded_batches,
         load_bare_model,
         measure_bare,
@@ -46,11 +56,11 @@ def bare_runs(root: Path, model_path: Path, calls: int) -> list[dict[str, Any]]:
     from storage import LocalStore
     from storage.registry import ModelRegistry
     from workers.inference import OpenVinoModel, load_keras_file, read_ir
-    from workers.training import HeldOut, Int8Bars, optimize_version
+    from workers.training import HeldOut, optimize_version
 
     images = make_image_set((640, 480), 40)
     batches = decoded_batches(images, count=10)
-    calibration = np.concatenate(batches)[: BENCH_BARS["calibration_images"]]
+    calibration = np.concatenate(batches)[:CALIBRATION_IMAGES]
     tf_model = load_bare_model(model_path, root)
     registry = ModelRegistry(LocalStore(root), MODEL_NAME)
     started = time.perf_counter()
@@ -60,7 +70,7 @@ def bare_runs(root: Path, model_path: Path, calls: int) -> list[dict[str, Any]]:
         load_keras_file(model_path),
         calibration=calibration,
         held_out=HeldOut(batches[0]),
-        bars=Int8Bars(**BENCH_BARS),
+        bars=_bench_bars(),
     )
     export_seconds = round(time.perf_counter() - started, 1)
     metadata = registry.metadata(1)
@@ -81,12 +91,12 @@ def bare_runs(root: Path, model_path: Path, calls: int) -> list[dict[str, Any]]:
 
 def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> list[dict[str, Any]]:
     """Each runtime through a real worker on a ``file://`` store, both image sets."""
-    from bench.deployment import Services, local_deployment
+    from bench.deployment import MODEL_NAME, Services, local_deployment
     from bench.images import keys_for, make_image_set, place_local
-    from bench.measure import MODEL_NAME, Run, record_timings, timed_run, warm_up
+    from bench.measure import Run, record_timings, timed_run, warm_up
     from storage.registry import ModelRegistry
     from workers.inference import load_keras_file
-    from workers.training import HeldOut, Int8Bars, optimize_version
+    from workers.training import HeldOut, optimize_version
 
     sets = [make_image_set((640, 480), 40), make_image_set((4000, 3000), 8)]
     runs = []
@@ -106,7 +116,7 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
                     model,
                     calibration=calibration,
                     held_out=HeldOut(calibration[:32]),
-                    bars=Int8Bars(**BENCH_BARS),
+                    bars=_bench_bars(),
                 )
             worker = services.start_worker(deployment, f"worker-{runtime}-{precision}")
             assert deployment.local_root is not None
@@ -183,7 +193,7 @@ def main() -> None:
         **run_header(),
         "benchmark": "runtimes (issue 15)",
         "quick": args.quick,
-        "bench_int8_bars": BENCH_BARS,
+        "bench_int8_bars": vars(_bench_bars()),
     }
     counts = {"640x480": 128 if args.quick else 640, "4000x3000": 32 if args.quick else 128}
     with tempfile.TemporaryDirectory(prefix="labeler-bench-runtimes-") as tmp:

@@ -23,9 +23,10 @@ from typing import Any
 
 from bench.header import phase, run_header, trusted, write_result
 from storage import LabelRecord
-from tests.support.digits import CLASSES, split_digits, train_digits_model
-from tests.support.processes import LABELER, WorkerProcess, labeler_env, run_labeler
-from tests.support.services import RedisServer, wait_until
+from testbed.digits import CLASSES, split_digits, train_digits_model
+from testbed.processes import LABELER, WorkerProcess, labeler_env, run_labeler
+from testbed.services import RedisServer
+from testbed.waiting import wait_until
 
 IMAGES, INTERVAL = 40, 0.5
 BATCH_MAX_WAIT_MS = 500
@@ -58,7 +59,8 @@ def main() -> None:
         stack.callback(worker.stop)
         log = (root / "dispatch.log").open("ab")
         dispatcher = subprocess.Popen([*LABELER, "dispatch"], env=env, stdout=log, stderr=log)
-        stack.callback(lambda: (dispatcher.terminate(), dispatcher.wait(30)))
+        stack.callback(dispatcher.wait, 30)  # callbacks run last-in first-out: terminate, wait
+        stack.callback(dispatcher.terminate)
         wait_until(lambda: b"dispatching events" in (root / "dispatch.log").read_bytes(), 60, "up")
         staging = data / "staging"
         staging.mkdir()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from labeler.cli import main
-from tests.support.services import require_binary
+from testbed.services import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -23,6 +23,9 @@ from labeler.wiring import build_app
 from storage import ErrorReason, LabelRecord, ObjectStore
 from storage.keys import label_key
 from tasks.contracts import CLASSIFY_BATCH
+from testbed.digits import CLASSES
+from testbed.processes import run_labeler, running_worker
+from testbed.services import MotoServer, RedisServer
 from tests.conftest import DigitsFixture
 from tests.support.corpus import (
     ANY_LABEL,
@@ -34,10 +37,7 @@ from tests.support.corpus import (
     valid_odd_cases,
 )
 from tests.support.deployment import child_pids, s3_deployment
-from tests.support.digits import CLASSES
-from tests.support.processes import run_labeler, running_worker
 from tests.support.s3_proxy import S3Proxy
-from tests.support.services import MotoServer, RedisServer
 
 pytestmark = pytest.mark.slow
 

@@ -34,11 +34,12 @@ from storage.registry import ModelMetadata, ModelRegistry
 from tasks.app import LabelerCelery
 from tasks.contracts import CLASSIFY_BATCH, INFERENCE_QUEUE
 from tasks.queues import unacked_hash
+from testbed.digits import CLASSES, INPUT_SIZE, register_digits
+from testbed.processes import LABELER, WorkerProcess, labeler_env, run_labeler
+from testbed.services import MotoServer, RedisServer, free_port
+from testbed.waiting import wait_until
 from tests.conftest import DigitsFixture
 from tests.support.corpus import DigitView, confident_views
-from tests.support.digits import CLASSES, INPUT_SIZE, register_digits
-from tests.support.processes import LABELER, WorkerProcess, labeler_env, run_labeler
-from tests.support.services import MotoServer, RedisServer, free_port, wait_until
 from tests.support.tls import TlsRedisServer, make_certificates
 
 pytestmark = pytest.mark.slow

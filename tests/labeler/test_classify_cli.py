@@ -9,9 +9,9 @@ import pytest
 
 from storage import LocalStore
 from storage.registry import ModelRegistry
+from testbed.digits import register_digits
+from testbed.processes import labeler_env, run_labeler
 from tests.conftest import DigitsFixture
-from tests.support.digits import register_digits
-from tests.support.processes import labeler_env, run_labeler
 
 pytestmark = pytest.mark.slow
 

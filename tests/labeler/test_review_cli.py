@@ -9,7 +9,7 @@ import redis
 
 from review import Reviewers
 from storage import LabelRecord, LocalStore, label_key
-from tests.support.processes import LABELER, labeler_env, run_labeler
+from testbed.processes import LABELER, labeler_env, run_labeler
 from workers.review import ReviewQueue
 
 

@@ -17,16 +17,11 @@ import pytest
 from labeler.sample_data import digit_samples
 from labeler.stack_record import StackRecord, read_record
 from storage import LabelRecord
+from testbed.digits import CLASSES
+from testbed.processes import LABELER, DispatcherProcess, labeler_env, run_labeler, running_worker
+from testbed.services import free_port, free_ports
+from testbed.waiting import wait_until
 from tests.conftest import DigitsFixture
-from tests.support.digits import CLASSES
-from tests.support.processes import (
-    LABELER,
-    DispatcherProcess,
-    labeler_env,
-    run_labeler,
-    running_worker,
-)
-from tests.support.services import free_port, free_ports, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 
 from labeler import supervision
 from labeler.supervision import CrashLoop, SupervisedProcess
-from tests.support.services import wait_until
+from testbed.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from storage import LabelRecord
+from testbed.digits import CLASSES
+from testbed.processes import LABELER, labeler_env, run_labeler
+from testbed.services import free_port, free_ports
+from testbed.waiting import wait_until
 from tests.conftest import DigitsFixture
-from tests.support.digits import CLASSES
-from tests.support.processes import LABELER, labeler_env, run_labeler
-from tests.support.services import free_port, free_ports, wait_until
 
 pytestmark = pytest.mark.slow
 

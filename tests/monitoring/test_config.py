@@ -19,7 +19,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from monitoring.metrics import Metrics, ReviewMetrics
-from tests.support.services import require_binary
+from testbed.services import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"

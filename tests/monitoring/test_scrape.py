@@ -21,25 +21,14 @@ from labeler.observability import broker_health
 from labeler.settings import load_settings, settings_from_env
 from monitoring.exposition import MetricsServer
 from storage import Area, LabelRecord, label_key
+from testbed.digits import CLASSES
+from testbed.processes import LABELER, DispatcherProcess, WorkerProcess, run_labeler, running_worker
+from testbed.services import MotoServer, RedisServer, free_port, require_binary
+from testbed.waiting import wait_until
 from tests.conftest import DigitsFixture
 from tests.monitoring.test_config import GRAFANA_VARIABLES, _all_queries, _metric_of
 from tests.monitoring.test_config import _defined_metrics as defined_metrics
 from tests.support.deployment import s3_deployment
-from tests.support.digits import CLASSES
-from tests.support.processes import (
-    LABELER,
-    DispatcherProcess,
-    WorkerProcess,
-    run_labeler,
-    running_worker,
-)
-from tests.support.services import (
-    MotoServer,
-    RedisServer,
-    free_port,
-    require_binary,
-    wait_until,
-)
 from workers.review import Action
 
 pytestmark = pytest.mark.slow

@@ -223,7 +223,7 @@ def test_two_reviewers_at_once_decide_every_item_exactly_once(
 
 
 def test_health_is_503_when_the_index_is_unreachable(tmp_path: Path) -> None:
-    from tests.support.services import free_port
+    from testbed.services import free_port
 
     unreachable = ReviewSetup.build(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
     with TestClient(unreachable.app(), base_url=LOCAL) as client:

@@ -13,10 +13,11 @@ import redis
 from review import hash_password
 from storage import LabelRecord, LocalStore, Prediction, label_key
 from storage.registry import ModelRegistry
+from testbed.digits import CLASSES, register_digits
+from testbed.processes import LABELER, labeler_env
+from testbed.services import free_port, require_binary
+from testbed.waiting import wait_until
 from tests.conftest import DigitsFixture
-from tests.support.digits import CLASSES, register_digits
-from tests.support.processes import LABELER, labeler_env
-from tests.support.services import free_port, require_binary, wait_until
 from workers.review import ReviewQueue
 
 pytestmark = pytest.mark.slow

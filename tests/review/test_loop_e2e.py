@@ -20,7 +20,7 @@ from labeler.wiring import Stores
 from review import Reviewers
 from storage import Area, LabelRecord
 from storage.keys import label_key, report_key
-from tests.support.processes import labeler_env, run_labeler, running_worker
+from testbed.processes import labeler_env, run_labeler, running_worker
 from workers.review import ReviewQueue
 
 pytestmark = pytest.mark.slow

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from review import hash_password
+from testbed.processes import LABELER, labeler_env
+from testbed.services import free_port
+from testbed.waiting import wait_until
 from tests.review.support import ReviewSetup
-from tests.support.processes import LABELER, labeler_env
-from tests.support.services import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 ITEMS = 50

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from storage import S3Store, TransientStorageError, make_s3_client
+from testbed.services import MotoServer, TcpProxy
 from tests.conftest import s3_options
 from tests.support.s3_proxy import S3Proxy
-from tests.support.services import MotoServer, TcpProxy
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from PIL import Image
 
 from labeler.sample_data import Sample
 from storage import ErrorReason
-from tests.support.digits import CLASSES, INPUT_SIZE
+from testbed.digits import CLASSES, INPUT_SIZE
 from workers.inference import decode_image
 
 ANY_LABEL = "*"  # Case.label for a valid image that shows no digit: any class of the model

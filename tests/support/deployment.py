@@ -26,10 +26,9 @@ from labeler.wiring import Stores
 from storage import Area, LabelRecord, ObjectNotFound, ObjectStore, make_s3_client
 from storage.keys import label_key, source_key
 from storage.s3 import S3Client
-from tests.conftest import TEST_CREDENTIALS
-from tests.support.digits import register_digits
-from tests.support.processes import labeler_env
-from tests.support.services import remove_bucket
+from testbed.digits import register_digits
+from testbed.processes import TEST_CREDENTIALS, labeler_env
+from testbed.services import remove_bucket
 
 ROOT = "labeler"  # every area lives under s3://<bucket>/labeler/<area>
 MODEL = "digits"

@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from tests.support.services import free_port
+from testbed.services import free_port
 
 CHUNK_BYTES = 64 * 1024
 SEND_BUFFER_BYTES = 64 * 1024  # the kernel holds at most this much the client has not taken
@@ -55,7 +55,10 @@ class S3Proxy:
     """Forwards to ``127.0.0.1:target_port`` and records an :class:`Exchange` per forwarded request.
 
     ``error_rate`` of requests get a 503 SlowDown, ``slow_rate`` wait ``slow_seconds`` first;
-    ``down()`` refuses every request with 503. With the defaults every request is forwarded.
+    ``down()`` refuses every request with 503; ``hold()`` keeps every new request waiting until
+    ``release()``, which answers the held ones with 503 (their clients are killed meanwhile, in
+    the tests that hold: a late forward would write for a dead process). With the defaults every
+    request is forwarded.
     """
 
     def __init__(
@@ -72,6 +75,9 @@ class S3Proxy:
         self.slow_rate = slow_rate
         self.slow_seconds = slow_seconds
         self.is_down = False
+        self.held: list[tuple[str, str]] = []  # (method, decoded path) of requests now held
+        self._released = threading.Event()
+        self._released.set()
         self.injected_errors = 0
         self.forwarded = 0
         self.exchanges: list[Exchange] = []
@@ -92,7 +98,34 @@ class S3Proxy:
     def up(self) -> None:
         self.is_down = False
 
+    def hold(self) -> None:
+        """Keep every request that arrives from now on waiting (it is listed in ``held``)."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Answer the held requests with 503 and forward new ones again."""
+        self._released.set()
+
+    def holding(self, path_part: str) -> bool:
+        """Whether a request for a path containing ``path_part`` is held now."""
+        with self._lock:
+            return any(path_part in path for _, path in self.held)
+
+    def wait_if_held(self, method: str, path: str) -> bool:
+        """Called for each request: True when it was held (and must now be refused)."""
+        if self._released.is_set():
+            return False
+        entry = (method, unquote(urlsplit(path).path))
+        with self._lock:
+            self.held.append(entry)
+        self._released.wait()
+        with self._lock:
+            self.held.remove(entry)
+            self.injected_errors += 1
+        return True
+
     def close(self) -> None:
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -126,6 +159,12 @@ def _handler(proxy: S3Proxy) -> type[BaseHTTPRequestHandler]:
         def _any(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            if proxy.wait_if_held(self.command, self.path):
+                try:
+                    self._slow_down()
+                except OSError:  # its client was killed while it was held
+                    self.close_connection = True
+                return
             verdict = proxy.decide()
             if verdict == "fail":
                 self._slow_down()

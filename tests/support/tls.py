@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.support.services import free_port, require_binary, wait_until
+from testbed.services import free_port, require_binary
+from testbed.waiting import wait_until
 
 
 @dataclass(frozen=True)

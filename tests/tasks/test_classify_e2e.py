@@ -19,11 +19,12 @@ from storage import ErrorReason
 from storage.keys import label_key
 from tasks.app import LabelerCelery
 from tasks.contracts import CLASSIFY_BATCH
+from testbed.digits import CLASSES
+from testbed.processes import WorkerProcess, run_labeler
+from testbed.services import MotoServer, RedisServer
+from testbed.waiting import wait_until
 from tests.conftest import DigitsFixture
 from tests.support.deployment import S3Deployment, s3_deployment
-from tests.support.digits import CLASSES
-from tests.support.processes import WorkerProcess, run_labeler
-from tests.support.services import MotoServer, RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
 

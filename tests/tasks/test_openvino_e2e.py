@@ -14,11 +14,12 @@ import redis
 from labeler.settings import settings_from_env
 from labeler.wiring import build_app
 from tasks.contracts import CLASSIFY_BATCH
+from testbed.digits import CLASSES
+from testbed.processes import WorkerProcess, run_labeler
+from testbed.services import MotoServer, RedisServer, free_port
+from testbed.waiting import wait_until
 from tests.conftest import DigitsFixture
 from tests.support.deployment import S3Deployment, child_pids, s3_deployment, scrape
-from tests.support.digits import CLASSES
-from tests.support.processes import WorkerProcess, run_labeler
-from tests.support.services import MotoServer, RedisServer, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,10 @@ from storage import Area, LabelRecord
 from storage.keys import label_key, report_key
 from tasks.app import LabelerCelery
 from tasks.contracts import RETRAIN, TRAINING_QUEUE
+from testbed.processes import run_labeler, running_worker
+from testbed.services import MotoServer, RedisServer
+from testbed.waiting import wait_until
 from tests.support.deployment import s3_deployment
-from tests.support.processes import run_labeler, running_worker
-from tests.support.services import MotoServer, RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -8,6 +8,7 @@ import subprocess
 from typing import Any
 
 import pytest
+from PIL import Image
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +19,9 @@ def _no_processes_or_servers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _pillow_limit_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # configure_pillow sets a process-wide limit: one test's choice must not reach the next.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)

@@ -16,9 +16,9 @@ from PIL import Image
 
 from labeler.sample_data import digit_samples
 from storage import LocalStore, S3Store, make_s3_client
+from testbed.services import MotoServer
 from tests.conftest import s3_options
 from tests.support.s3_proxy import S3Proxy
-from tests.support.services import MotoServer
 from workers.inference import decode_image
 from workers.training import load_training_data, split_of
 from workers.training.image_cache import TRAILER_BYTES, ImageCache, fill_cache

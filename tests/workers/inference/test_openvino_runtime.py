@@ -14,8 +14,8 @@ import pytest
 from storage import LocalStore
 from storage.keys import openvino_key
 from storage.registry import ModelMetadata, ModelRegistry
+from testbed.digits import CLASSES, INPUT_SIZE
 from tests.conftest import DigitsFixture
-from tests.support.digits import CLASSES, INPUT_SIZE
 from workers.inference import ModelRuntime, ModelUnavailable, decode_image, load_keras_file
 from workers.training import report_html
 from workers.training.optimization import HeldOut, Int8Bars, Optimization, optimize_version

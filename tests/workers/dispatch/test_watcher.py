@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.services import wait_until
+from testbed.waiting import wait_until
 from workers.dispatch import DirectoryWatcher
 
 

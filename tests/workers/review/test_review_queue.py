@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from storage import LabelRecord, Review, ReviewOutcome
-from tests.support.services import wait_until
+from testbed.waiting import wait_until
 from workers.review import ReviewQueue
 
 

@@ -1,9 +1,9 @@
-"""Real services for the tests: a private redis-server, a moto S3 server (and a way to remove a
-bucket from it), a TCP proxy, and a producer that pushes bucket events into Redis as MinIO does.
+"""Real services on loopback ports: a private redis-server, a moto S3 server (and a way to remove
+a bucket from it), a TCP proxy, and a producer that pushes bucket events into Redis as MinIO does.
 
-Each runs in its own process (or thread, for the proxy and the producer) on a loopback port and
-is stopped by the fixture that started it. A missing binary skips locally but fails under
-``CI=true``.
+Each runs in its own process (or thread, for the proxy and the producer) and is stopped by
+whoever started it (a test fixture, a benchmark). A missing binary raises :class:`MissingBinary`;
+the test suite turns that into a skip locally and a failure under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -18,25 +18,32 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytest
 import redis
 
 from storage.s3 import S3Client
+from testbed.waiting import wait_until
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+
+
+class MissingBinary(RuntimeError):
+    """A program a service needs is not installed; the message says how to install it."""
 
 
 def require_binary(name: str, how_to_install: str) -> str:
-    """Path of ``name``, or skip (locally) / fail (under CI) saying how to install it."""
+    """Path of ``name`` on PATH.
+
+    Raises:
+        MissingBinary: it is not there.
+    """
     path = shutil.which(name)
     if path is None:
-        message = f"{name} not found on PATH; install it with: {how_to_install}"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        raise MissingBinary(f"{name} not found on PATH; install it with: {how_to_install}")
     return path
 
 
@@ -91,22 +98,6 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def wait_until(
-    condition: Callable[[], object], timeout: float, what: str, every: float = 0.05
-) -> None:
-    """Poll ``condition`` until it is truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except Exception:  # noqa: S110 - not up yet is an expected answer while polling
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -117,7 +108,7 @@ def remove_bucket(s3: S3Client, bucket: str) -> None:
     """Delete every object version and delete marker in ``bucket``, then the bucket."""
     while True:  # list afresh each time: paging on past deleted markers skips versions
         page = s3.list_object_versions(Bucket=bucket, MaxKeys=1000)
-        doomed = [
+        doomed: list[ObjectIdentifierTypeDef] = [
             {"Key": v["Key"], "VersionId": v["VersionId"]}
             for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
         ]
@@ -293,7 +284,7 @@ class EventSource(threading.Thread):
     def run(self) -> None:
         try:
             for event in self.events:
-                wait_until(lambda e=event: self._push(e), 60, "the broker to take an event")
+                wait_until(partial(self._push, event), 60, "the broker to take an event")
                 self.pushed += 1
                 time.sleep(self.every)  # pacing a producer, not waiting for a condition
         finally:

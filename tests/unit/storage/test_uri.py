@@ -1,12 +1,23 @@
+"""Store URIs: which store a ``file://`` or ``s3://`` URI opens, and what a bad one says."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from storage import InvalidStoreUri, LocalStore, S3Store, check_store_uri, join_uri, open_store
+from storage import (
+    InvalidStoreUri,
+    LocalStore,
+    S3Options,
+    S3Store,
+    check_store_uri,
+    join_uri,
+    make_s3_client,
+    open_store,
+)
 from storage.keys import label_key, source_key
-from storage.s3 import S3Client
+from testbed.processes import TEST_CREDENTIALS
 
 
 def test_file_uri_opens_a_local_store(tmp_path: Path) -> None:
@@ -15,8 +26,10 @@ def test_file_uri_opens_a_local_store(tmp_path: Path) -> None:
     assert store.root == (tmp_path / "x y").resolve()
 
 
-def test_s3_uri_opens_an_s3_store_with_prefix(s3_client: S3Client) -> None:
-    store = open_store("s3://my-bucket/some/prefix/", s3_client=s3_client)
+def test_s3_uri_opens_an_s3_store_with_prefix() -> None:
+    # Opening a store makes no request: a client for an endpoint nothing listens on will do.
+    options = S3Options(endpoint_url="http://127.0.0.1:9", **TEST_CREDENTIALS)
+    store = open_store("s3://my-bucket/some/prefix/", s3_client=make_s3_client(options))
     assert isinstance(store, S3Store)
     assert (store.bucket, store.prefix) == ("my-bucket", "some/prefix/")
 

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.services import free_port, wait_until
+from testbed.services import free_port
+from testbed.waiting import wait_until
 
 _SENT = re.compile(rb"dispatched batch \S+: (\d+) images")
 TEST_CREDENTIALS = {"access_key_id": "testing-key", "secret_access_key": "testing-secret"}

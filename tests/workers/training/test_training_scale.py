@@ -16,7 +16,7 @@ from PIL import Image
 
 from labeler.sample_data import digit_samples
 from storage import LocalStore
-from tests.support.digits import digits_retrainer
+from testbed.digits import digits_retrainer
 
 pytestmark = pytest.mark.slow
 
@@ -135,12 +135,19 @@ def test_two_devices_train_in_sync_with_the_global_batch_scaled(tmp_path: Path) 
     assert float(result["val_accuracy"]) > 0.8  # type: ignore[arg-type]
 
 
-def test_digits_from_scratch_still_reach_098_streamed(tmp_path: Path) -> None:
+# The test split holds 196 digits: one image is half a point. Over 5 seeds (bench/digits_seeds.py,
+# bench/results/digits_seeds.json, on a loaded machine) test accuracy was 0.9898 to 0.9949 (mean
+# 0.9939); the default seed alone gave 0.9847 and 0.9949 in two runs here and 0.9796 in a loaded
+# CI run: thread scheduling changes float sums. 0.96 leaves 3 images below the worst seen.
+DIGITS_FLOOR = 0.96
+
+
+def test_digits_from_scratch_still_reach_096_streamed(tmp_path: Path) -> None:
     retrainer, images = digits_retrainer(tmp_path)
 
     outcome = retrainer.run()
 
     assert images == 1797  # scikit-learn's digits, every one
     assert outcome.images == {"total": images, "fetched": images, "reused": 0, "failed": 0}
-    assert outcome.accuracy >= 0.98
+    assert outcome.accuracy >= DIGITS_FLOOR
     assert outcome.promoted

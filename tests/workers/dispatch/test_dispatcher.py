@@ -1,12 +1,8 @@
-"""The dispatcher engine against a real Redis and real stores, with a recording ``enqueue``.
-
-Event builders here produce the JSON MinIO and AWS really send (MinIO escapes keys with Go's
-``url.QueryEscape``; AWS form-encodes them but keeps ``/``); the e2e tests reuse them.
-"""
+"""The dispatcher engine against a real Redis and real stores, with a recording ``enqueue``;
+the events it reads are built as MinIO and AWS really send them (``testbed.events``)."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
@@ -15,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
 
 import pytest
 import redis
@@ -23,202 +18,11 @@ from prometheus_client import CollectorRegistry
 
 from monitoring.metrics import Metrics
 from storage import LocalStore, ObjectStore, S3Store
+from testbed.events import aws_event, minio_event
+from testbed.waiting import wait_until
 from tests.support.records import record_for
-from tests.support.services import wait_until
 from workers.dispatch import DispatchConfig, Dispatcher
-from workers.dispatch.events import CreatedObject, S3Root, parse_event
 from workers.metered_store import MeteredStore
-
-EVENT_TIME = "2024-05-01T10:00:00.000Z"
-ROOT = S3Root("photos", "labeler/incoming/")
-AWKWARD_KEYS = [
-    "cats/with space.jpg",
-    "unicodé/ñandú 猫.png",
-    "a+b=c.jpg",
-    "escaped%2Fslash.jpg",  # a literal "%2F" in the name, not a folder
-    "100% real.jpg",
-    "deep/er/x.jpeg",
-]
-
-
-# --- real-format events -----------------------------------------------------------------------
-
-
-def s3_record(
-    bucket: str, key: str, etag: str | None, *, event: str, minio: bool, size: int = 1234
-) -> dict[str, Any]:
-    """One record as MinIO (``minio=True``) or AWS writes it; ``key`` is the full object key."""
-    obj: dict[str, Any] = {"key": quote_plus(key, safe="" if minio else "/"), "sequencer": "1"}
-    if etag is not None:
-        obj.update(size=size, eTag=etag)
-    return {
-        "eventVersion": "2.0" if minio else "2.1",
-        "eventSource": "minio:s3" if minio else "aws:s3",
-        "awsRegion": "" if minio else "us-east-1",
-        "eventTime": EVENT_TIME,
-        "eventName": event,
-        "userIdentity": {"principalId": "minioadmin" if minio else "AWS:AIDAEXAMPLE"},
-        "requestParameters": {"sourceIPAddress": "172.18.0.1"},
-        "responseElements": {"x-amz-request-id": "17C9A0F7E1C3B3A1"},
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "configurationId": "labeler",
-            "bucket": {
-                "name": bucket,
-                "ownerIdentity": {"principalId": "minioadmin"},
-                "arn": f"arn:aws:s3:::{bucket}",
-            },
-            "object": obj,
-        },
-    }
-
-
-def minio_event(
-    bucket: str, key: str, etag: str | None, event: str = "s3:ObjectCreated:Put"
-) -> str:
-    """A list item exactly as MinIO's Redis target RPUSHes it in ``access`` format."""
-    record = s3_record(bucket, key, etag, event=event, minio=True)
-    return json.dumps([{"Event": [record], "EventTime": EVENT_TIME}])
-
-
-def minio_documented_event(
-    bucket: str, key: str, etag: str | None, event: str = "s3:ObjectCreated:Put"
-) -> str:
-    """The ``[timestamp, event]`` shape MinIO's documentation describes for ``access`` format."""
-    record = s3_record(bucket, key, etag, event=event, minio=True)
-    body = {"EventName": event, "Key": f"{bucket}/{key}", "Records": [record]}
-    return json.dumps([EVENT_TIME, body])
-
-
-def aws_event(bucket: str, key: str, etag: str | None, event: str = "ObjectCreated:Put") -> str:
-    """An S3 event notification as S3 delivers it to SQS."""
-    return json.dumps({"Records": [s3_record(bucket, key, etag, event=event, minio=False)]})
-
-
-def sns_event(bucket: str, key: str, etag: str | None, event: str = "ObjectCreated:Put") -> str:
-    """An S3 notification published to SNS, as an SQS subscription receives it (not raw)."""
-    return json.dumps(
-        {
-            "Type": "Notification",
-            "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
-            "TopicArn": "arn:aws:sns:us-east-1:123456789012:uploads",
-            "Subject": "Amazon S3 Notification",
-            "Message": aws_event(bucket, key, etag, event),
-            "Timestamp": EVENT_TIME,
-            "SignatureVersion": "1",
-        }
-    )
-
-
-def eventbridge_event(
-    bucket: str, key: str, etag: str | None, detail_type: str = "Object Created"
-) -> str:
-    """An EventBridge event from S3 (its key is not URL-encoded)."""
-    obj: dict[str, Any] = {"key": key, "size": 1234, "sequencer": "0064D3901D00059242"}
-    if etag is not None:
-        obj["etag"] = etag
-    return json.dumps(
-        {
-            "version": "0",
-            "id": "c9888434-815d-c6f4-9fc2-4dd7bdeccaaf",
-            "detail-type": detail_type,
-            "source": "aws.s3",
-            "account": "123456789012",
-            "time": EVENT_TIME,
-            "region": "us-east-1",
-            "resources": [f"arn:aws:s3:::{bucket}"],
-            "detail": {
-                "version": "0",
-                "bucket": {"name": bucket},
-                "object": obj,
-                "request-id": "XRRTKJXSZQCWNQR1",
-                "requester": "123456789012",
-                "reason": "PutObject",
-            },
-        }
-    )
-
-
-FORMATS = {
-    "minio": minio_event,
-    "minio_documented": minio_documented_event,
-    "aws": aws_event,
-    "sns": sns_event,
-    "eventbridge": eventbridge_event,
-}
-
-
-@pytest.mark.parametrize("fmt", list(FORMATS))
-@pytest.mark.parametrize("key", AWKWARD_KEYS)
-def test_created_events_map_back_to_incoming_keys(fmt: str, key: str) -> None:
-    raw = FORMATS[fmt](ROOT.bucket, ROOT.prefix + key, '"0123abcd"')
-
-    parsed = parse_event(raw.encode(), ROOT)
-
-    assert parsed.objects == [CreatedObject(key, "0123abcd")]
-    assert (parsed.ignored, parsed.invalid) == (0, 0)
-    assert parsed.source == ("minio" if fmt.startswith("minio") else "s3")
-
-
-@pytest.mark.parametrize(
-    ("raw", "ignored", "invalid"),
-    [
-        (minio_event("photos", "labeler/incoming/a.jpg", None, "s3:ObjectRemoved:Delete"), 1, 0),
-        (aws_event("photos", "labeler/incoming/a.jpg", None, "ObjectRemoved:Delete"), 1, 0),
-        (minio_event("photos", "labeler/incoming/a.jpg", "e", "s3:ObjectAccessed:Get"), 1, 0),
-        (aws_event("photos", "labeler/incoming/folder/", "d41d8cd9"), 1, 0),
-        (minio_event("photos", "labeler/labels/a.jpg.json", "e"), 1, 0),
-        (aws_event("photos", "labeler/models/digits/1/model.keras", "e"), 1, 0),
-        (aws_event("photos", "labeler/incoming-old/a.jpg", "e"), 1, 0),
-        (minio_event("other-bucket", "labeler/incoming/a.jpg", "e"), 1, 0),
-        (json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "photos"}), 1, 0),
-        (aws_event("photos", "labeler/incoming/a/../../etc/passwd", "e"), 0, 1),
-        ("this is not json", 0, 1),
-        (b"\xff\xfe not utf-8", 0, 1),
-        ("42", 0, 1),
-        (json.dumps({"Records": []}), 0, 1),
-        (json.dumps({"Records": [{"eventName": "ObjectCreated:Put"}]}), 0, 1),
-        (json.dumps([EVENT_TIME, {"EventName": "s3:ObjectCreated:Put"}]), 0, 1),
-        (sns_event("photos", "labeler/incoming/a.jpg", None, "ObjectRemoved:Delete"), 1, 0),
-        (
-            json.dumps({"Type": "Notification", "Message": json.dumps({"Event": "s3:TestEvent"})}),
-            1,
-            0,
-        ),
-        (json.dumps({"Type": "Notification", "Message": "not json"}), 0, 1),
-        (json.dumps({"Type": "Notification"}), 0, 1),
-        (eventbridge_event("photos", "labeler/incoming/a.jpg", "e", "Object Deleted"), 1, 0),
-        (eventbridge_event("photos", "labeler/labels/a.jpg.json", "e"), 1, 0),
-        (json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": {}}), 0, 1),
-    ],
-)
-def test_other_events_are_ignored_and_broken_ones_invalid(
-    raw: str | bytes, ignored: int, invalid: int
-) -> None:
-    parsed = parse_event(raw, ROOT)
-
-    assert parsed.objects == []
-    assert (parsed.ignored, parsed.invalid) == (ignored, invalid)
-
-
-def test_sources_and_outcomes_are_the_metric_label_sets() -> None:
-    from monitoring.metrics import EVENT_OUTCOMES, EVENT_SOURCES
-    from workers.dispatch.dispatcher import events as dispatch
-
-    sources = {
-        dispatch.SOURCE_MINIO,
-        dispatch.SOURCE_S3,
-        dispatch.SOURCE_SCAN,
-        dispatch.SOURCE_WATCH,
-    }
-    assert sources == set(EVENT_SOURCES)
-    outcomes = {dispatch.QUEUED, dispatch.DUPLICATE, dispatch.IGNORED, dispatch.INVALID}
-    assert outcomes == set(EVENT_OUTCOMES)
-
-
-def test_a_local_store_ignores_bucket_events() -> None:
-    assert parse_event(aws_event("photos", "labeler/incoming/a.jpg", "e"), None).ignored == 1
-
 
 # --- the engine ---------------------------------------------------------------------------------
 

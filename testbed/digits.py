@@ -48,9 +48,12 @@ def train_digits_model(path: Path, train: list[Sample], *, epochs: int = 12) -> 
     return path
 
 
-def digits_retrainer(root: Path) -> tuple[Retrainer, int]:
+def digits_retrainer(root: Path, *, seed: int = 1337) -> tuple[Retrainer, int]:
     """A Retrainer as a training worker builds it, over every digit exported to a local
-    ``training/`` under ``root``, learning a first model from nothing; and the image count."""
+    ``training/`` under ``root``, learning a first model from nothing; and the image count.
+
+    ``seed`` seeds the weights, shuffling and augmentation (1337 is TrainingConfig's default).
+    """
     from prometheus_client import CollectorRegistry
 
     from monitoring.metrics import Metrics
@@ -66,6 +69,8 @@ def digits_retrainer(root: Path) -> tuple[Retrainer, int]:
         ModelRegistry(LocalStore(root / "models"), "digits"),
         LocalStore(root / "reports"),
         Metrics(CollectorRegistry()),
-        RetrainConfig(training=TrainingConfig(input_size=INPUT_SIZE), cache_dir=root / "cache"),
+        RetrainConfig(
+            training=TrainingConfig(input_size=INPUT_SIZE, seed=seed), cache_dir=root / "cache"
+        ),
     )
     return retrainer, len(samples)
