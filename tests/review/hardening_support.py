@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.processes import LABELER, labeler_env
-from tests.support.services import free_port, wait_until
+from testbed.processes import LABELER, labeler_env
+from testbed.services import free_port
+from testbed.waiting import wait_until
 
 SECRET_KEY = "k" * 16 + "-a-real-enough-review-key-for-tests"
 SECURITY_HEADERS = ("content-security-policy", "x-content-type-options", "x-frame-options")

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from review import hash_password
+from testbed.processes import LABELER, labeler_env
 from tests.review.hardening_support import (
     SECRET_KEY,
     SECURITY_HEADERS,
@@ -22,7 +23,6 @@ from tests.review.hardening_support import (
     ReviewProcess,
 )
 from tests.review.support import ReviewSetup
-from tests.support.processes import LABELER, labeler_env
 
 pytestmark = pytest.mark.slow
 PASSWORD = "a long enough password for ana"
