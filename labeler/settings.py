@@ -251,6 +251,19 @@ class Settings(BaseSettings):
     review_precision: float = Field(
         0.95, gt=0, le=1, description="Per-class review thresholds aim for this precision."
     )
+    audit_rate: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Share of auto-accepted labels also sent to the review queue as blind "
+        "audits (chosen by a hash of key, ETag and model version, not by score).",
+    )
+    audit_min_per_class: int = Field(
+        30,
+        ge=0,
+        description="Audits at least this many auto-accepted labels of each class and model "
+        "version, so rare classes get a precision too.",
+    )
 
     # --- inference runtime (OpenVINO on CPUs) -------------------------------------------------
     runtime: Literal["auto", "tensorflow", "openvino"] = Field(

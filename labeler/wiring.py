@@ -119,6 +119,7 @@ class ProcessEngines:
             self.metrics,
             engine_limits(self.settings),
             on_needs_review=review_queue.add,
+            select_audit=audit_sampler(self.settings, self.redis).select,
         )
 
     @property
@@ -177,6 +178,14 @@ class ProcessEngines:
             self.classifier.runtime.current()
         except ModelUnavailable as exc:
             log.warning("no model to warm up yet: %s", exc)
+
+
+def audit_sampler(settings: Settings, redis: Any) -> Any:
+    """The sampler that counts auto-accepted labels and draws blind audits from them."""
+    from workers.review import AuditPolicy, AuditSampler, QualityLedger
+
+    policy = AuditPolicy(settings.audit_rate, settings.audit_min_per_class)
+    return AuditSampler(QualityLedger(redis), policy)
 
 
 def int8_bars(settings: Settings) -> Any:
