@@ -146,7 +146,7 @@ def test_commands_find_the_stack_and_status_shows_it_whole(
         assert document["retrains"]["promoted"] == 1
         assert document["queues"]["inference"] == {"waiting": 0, "reserved": 0}
         assert document["images"]["labeled"] == 20
-        flagged = [r for r in map(_read, _labels(data_dir, "folder")) if r.needs_review]
+        flagged = [r for r in map(_read, _labels(data_dir, "folder")) if r.waits_for_review]
         assert document["review_pending"] == len(flagged)  # the worker indexed each one
         wait_until(
             lambda: (_status(env)[1]["last_minute"] or {}).get("labeled") == 20,
