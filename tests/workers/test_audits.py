@@ -104,7 +104,8 @@ def test_the_batch_engine_marks_and_queues_audits(client: redis.Redis) -> None:
 
     written = [LabelStore(labels).read(k) for k in keys]
     audits = [r for r in written if r is not None and r.audit]
-    assert len(audits) == 3 and all(not r.needs_review for r in audits)
+    assert len(audits) == 3
+    assert all(not r.needs_review for r in audits)
     assert queue.pending() == 3 + 4  # audits and low-confidence items share the queue
     assert QualityLedger(client).counts(1).auto == {"light": 8}
     raw = labels.get(label_key(keys[11])).data
@@ -147,5 +148,6 @@ def test_decisions_count_once_apart_by_kind_and_survive_a_reindex(
         == 0
     )
     quality = label_quality(ledger, 1, 0.95)
-    assert quality["auto"]["audited"] == 2 and quality["auto"]["precision"] == 0.5
+    assert quality["auto"]["audited"] == 2
+    assert quality["auto"]["precision"] == 0.5
     assert quality["reviewed"]["agreement"] == 1.0

@@ -181,5 +181,3 @@ def _digest(record: LabelRecord) -> bytes:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-

@@ -35,7 +35,8 @@ def test_wilson_matches_published_values(
 def test_wilson_edges() -> None:
     assert wilson_interval(0, 0) == (0.0, 1.0)
     low, high = wilson_interval(10, 10)
-    assert high == pytest.approx(1.0) and low == pytest.approx(0.7225, abs=1e-4)
+    assert high == pytest.approx(1.0)
+    assert low == pytest.approx(0.7225, abs=1e-4)
     with pytest.raises(ValueError, match="successes"):
         wilson_interval(3, 2)
 
@@ -71,19 +72,23 @@ def test_overall_precision_weights_classes_by_their_auto_labels_not_by_audits() 
     assert auto["low"] < auto["precision"] < auto["high"]
     assert (auto["labels"], auto["audited"]) == (10_000, 200)
     rare = auto["by_class"]["rare"]
-    assert rare["precision"] == 0.5 and rare["labels"] == 100
+    assert rare["precision"] == 0.5
+    assert rare["labels"] == 100
     assert (rare["low"], rare["high"]) == pytest.approx(wilson_interval(50, 100))
 
 
 def test_one_class_overall_is_its_plain_wilson_interval_and_discards_count_apart() -> None:
     auto = auto_quality(counts({"cat": 500}, {"cat": {"agreed": 40, "discarded": 3}}))
-    assert auto["precision"] == 1.0 and auto["discarded"] == 3 and auto["audited"] == 40
+    assert auto["precision"] == 1.0
+    assert auto["discarded"] == 3
+    assert auto["audited"] == 40
     assert (auto["low"], auto["high"]) == pytest.approx(wilson_interval(40, 40))
 
 
 def test_no_audits_states_no_precision() -> None:
     auto = auto_quality(counts({"cat": 12}, {}))
-    assert auto["precision"] is None and auto["by_class"]["cat"]["precision"] is None
+    assert auto["precision"] is None
+    assert auto["by_class"]["cat"]["precision"] is None
 
 
 def test_below_target_needs_enough_audits() -> None:
@@ -105,6 +110,7 @@ def test_reviewed_agreement_is_its_own_figure() -> None:
         3, {}, {"reviewed": {"cat": {"agreed": 3, "corrected": 1}, "dog": {"agreed": 1}}}
     )
     reviewed = reviewed_quality(c)
-    assert reviewed["agreement"] == pytest.approx(0.8) and reviewed["reviewed"] == 5
+    assert reviewed["agreement"] == pytest.approx(0.8)
+    assert reviewed["reviewed"] == 5
     assert reviewed["by_class"]["cat"]["agreement"] == 0.75
     assert "precision" not in reviewed
