@@ -166,7 +166,14 @@ class ProcessEngines:
             self.metrics,
             config,
             labels=self.stores.area(Area.LABELS),
+            label_quality=self._label_quality,
         )
+
+    def _label_quality(self, version: int) -> dict[str, Any]:
+        """A version's audited precision and reviewed agreement, from the Redis counters."""
+        from workers.review import QualityLedger, label_quality
+
+        return label_quality(QualityLedger(self.redis), version, self.settings.review_precision)
 
     def warm_up(self) -> None:
         """Load the model before the first task arrives (if there is one to load yet)."""

@@ -301,15 +301,14 @@ class AuditMetrics:
     ``workers.review.quality``); the series say the same thing as ``labeler status``.
     """
 
-    # The families this collector yields and their label names (checked against the alerts).
-    label_names: dict[str, set[str]] = {  # noqa: RUF012 - read-only, no instance state
-        "labeler_auto_label_precision": {"label", "bound", "model_version"},
-        "labeler_audits": {"label", "outcome", "model_version"},
-        "labeler_auto_label_precision_target": set(),
-    }
-
     def __init__(self, registry: CollectorRegistry, read: Callable[[], dict[str, Any]]) -> None:
         self._read = read
+        # The families this collector yields and their label names (checked against the alerts).
+        self.label_names = {
+            "labeler_auto_label_precision": {"label", "bound", "model_version"},
+            "labeler_audits": {"label", "outcome", "model_version"},
+            "labeler_auto_label_precision_target": set[str](),
+        }
         registry.register(self)
 
     def describe(self) -> list[Any]:

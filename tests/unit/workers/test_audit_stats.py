@@ -114,3 +114,28 @@ def test_reviewed_agreement_is_its_own_figure() -> None:
     assert reviewed["reviewed"] == 5
     assert reviewed["by_class"]["cat"]["agreement"] == 0.75
     assert "precision" not in reviewed
+
+
+def test_the_report_section_states_each_class_with_its_interval() -> None:
+    from workers.review import label_quality
+    from workers.training.report import _audited_html
+
+    class Ledger:
+        def versions(self) -> list[int]:
+            return [2]
+
+        def counts(self, version: int) -> VersionCounts:
+            if version != 2:
+                return counts({"dog": 4}, {})
+            return counts({"<b>": 90, "dog": 10}, {"<b>": {"agreed": 9, "corrected": 1}})
+
+    quality = label_quality(Ledger(), 2, 0.95)  # type: ignore[arg-type]
+    section = _audited_html(quality)
+    low, high = wilson_interval(9, 10)
+    assert "production v2 (blind audits)" in section
+    assert f"<td>&lt;b&gt;</td><td>90</td><td>10</td><td>0.900</td><td>[{low:.3f}, {high:.3f}]" in (
+        section
+    )
+    assert "<td>dog</td><td>10</td><td>0</td><td>—</td>" in section
+    unaudited = label_quality(Ledger(), 3, 0.95)  # type: ignore[arg-type]
+    assert _audited_html(unaudited) == ""  # v3: nothing audited yet
