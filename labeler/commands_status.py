@@ -85,7 +85,7 @@ def _text(s: StackStatus) -> str:
         lines.append(
             "model      none in production yet (`labeler retrain` or `labeler models import`)"
         )
-    if s.label_quality:
+    if s.label_quality and s.model:  # no model yet: nothing labeled automatically
         lines += _quality_lines(s.label_quality)
     if s.last_retrain:
         r = s.last_retrain
