@@ -17,7 +17,7 @@ from storage import Area, LabelRecord, ObjectNotFound
 if TYPE_CHECKING:
     from monitoring.metrics import ReviewMetrics
     from review import Reviewers
-    from workers.review import ReviewDesk, ReviewQueue
+    from workers.review import QualityLedger, ReviewDesk, ReviewQueue
 
 _CLASSES_TTL_SECONDS = 60.0  # how stale the page's class list may be after a promotion
 
@@ -135,7 +135,7 @@ def build_review_app(settings: Settings, reviewers: Reviewers) -> Any:
     """The review ASGI app over this deployment's stores and Redis."""
     from prometheus_client import CollectorRegistry
 
-    from monitoring.metrics import ReviewMetrics
+    from monitoring.metrics import AuditMetrics, ReviewMetrics
     from review import ReviewConfig, create_app
     from workers.inference import configure_pillow
 
@@ -143,6 +143,8 @@ def build_review_app(settings: Settings, reviewers: Reviewers) -> Any:
     registry = CollectorRegistry()
     metrics = ReviewMetrics(registry)
     desk = review_desk(settings, metrics)
+    quality = quality_reader(settings, Stores(settings))
+    AuditMetrics(registry, quality)
     secret = settings.review_secret_key
     config = ReviewConfig(
         reviewers=reviewers,
@@ -151,19 +153,43 @@ def build_review_app(settings: Settings, reviewers: Reviewers) -> Any:
         max_pixels=settings.max_image_pixels,
         secure_cookies=settings.review_secure_cookies,
         metrics=lambda: _scrape(desk.queue, metrics, registry),
+        label_quality=quality,
     )
     return create_app(desk, config)
 
 
 def review_queue(settings: Settings) -> ReviewQueue:
-    import redis
-
     from workers.review import ReviewQueue
 
-    client = redis.Redis.from_url(
+    return ReviewQueue(_redis(settings), lease_seconds=settings.review_lease_seconds)
+
+
+def quality_ledger(settings: Settings) -> QualityLedger:
+    from workers.review import QualityLedger
+
+    return QualityLedger(_redis(settings))
+
+
+def quality_reader(settings: Settings, stores: Stores) -> Any:
+    """A callable giving the ``label_quality`` object of the production version."""
+    from workers.review import label_quality
+
+    ledger = quality_ledger(settings)
+
+    def read() -> dict[str, Any]:
+        alias = stores.registry().production()
+        version = alias.version if alias else None
+        return label_quality(ledger, version, settings.auto_label_target_precision)
+
+    return read
+
+
+def _redis(settings: Settings) -> Any:
+    import redis
+
+    return redis.Redis.from_url(
         settings.broker_connection_url(), socket_connect_timeout=5, socket_timeout=10
     )
-    return ReviewQueue(client, lease_seconds=settings.review_lease_seconds)
 
 
 def review_desk(settings: Settings, metrics: ReviewMetrics | None = None) -> ReviewDesk:
@@ -181,6 +207,7 @@ def review_desk(settings: Settings, metrics: ReviewMetrics | None = None) -> Rev
         stores.area(Area.TRAINING),
         review_queue(settings),
         on_decided=decided,
+        ledger=quality_ledger(settings),
     )
 
 

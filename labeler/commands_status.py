@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -82,6 +83,8 @@ def _text(s: StackStatus) -> str:
         lines.append(
             "model      none in production yet (`labeler retrain` or `labeler models import`)"
         )
+    if s.label_quality and s.model:  # no model yet: nothing labeled automatically
+        lines += _quality_lines(s.label_quality)
     if s.last_retrain:
         r = s.last_retrain
         lines.append(
@@ -96,6 +99,36 @@ def _text(s: StackStatus) -> str:
             f"           next: {n['at']} (in {_age(n['in_seconds'])}; cron {n['cron']!r} UTC)"
         )
     return "\n".join(lines)
+
+
+def _quality_lines(q: dict[str, Any]) -> list[str]:
+    """The audited precision of automatic labels, and what to do about a class under target."""
+    auto, version = q["auto"], q["model_version"]
+    if auto["precision"] is None:
+        measured = f"not measured yet ({auto['labels']:,} labels, no decided audits)"
+    else:
+        measured = (
+            f"precision {auto['precision']:.3f} [{auto['low']:.3f}, {auto['high']:.3f}], "
+            f"{auto['audited']:,} audited of {auto['labels']:,}"
+        )
+    lines = [f"automatic labels (v{version}): {measured}"]
+    reviewed = q["reviewed"]
+    if reviewed["reviewed"]:
+        lines.append(
+            f"           reviewed low-confidence labels: agreement {reviewed['agreement']:.3f} "
+            f"over {reviewed['reviewed']:,} (not the precision of automatic labels)"
+        )
+    for label in q["below_target"]:
+        entry = auto["by_class"][label]
+        now = q.get("thresholds", {}).get(label)
+        lines.append(
+            f"           class {label!r}: precision at most {entry['high']:.3f} "
+            f"({entry['audited']} audits) < target {q['target']:.3f}: raise its threshold"
+            + (f" (now {now:.3f})" if now is not None else "")
+            + " — retrain (the audit corrections are in training/) or raise "
+            "LABELER_AUTO_LABEL_TARGET_PRECISION"
+        )
+    return lines
 
 
 def _age(seconds: int) -> str:

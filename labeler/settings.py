@@ -269,6 +269,19 @@ class Settings(BaseSettings):
         "is set so labels above it are right this often on held-out images. Was "
         "REVIEW_PRECISION.",
     )
+    audit_rate: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Share of auto-accepted labels also sent to the review queue as blind "
+        "audits (chosen by a hash of key, ETag and model version, not by score).",
+    )
+    audit_min_per_class: int = Field(
+        30,
+        ge=0,
+        description="Audits at least this many auto-accepted labels of each class and model "
+        "version, so rare classes get a precision too.",
+    )
 
     # --- inference runtime (OpenVINO on CPUs) -------------------------------------------------
     runtime: Literal["auto", "tensorflow", "openvino"] = Field(

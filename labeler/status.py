@@ -27,7 +27,7 @@ from storage import Area, ObjectNotFound
 from storage.keys import report_key
 from tasks.contracts import QUEUES
 from tasks.queues import queue_depths
-from workers.review import ReviewQueue
+from workers.review import QualityLedger, ReviewQueue, label_quality
 
 HTTP_TIMEOUT = 3.0
 STALE_SECONDS = 6 * SAMPLE_SECONDS  # an older sample means the sampler is stuck
@@ -62,6 +62,7 @@ class StackStatus:
     model: dict[str, Any] | None = None
     last_retrain: dict[str, Any] | None = None
     next_retrain: dict[str, Any] | None = None
+    label_quality: dict[str, Any] | None = None  # audited precision, reviewed agreement
 
     @property
     def ok(self) -> bool:
@@ -93,6 +94,8 @@ def probe(settings: Settings, record: StackRecord | None, urls: dict[str, str]) 
     if record is not None and record.recent and time.time() - record.recent["at"] < STALE_SECONDS:
         status.last_minute = {k: int(v) for k, v in record.recent.items() if k != "at"}
     status.model, status.last_retrain = _models(settings)
+    if status.broker == "ok":
+        status.label_quality = _label_quality(settings, status.model)
     status.next_retrain = _next_retrain(settings.retrain_cron)
     return status
 
@@ -159,6 +162,27 @@ def _queues(settings: Settings) -> tuple[dict[str, dict[str, int]], int]:
     finally:
         client.close()
     return {q: {s: n for (q2, s), n in depths.items() if q2 == q} for q in QUEUES}, pending
+
+
+def _label_quality(settings: Settings, model: dict[str, Any] | None) -> dict[str, Any]:
+    """The audited precision of the production version's automatic labels, and the thresholds
+    of classes whose upper bound is under the target."""
+    client = redis.Redis.from_url(
+        settings.broker_connection_url(), socket_connect_timeout=3, socket_timeout=3
+    )
+    try:
+        version = model["version"] if model else None
+        quality = label_quality(
+            QualityLedger(client), version, settings.auto_label_target_precision
+        )
+    finally:
+        client.close()
+    thresholds: dict[str, float] = {}
+    if model and quality["below_target"]:
+        meta = Stores(settings).registry().metadata(model["version"])
+        thresholds = {c: meta.threshold_for(c) for c in quality["below_target"]}
+    quality["thresholds"] = thresholds
+    return quality
 
 
 def _celery_nodes(settings: Settings) -> list[str]:

@@ -119,6 +119,7 @@ class ProcessEngines:
             self.metrics,
             engine_limits(self.settings),
             on_needs_review=review_queue.add,
+            select_audit=audit_sampler(self.settings, self.redis).select,
         )
 
     @property
@@ -165,6 +166,15 @@ class ProcessEngines:
             self.metrics,
             config,
             labels=self.stores.area(Area.LABELS),
+            label_quality=self._label_quality,
+        )
+
+    def _label_quality(self, version: int) -> dict[str, Any]:
+        """A version's audited precision and reviewed agreement, from the Redis counters."""
+        from workers.review import QualityLedger, label_quality
+
+        return label_quality(
+            QualityLedger(self.redis), version, self.settings.auto_label_target_precision
         )
 
     def warm_up(self) -> None:
@@ -177,6 +187,14 @@ class ProcessEngines:
             self.classifier.runtime.current()
         except ModelUnavailable as exc:
             log.warning("no model to warm up yet: %s", exc)
+
+
+def audit_sampler(settings: Settings, redis: Any) -> Any:
+    """The sampler that counts auto-accepted labels and draws blind audits from them."""
+    from workers.review import AuditPolicy, AuditSampler, QualityLedger
+
+    policy = AuditPolicy(settings.audit_rate, settings.audit_min_per_class)
+    return AuditSampler(QualityLedger(redis), policy)
 
 
 def int8_bars(settings: Settings) -> Any:

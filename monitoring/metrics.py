@@ -7,7 +7,11 @@ model name. Never keys, ids or hostnames. Gauges say how prefork children combin
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Per-stage and storage times: a local GET takes ~0.1 ms, an S3 GET 5-50 ms, decoding a 12 MP
 # JPEG with draft ~25 ms, one inference call for 32 images ~1 s on 2 CPU cores: 0.5 ms to 60 s.
@@ -285,3 +289,62 @@ class ReviewMetrics:
         )
         for outcome in REVIEW_OUTCOMES:
             self.reviews.labels(outcome)
+
+
+AUDIT_OUTCOMES = REVIEW_OUTCOMES
+OVERALL = "_overall"  # the `label` of all classes together (no class name starts with "_")
+
+
+class AuditMetrics:
+    """Label-quality series, read at scrape time from counters every process shares.
+
+    ``read`` returns the ``label_quality`` object of the production version (see
+    ``workers.review.quality``); the series say the same thing as ``labeler status``.
+    """
+
+    def __init__(self, registry: CollectorRegistry, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+        # The families this collector yields and their label names (checked against the alerts).
+        self.label_names = {
+            "labeler_auto_label_precision": {"label", "bound", "model_version"},
+            "labeler_audits": {"label", "outcome", "model_version"},
+            "labeler_auto_label_precision_target": set[str](),
+        }
+        registry.register(self)
+
+    def describe(self) -> list[Any]:
+        return []  # the label sets are known only at scrape time
+
+    def collect(self) -> Iterator[Any]:
+        quality = self._read()
+        auto = quality.get("auto", {})
+        version = str(quality.get("model_version", ""))
+        precision = GaugeMetricFamily(
+            "labeler_auto_label_precision",
+            "Precision of automatic (auto-accepted) labels of the production version, measured "
+            "by blind audits: point estimate and 95% Wilson bounds, per predicted class "
+            f'(label="{OVERALL}": all classes, weighted by their share of auto-accepted labels)',
+            labels=["label", "bound", "model_version"],
+        )
+        audits = CounterMetricFamily(
+            "labeler_audits",
+            "First decisions on blind audits of the production version, by predicted class "
+            "and outcome",
+            labels=["label", "outcome", "model_version"],
+        )
+        target = GaugeMetricFamily(
+            "labeler_auto_label_precision_target",
+            "The precision automatic labels are calibrated to "
+            "(LABELER_AUTO_LABEL_TARGET_PRECISION)",
+        )
+        target.add_metric([], float(quality.get("target", 0.0)))
+        rows = [(OVERALL, auto), *auto.get("by_class", {}).items()]
+        for label, entry in rows:
+            for bound, name in (("point", "precision"), ("low", "low"), ("high", "high")):
+                if entry.get(name) is not None:
+                    precision.add_metric([label, bound, version], float(entry[name]))
+        for label, entry in auto.get("by_class", {}).items():
+            counts = entry.get("outcomes", {})
+            for outcome in AUDIT_OUTCOMES:
+                audits.add_metric([label, outcome, version], float(counts.get(outcome, 0)))
+        yield from (precision, audits, target)

@@ -68,6 +68,7 @@ class ReviewConfig:
     preview_max_pixels: int = PREVIEW_MAX_PIXELS  # non-JPEG previews decode at full size
     secure_cookies: bool = False  # always Secure; without it, Secure when the request was https
     metrics: Callable[[], bytes] | None = None  # Prometheus exposition for /metrics
+    label_quality: Callable[[], dict[str, Any]] | None = None  # audited precision, agreement
 
 
 class DecideRequest(BaseModel):
@@ -237,12 +238,14 @@ class _Handlers:
         pending = await run_in_threadpool(queue.pending)
         by_class = await run_in_threadpool(queue.counts)
         tallies = await run_in_threadpool(queue.tallies)
+        quality = self.config.label_quality
         return JSONResponse(
             {
                 "pending": pending,
                 "by_class": by_class,
                 "decided": tallies,
                 "agreement": agreement_of(tallies),
+                "label_quality": None if quality is None else await run_in_threadpool(quality),
             }
         )
 
@@ -265,17 +268,18 @@ class _Handlers:
 
 def _item_json(item: ReviewItem) -> dict[str, Any]:
     record = item.record
-    return {
+    shown: dict[str, Any] = {
         "key": record.source_key,
         "token": item.claim.token,
         "lease_expires_at": item.claim.expires_at,
-        "label": record.label,
-        "score": record.score,
-        "top_k": [p.model_dump() for p in record.top_k],
         "model_name": record.model_name,
         "model_version": record.model_version,
         "labeled_at": record.created_at,
     }
+    if record.audit:  # blind: a reviewer who saw the prediction would be anchored by it
+        return {**shown, "audit": True}
+    prediction = {"label": record.label, "score": record.score}
+    return {**shown, **prediction, "top_k": [p.model_dump() for p in record.top_k]}
 
 
 async def _parse(request: Request, model: type[_Body]) -> _Body | Response:

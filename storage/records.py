@@ -95,6 +95,8 @@ class LabelRecord(BaseModel):
     )
     timings: Timings = Field(default_factory=Timings)
     review: Review | None = None
+    # True on an auto-accepted label drawn for a blind audit; omitted (None) on all others.
+    audit: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -102,8 +104,9 @@ class LabelRecord(BaseModel):
 
     @property
     def waits_for_review(self) -> bool:
-        """A labeled record the model was unsure of, that no one has reviewed yet."""
-        return self.needs_review and self.ok and self.label is not None and self.review is None
+        """A labeled record the model was unsure of (or drawn for an audit), not yet reviewed."""
+        wanted = self.needs_review or bool(self.audit)
+        return wanted and self.ok and self.label is not None and self.review is None
 
     def same_work(self, etag: str | None, model_version: int) -> bool:
         """True when this record already answers ``(etag, model_version)``: rewriting is a no-op."""

@@ -55,10 +55,13 @@ function show(item, reviewed) {
   if (!item) return;
   $("image").src = imageUrl(item.key);
   $("key").textContent = item.key;
+  // An audit is blind: the server sends no prediction, and the page shows none.
+  $("prediction").hidden = !!item.audit;
+  $("audit-note").hidden = !item.audit;
   $("model").textContent = item.model_name + " v" + item.model_version;
-  $("predicted").textContent = item.label;
-  $("score").textContent = (item.score * 100).toFixed(1) + "%";
-  $("top-k").replaceChildren(...item.top_k.map((p) => {
+  $("predicted").textContent = item.audit ? "" : item.label;
+  $("score").textContent = item.audit ? "" : (item.score * 100).toFixed(1) + "%";
+  $("top-k").replaceChildren(...(item.top_k || []).map((p) => {
     const li = document.createElement("li");
     li.textContent = p.label + " " + (p.score * 100).toFixed(1) + "%";
     return li;
@@ -102,9 +105,12 @@ async function decide(action, label) {
 function pick(name) {
   const item = state.current;
   if (!item || !name) return;
-  if (name === item.label) decide("accept");
-  else decide("correct", name);
+  if (!item.audit && name === item.label) decide("accept");
+  else decide("correct", name);  // an audit always names the class; the server compares
 }
+
+// Enter with nothing picked accepts the prediction; an audit has none to accept.
+function acceptShown() { if (state.current && !state.current.audit) decide("accept"); }
 
 function goBack() {
   if (state.back >= state.history.length) return;
@@ -145,7 +151,7 @@ function filterKey(event, filter) {
     const active = classItems().find((li) => li.classList.contains("active"));
     if (active) pick(active.dataset.class);
     else if (filter.value.trim()) pick(filter.value.trim());  // a new class name
-    else decide("accept");
+    else acceptShown();
   } else if (event.key === "Escape") {
     filter.value = ""; filterClasses(); filter.blur();
   } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
@@ -157,7 +163,7 @@ function filterKey(event, filter) {
 // Outside it: digits, x, s, Enter and arrows act; "/" or any other letter starts type-ahead.
 function hotkey(event, filter) {
   if (event.key === "Enter") {
-    event.preventDefault(); decide("accept");
+    event.preventDefault(); acceptShown();
   } else if (/^[1-9]$/.test(event.key)) {
     event.preventDefault();
     const li = classItems()[Number(event.key) - 1];

@@ -141,8 +141,11 @@ def test_commands_find_the_stack_and_status_shows_it_whole(
         assert document["retrains"]["promoted"] == 1
         assert document["queues"]["inference"] == {"waiting": 0, "reserved": 0}
         assert document["images"]["labeled"] == 20
-        flagged = [r for r in map(_read, _labels(data_dir, "folder")) if r.needs_review]
+        written = list(map(_read, _labels(data_dir, "folder")))
+        flagged = [r for r in written if r.waits_for_review]
         assert document["review_pending"] == len(flagged)  # the worker indexed each one
+        auto = [r for r in written if r.ok and not r.needs_review]
+        assert document["label_quality"]["auto"]["labels"] == len(auto)  # counted as written
         wait_until(
             lambda: (_status(env)[1]["last_minute"] or {}).get("labeled") == 20,
             30,
@@ -152,6 +155,7 @@ def test_commands_find_the_stack_and_status_shows_it_whole(
         text = subprocess.run([*LABELER, "status"], env=env, capture_output=True, text=True)
         assert text.returncode == 0
         assert text.stdout.startswith("OK"), text.stdout
+        assert "automatic labels (v1): " in text.stdout, text.stdout
 
         os.kill(up.pid("inference-worker"), signal.SIGKILL)
         down: list[dict[str, Any]] = []

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from monitoring.metrics import Metrics, ReviewMetrics
+from monitoring.metrics import AuditMetrics, Metrics, ReviewMetrics
 from testbed.services import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +101,7 @@ def _defined_metrics() -> dict[str, tuple[str, set[str]]]:
         for metrics in groups
         for collector in vars(metrics).values()
     }
+    label_names |= AuditMetrics(registry, dict).label_names  # read at scrape time from Redis
     defined = {}
     for family in registry.collect():
         # prometheus_client names a counter family without the `_total` its samples carry.

@@ -10,10 +10,10 @@ import redis
 from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitoring.metrics import ReviewMetrics
+from monitoring.metrics import AuditMetrics, ReviewMetrics
 from review import ReviewConfig, Reviewers, create_app
 from storage import LabelRecord, LocalStore, Prediction, label_key
-from workers.review import ReviewDesk, ReviewQueue
+from workers.review import QualityLedger, ReviewDesk, ReviewQueue, label_quality
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -33,6 +33,7 @@ class ReviewSetup:
     desk: ReviewDesk
     metrics: ReviewMetrics
     registry: CollectorRegistry
+    ledger: QualityLedger
 
     @classmethod
     def build(cls, root: Path, redis_url: str) -> ReviewSetup:
@@ -46,8 +47,14 @@ class ReviewSetup:
         def decided(predicted: str, outcome: object) -> None:
             metrics.reviews.labels(str(outcome)).inc()
 
-        desk = ReviewDesk(incoming, labels, training, queue, on_decided=decided)
-        return cls(incoming, labels, training, queue, desk, metrics, registry)
+        ledger = QualityLedger(redis.Redis.from_url(redis_url))
+        desk = ReviewDesk(incoming, labels, training, queue, on_decided=decided, ledger=ledger)
+        setup = cls(incoming, labels, training, queue, desk, metrics, registry, ledger)
+        AuditMetrics(registry, setup.label_quality)
+        return setup
+
+    def label_quality(self) -> dict[str, object]:
+        return label_quality(self.ledger, 3, 0.95)
 
     def app(self, reviewers: Reviewers | None = None) -> object:
         def exposition() -> bytes:
@@ -59,11 +66,17 @@ class ReviewSetup:
             secret_key="test-secret",
             classes=lambda: list(CLASSES),
             metrics=exposition,
+            label_quality=self.label_quality,
         )
         return create_app(self.desk, config)
 
     def seed(
-        self, key: str, data: bytes | None = None, label: str = "cat", at: float = 1.0
+        self,
+        key: str,
+        data: bytes | None = None,
+        label: str = "cat",
+        at: float = 1.0,
+        audit: bool = False,
     ) -> None:
         etag = self.incoming.put(key, data if data is not None else png()).etag
         record = LabelRecord(
@@ -74,9 +87,12 @@ class ReviewSetup:
             label=label,
             score=0.41,
             top_k=[Prediction(label=label, score=0.41), Prediction(label="dog", score=0.33)],
-            needs_review=True,
+            needs_review=not audit,
             created_at=at,
+            audit=audit or None,
         )
+        if audit:
+            self.ledger.count_label(record)
         self.labels.put(label_key(key), record.model_dump_json(exclude_none=True).encode())
         self.queue.add(record)
 

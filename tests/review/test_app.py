@@ -230,3 +230,38 @@ def test_health_is_503_when_the_index_is_unreachable(tmp_path: Path) -> None:
         response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json() == {"ok": False, "error": "ConnectionError"}
+
+
+def test_an_audit_item_is_blind_and_its_decision_is_measured(
+    setup: ReviewSetup, local: TestClient
+) -> None:
+    setup.seed("audit/a.png", label="cat", at=1, audit=True)
+    setup.seed("audit/b.png", label="dog", at=2, audit=True)
+    headers = {"X-CSRF-Token": csrf(local)}
+    decided = {}
+    for answer in ("cat", "cat"):  # a: agreed (its label was cat), b: corrected (it was dog)
+        item = local.get("/api/next").json()["item"]
+        assert item["audit"] is True
+        assert {"label", "score", "top_k"}.isdisjoint(item)  # nothing to anchor on
+        body = {"key": item["key"], "token": item["token"], "action": "correct", "label": answer}
+        response = local.post("/api/decide", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        decided[item["key"]] = response.json()["record"]["review"]["outcome"]
+    assert decided == {"audit/a.png": "agreed", "audit/b.png": "corrected"}
+
+    quality = local.get("/api/stats").json()["label_quality"]
+    assert quality["model_version"] == 3
+    auto = quality["auto"]
+    assert (auto["labels"], auto["audited"]) == (2, 2)
+    assert auto["by_class"]["cat"]["precision"] == 1.0
+    assert auto["by_class"]["dog"]["precision"] == 0.0
+    assert auto["low"] < auto["precision"] < auto["high"]
+    assert quality["reviewed"]["reviewed"] == 0  # audits are not low-confidence reviews
+    metrics = local.get("/metrics").text
+    assert 'labeler_auto_label_precision{bound="point",label="cat",model_version="3"} 1.0' in (
+        metrics
+    )
+    assert 'labeler_audits_total{label="dog",model_version="3",outcome="corrected"} 1.0' in (
+        metrics
+    )
+    assert "labeler_auto_label_precision_target 0.95" in metrics

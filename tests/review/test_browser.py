@@ -156,3 +156,53 @@ def test_sign_in_see_correct_with_keyboard_next_appears(
     metrics = _get(url + "/metrics")
     assert 'labeler_reviews_total{outcome="corrected"} 2.0' in metrics
     assert 'labeler_review_agreement_ratio{label="1"} 0.0' in metrics
+
+
+def test_an_audit_is_blind_on_the_page_and_a_picked_class_is_measured(
+    review_app: dict[str, object], browser: object, redis_url: str, digits: DigitsFixture
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from workers.review import QualityLedger
+
+    assert isinstance(browser, WebDriver)
+    url, data_dir = str(review_app["url"]), Path(str(review_app["data_dir"]))
+    (seeded,) = _seed(data_dir, redis_url, digits, 1)
+    truth = seeded.top_k[1].label
+    # The same image as an auto-accepted (wrong) "1" drawn for an audit.
+    audit = seeded.model_copy(update={"score": 0.97, "needs_review": False, "audit": True})
+    LocalStore(data_dir / "labels").put(
+        label_key(audit.source_key), audit.model_dump_json(exclude_none=True).encode()
+    )
+    QualityLedger(redis.Redis.from_url(redis_url)).count_label(audit)
+    wait = WebDriverWait(browser, 60)
+
+    browser.get(url + "/")
+    wait.until(lambda d: d.current_url.endswith("/login"))
+    browser.find_element(By.ID, "username").send_keys("ana")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "sign-in").click()
+    wait.until(lambda d: d.find_element(By.ID, "key").text == audit.source_key)
+
+    assert browser.find_element(By.ID, "audit-note").is_displayed()
+    assert not browser.find_element(By.ID, "prediction").is_displayed()
+    assert browser.find_element(By.ID, "predicted").get_attribute("textContent") == ""
+    assert browser.find_elements(By.CSS_SELECTOR, "#top-k li") == []
+    assert browser.find_elements(By.CSS_SELECTOR, "#classes li.active") == []  # none preselected
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.ENTER)  # no prediction to accept: Enter alone decides nothing
+    body.send_keys(str(CLASSES.index(truth) + 1))
+    wait.until(lambda d: d.find_element(By.ID, "empty").is_displayed())
+
+    record = LabelRecord.model_validate_json(
+        (data_dir / "labels" / label_key(audit.source_key)).read_bytes()
+    )
+    assert record.review is not None
+    # Had Enter accepted the hidden "1", this would say agreed.
+    assert (record.review.label, record.review.outcome) == (truth, "corrected")
+    metrics = _get(url + "/metrics")
+    assert 'labeler_audits_total{label="1",model_version="1",outcome="corrected"} 1.0' in metrics
+    assert 'labeler_auto_label_precision{bound="point",label="1",model_version="1"} 0.0' in metrics

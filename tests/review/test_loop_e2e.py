@@ -73,7 +73,8 @@ def test_reviews_become_training_data_and_a_better_model(tmp_path: Path, redis_u
         records = [
             LabelRecord.model_validate_json(labels.get(label_key(f"new/{s.key}")).data) for s in new
         ]
-        unsure = {r.source_key for r in records if r.needs_review}
+        unsure = {r.source_key for r in records if r.waits_for_review}  # audits included
+        audits = {r.source_key for r in records if r.audit}
         assert unsure, "a weak model is unsure of some digits"
         queue = ReviewQueue(redis.Redis.from_url(redis_url))
         assert queue.pending() == len(unsure)  # the worker indexed each one as it wrote it
@@ -92,6 +93,11 @@ def test_reviews_become_training_data_and_a_better_model(tmp_path: Path, redis_u
     assert after["training_images"] == before["training_images"] + len(decided)
     html = reports.get(report_key("digits", 2, "report.html")).data.decode()
     assert f"<td>reviewed images added</td><td>{len(decided)}</td>" in html
+    # v2's report states how right v1's automatic labels were, from the audits just decided.
+    audited = after["production_label_quality"]
+    assert audited["model_version"] == 1
+    assert audited["auto"]["audited"] + audited["auto"]["discarded"] == len(audits)
+    assert ("Automatic labels of production v1 (blind audits)" in html) == bool(audits)
     # The gate compared v2 with v1 on v2's test split (v1's own split was a handful of images).
     assert after["gate"]["passed"] is True
     assert after["production"] is not None
@@ -105,7 +111,7 @@ def _review_everything(app: object) -> list[str]:
         while (item := client.get("/api/next").json()["item"]) is not None:
             truth = item["key"].split("/")[1]
             body = {"key": item["key"], "token": item["token"], "action": "accept"}
-            if item["label"] != truth:
+            if item.get("audit") or item["label"] != truth:  # an audit is blind: name the class
                 body |= {"action": "correct", "label": truth}
             response = client.post("/api/decide", json=body, headers={"X-CSRF-Token": token})
             assert response.status_code == 200, response.text

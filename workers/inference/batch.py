@@ -105,9 +105,11 @@ class BatchClassifier:
         metrics: Metrics,
         limits: EngineLimits,
         on_needs_review: Callable[[LabelRecord], None] | None = None,
+        select_audit: Callable[[LabelRecord], bool] | None = None,
     ) -> None:
         self.incoming = incoming
         self._on_needs_review = on_needs_review  # the review queue's index, after the write
+        self._select_audit = select_audit  # counts auto-accepted labels, draws audits: pre-write
         self.labels = labels
         self.runtime = runtime
         self.metrics = metrics
@@ -215,8 +217,10 @@ class BatchClassifier:
             serving_format=model.serving_format,
         )
         record.timings = item.timings
+        if self._select_audit is not None and self._select_audit(record):
+            record.audit = True
         self.labels.write(record)
-        if record.needs_review and self._on_needs_review is not None:
+        if record.waits_for_review and self._on_needs_review is not None:
             self._on_needs_review(record)
         self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - started)
         if record.error is not None:

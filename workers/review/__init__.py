@@ -1,8 +1,17 @@
 """The review loop's engine: the queue of records waiting for a person, decisions, preview
-images, and the agreement rate of reviewed items.
+images, the agreement rate of reviewed items, and blind audits of automatic labels with their
+quality estimates.
 """
 
 from workers.review.agreement import agreement_of
+from workers.review.audits import (
+    AuditPolicy,
+    AuditSampler,
+    QualityLedger,
+    VersionCounts,
+    audit_fraction,
+    wilson_interval,
+)
 from workers.review.decisions import (
     Action,
     InvalidDecision,
@@ -21,24 +30,35 @@ from workers.review.previews import (
     PreviewRenderer,
     preview_png,
 )
+from workers.review.quality import auto_quality, below_target, label_quality, reviewed_quality
 from workers.review.queue import Claim, ReviewQueue
 
 __all__ = [
     "PREVIEW_CONTENT_TYPE",
     "PREVIEW_MAX_PIXELS",
     "Action",
+    "AuditPolicy",
+    "AuditSampler",
     "Claim",
     "InvalidDecision",
     "LeaseLost",
     "PreviewBusy",
     "PreviewRenderer",
+    "QualityLedger",
     "ReviewDesk",
     "ReviewError",
     "ReviewItem",
     "ReviewQueue",
     "StaleItem",
+    "VersionCounts",
     "agreement_of",
+    "audit_fraction",
+    "auto_quality",
+    "below_target",
     "count_reviewed_since",
     "is_class_name",
+    "label_quality",
     "preview_png",
+    "reviewed_quality",
+    "wilson_interval",
 ]

@@ -25,6 +25,7 @@ from storage import (
     label_key,
     validate_key,
 )
+from workers.review.audits import QualityLedger
 from workers.review.queue import Claim, ReviewQueue
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,14 @@ class ReviewDesk:
         training: ObjectStore,
         queue: ReviewQueue,
         on_decided: DecisionObserver | None = None,
+        ledger: QualityLedger | None = None,
     ) -> None:
         self.incoming = incoming
         self.labels = labels
         self.training = training
         self.queue = queue
         self._on_decided = on_decided
+        self._ledger = ledger  # label-quality counters: audits and reviewed items apart
 
     def next_item(self, *, label: str | None = None, prefix: str = "") -> ReviewItem | None:
         """Lease the oldest item still worth reviewing; stale or decided ones leave the queue."""
@@ -175,7 +178,10 @@ class ReviewDesk:
         )
         self.queue.remove(key)
         if previous is None:
-            self.queue.tally(record.label, review.outcome.value)
+            if self._ledger is not None:
+                self._ledger.count_decision(record, review.outcome)
+            if not record.audit:  # the old tally is about low-confidence items only
+                self.queue.tally(record.label, review.outcome.value)
             if self._on_decided is not None:
                 self._on_decided(record.label, review.outcome)
         return updated

@@ -80,6 +80,7 @@ def report_html(
     curves_png: bytes | None,
     runtimes: list[dict[str, Any]] | None = None,
     facts: dict[str, int | str | None] | None = None,
+    audited: dict[str, Any] | None = None,
 ) -> bytes:
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td>{_cells(f, production, name)}</tr>"
@@ -115,8 +116,31 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
 <th>support</th><th>Δ recall</th></tr>{rows}</table>
 {_runtimes_html(runtimes or [])}
+{_audited_html(audited)}
 <h2>Confusion matrix</h2>{_img(matrix_png)}{curves}</body></html>"""
     return page.encode()
+
+
+def _audited_html(audited: dict[str, Any] | None) -> str:
+    """Production's automatic labels as blind audits measured them (the test split cannot)."""
+    if not audited or not audited["auto"]["audited"]:
+        return ""
+
+    def row(name: str, e: dict[str, Any]) -> str:
+        shown = "—" if e["precision"] is None else f"{e['precision']:.3f}"
+        bounds = "" if e["precision"] is None else f"[{e['low']:.3f}, {e['high']:.3f}]"
+        return (
+            f"<tr><td>{html.escape(name)}</td><td>{e['labels']}</td><td>{e['audited']}</td>"
+            f"<td>{shown}</td><td>{bounds}</td></tr>"
+        )
+
+    auto = audited["auto"]
+    rows = "".join(row(name, e) for name, e in auto["by_class"].items())
+    return (
+        f"<h2>Automatic labels of production v{audited['model_version']} (blind audits)</h2>"
+        "<table><tr><th>class</th><th>labels</th><th>audited</th><th>precision</th>"
+        f"<th>95% interval</th></tr>{row('all classes (weighted)', auto)}{rows}</table>"
+    )
 
 
 def _runtimes_html(rows: list[dict[str, Any]]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -80,8 +81,10 @@ class Retrainer:
         metrics: Metrics,
         config: RetrainConfig,
         labels: ObjectStore | None = None,
+        label_quality: Callable[[int], dict[str, Any]] | None = None,
     ) -> None:
         self.labels = labels  # to count the reviewed images that joined the data
+        self._label_quality = label_quality  # production's audited precision, for the report
         self.training = training
         self.registry = registry
         self.reports = reports
@@ -135,8 +138,9 @@ class Retrainer:
             "training_devices": trained.replicas,
             "training_dtype_policy": trained.policy,
         }
+        audited = self._label_quality(alias.version) if alias and self._label_quality else None
         self._write_reports(
-            metadata, candidate, production, decision, trained.history, runtimes, facts
+            metadata, candidate, production, decision, trained.history, runtimes, facts, audited
         )
         if decision.passed:
             self.registry.promote(metadata.version)
@@ -243,6 +247,7 @@ class Retrainer:
         history: dict[str, list[float]],
         runtimes: list[dict[str, Any]],
         facts: dict[str, int | str | None],
+        audited: dict[str, Any] | None = None,
     ) -> None:
         name, version = metadata.name, metadata.version
         matrix = confusion_matrix_png(candidate)
@@ -253,6 +258,7 @@ class Retrainer:
             "parent_version": metadata.parent_version,
             "training_data_fingerprint": metadata.training_data_fingerprint,
             **facts,
+            "production_label_quality": audited,
         }
         files = {
             "evaluation.json": (
@@ -270,6 +276,7 @@ class Retrainer:
                     curves,
                     runtimes,
                     facts,
+                    audited,
                 ),
                 "text/html",
             ),
