@@ -23,6 +23,7 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.header import phase, run_header, trusted, write_result
 from labeler.settings import load_settings
-from labeler.wiring import Stores
+from labeler.wiring import Stores, dispatch_config
 from monitoring.metrics import Metrics
 from storage import Area, LabelRecord, ObjectStore, S3Store, make_s3_client
 from storage.keys import label_key
@@ -39,7 +40,7 @@ from tests.support.digits import CLASSES, split_digits, train_digits_model
 from tests.support.processes import LABELER, WorkerProcess, labeler_env, run_labeler
 from tests.support.services import MotoServer, RedisServer, wait_until
 from tests.workers.test_dispatch import minio_event
-from workers.dispatch import DispatchConfig, Dispatcher
+from workers.dispatch import Dispatcher
 
 EVENTS = "labeler:events"
 LOW_LOAD_IMAGES, LOW_LOAD_INTERVAL = 40, 0.5
@@ -192,7 +193,8 @@ def burst(bench: Bench) -> dict[str, Any]:
 
 def engine_throughput(bench: Bench) -> dict[str, Any]:
     """The engine in this process, no-op enqueue, real Redis: new keys, then the same again."""
-    config = DispatchConfig(
+    config = replace(
+        dispatch_config(bench.settings),
         events_list="bench:engine",
         batch_max_wait=0.05,
         scan_interval=0,

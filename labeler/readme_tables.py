@@ -24,7 +24,7 @@ _ERROR_MODULES = (
     "labeler.settings",
     "labeler.stack_record",
     "labeler.supervision",
-    "workers.dispatch.config",
+    "workers.dispatch.errors",
     "workers.dispatch.sqs",
 )
 

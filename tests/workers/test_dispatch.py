@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -21,6 +21,8 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from labeler.settings import Settings
+from labeler.wiring import dispatch_config
 from monitoring.metrics import Metrics
 from storage import LocalStore, ObjectStore, S3Store
 from tests.support.records import record_for
@@ -203,7 +205,7 @@ def test_other_events_are_ignored_and_broken_ones_invalid(
 
 def test_sources_and_outcomes_are_the_metric_label_sets() -> None:
     from monitoring.metrics import EVENT_OUTCOMES, EVENT_SOURCES
-    from workers.dispatch.dispatcher import events as dispatch
+    from workers.dispatch import events as dispatch
 
     sources = {
         dispatch.SOURCE_MINIO,
@@ -315,7 +317,7 @@ def make_harness(
         "backlog_check": 0.0,
     }
     values.update(overrides)
-    config = DispatchConfig(**values)
+    config = replace(dispatch_config(Settings()), **values)
     registry = CollectorRegistry()
     holder: dict[str, Harness] = {}
 

@@ -42,15 +42,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RetrainConfig:
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """What a retrain run needs to know. The fields without a default come from Settings
+    (``labeler.wiring.retrain_config``); the others no variable sets."""
+
+    training: TrainingConfig
+    gate: GatePolicy
+    review_precision: float  # per-class thresholds aim for this precision
+    max_image_pixels: int
+    int8: Int8Bars
+    cache_dir: Path  # see image_cache
+    cache_max_bytes: int
     ratios: SplitRatios = field(default_factory=SplitRatios)
-    gate: GatePolicy = field(default_factory=GatePolicy)
-    review_precision: float = 0.95  # per-class thresholds aim for this precision
-    max_image_pixels: int = 50_000_000
-    int8: Int8Bars = field(default_factory=Int8Bars)
     export_openvino: bool = True  # the IR is made here, once, never by the workers
-    cache_dir: Path = Path(tempfile.gettempdir()) / "labeler-train-cache"  # see image_cache
-    cache_max_bytes: int = 20 * 2**30
 
 
 @dataclass(frozen=True)
