@@ -26,6 +26,8 @@ _ERROR_MODULES = (
     "labeler.supervision",
     "workers.dispatch.errors",
     "workers.dispatch.sqs",
+    "workers.review.decisions",
+    "review.auth",
 )
 
 

@@ -4,6 +4,7 @@ images.
 
 from workers.review.decisions import (
     Action,
+    DecisionContended,
     InvalidDecision,
     LeaseLost,
     ReviewDesk,
@@ -19,6 +20,7 @@ __all__ = [
     "PREVIEW_CONTENT_TYPE",
     "Action",
     "Claim",
+    "DecisionContended",
     "InvalidDecision",
     "LeaseLost",
     "ReviewDesk",
