@@ -223,7 +223,7 @@ class Dispatcher:
             if event.invalid:
                 log.warning("event with %d unusable records: %.300r", event.invalid, held.raw)
             if event.invalid and not objects:
-                self._unusable.append(held)  # SQS's redrive policy dead-letters it
+                self._unusable.append(held)  # rejected (SQS: its redrive policy dead-letters it)
             else:
                 self._batcher.release(held)
 
@@ -254,7 +254,7 @@ class Dispatcher:
         for inbox, group in _by_inbox(self._unusable, self._inboxes):
             if group:
                 inbox.reject(group)
-        self._unusable = []
+                self._unusable = [held for held in self._unusable if held.inbox is not inbox]
         settled = self._batcher.settle(self._commit)
         for inbox, group in _by_inbox(settled, self._inboxes):
             inbox.acked(group)  # also retries what an earlier call could not finish
@@ -276,7 +276,7 @@ class Dispatcher:
             [(_, gone)] = self._offer(
                 [(None, SOURCE_WATCH, [CreatedObject(key, None) for key in keys])], now
             )
-        except StorageError:
+        except TransientError:  # nothing was buffered: the next turn tries these files again
             self._watcher.again(keys)
             raise
         self._batcher.count(SOURCE_WATCH, IGNORED, gone)
