@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,12 @@ def bare_runs(root: Path, model_path: Path, calls: int) -> list[dict[str, Any]]:
         load_bare_model,
         measure_bare,
     )
+    from labeler.settings import Settings
+    from labeler.wiring import int8_bars
     from storage import LocalStore
     from storage.registry import ModelRegistry
     from workers.inference import OpenVinoModel, load_keras_file, read_ir
-    from workers.training import HeldOut, Int8Bars, optimize_version
+    from workers.training import HeldOut, optimize_version
 
     images = make_image_set((640, 480), 40)
     batches = decoded_batches(images, count=10)
@@ -60,7 +63,7 @@ def bare_runs(root: Path, model_path: Path, calls: int) -> list[dict[str, Any]]:
         load_keras_file(model_path),
         calibration=calibration,
         held_out=HeldOut(batches[0]),
-        bars=Int8Bars(**BENCH_BARS),
+        bars=replace(int8_bars(Settings()), **BENCH_BARS),
     )
     export_seconds = round(time.perf_counter() - started, 1)
     metadata = registry.metadata(1)
@@ -84,9 +87,11 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
     from bench.deployment import Services, local_deployment
     from bench.images import keys_for, make_image_set, place_local
     from bench.measure import MODEL_NAME, Run, record_timings, timed_run, warm_up
+    from labeler.settings import Settings
+    from labeler.wiring import int8_bars
     from storage.registry import ModelRegistry
     from workers.inference import load_keras_file
-    from workers.training import HeldOut, Int8Bars, optimize_version
+    from workers.training import HeldOut, optimize_version
 
     sets = [make_image_set((640, 480), 40), make_image_set((4000, 3000), 8)]
     runs = []
@@ -106,7 +111,7 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
                     model,
                     calibration=calibration,
                     held_out=HeldOut(calibration[:32]),
-                    bars=Int8Bars(**BENCH_BARS),
+                    bars=replace(int8_bars(Settings()), **BENCH_BARS),
                 )
             worker = services.start_worker(deployment, f"worker-{runtime}-{precision}")
             assert deployment.local_root is not None

@@ -14,15 +14,24 @@ from labeler.wiring import (
     celery_config,
     dispatch_config,
     inference_limits,
+    int8_bars,
     retrain_config,
     training_config,
 )
 from tasks.contracts import CeleryConfig
 from workers.dispatch import DispatchConfig
 from workers.inference import EngineLimits
-from workers.training import RetrainConfig
+from workers.training import GatePolicy, Int8Bars, RetrainConfig, TrainingConfig
 
-ENGINE_CONFIGS = (DispatchConfig, CeleryConfig, RetrainConfig, EngineLimits)
+BUILDERS: dict[type, Any] = {
+    DispatchConfig: dispatch_config,
+    CeleryConfig: celery_config,
+    RetrainConfig: retrain_config,
+    TrainingConfig: training_config,
+    GatePolicy: lambda settings: retrain_config(settings).gate,
+    Int8Bars: int8_bars,
+    EngineLimits: inference_limits,
+}
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -35,20 +44,15 @@ def _defaults(cls: type) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.parametrize("cls", ENGINE_CONFIGS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", BUILDERS, ids=lambda c: c.__name__)
 def test_no_config_field_defaults_to_a_copy_of_a_setting(cls: type) -> None:
-    settings = Settings()
-    built = {
-        DispatchConfig: dispatch_config,
-        CeleryConfig: celery_config,
-        RetrainConfig: retrain_config,
-        EngineLimits: inference_limits,
-    }[cls](settings)
+    built = BUILDERS[cls](Settings())
     from_settings = {f.name for f in dataclasses.fields(cls)} - set(_defaults(cls))
     assert from_settings, f"{cls.__name__} takes nothing from Settings"
     for name, default in _defaults(cls).items():
         # A default is internal tuning: no setting of the same name holds it.
         assert name not in Settings.model_fields, f"{cls.__name__}.{name} copies a setting"
+        assert f"train_{name}" not in Settings.model_fields, f"{cls.__name__}.{name} copies one"
         assert getattr(built, name) == default
 
 
@@ -73,6 +77,8 @@ def test_the_builders_take_every_value_from_settings(
         "TRAIN_CACHE_DIR": str(tmp_path / "cache"),
         "TRAIN_CACHE_MAX_BYTES": str(2**21),
         "GATE_MIN_ACCURACY": "0.6",
+        "GATE_MAX_RECALL_DROP": "0.2",
+        "INT8_MIN_AGREEMENT": "0.9",
         "REVIEW_PRECISION": "0.9",
         "INT8_CALIBRATION_IMAGES": "11",
         "RETRAIN_CRON": "5 3 * * *",
@@ -99,7 +105,8 @@ def test_the_builders_take_every_value_from_settings(
     assert retrain.cache_dir == (tmp_path / "cache").resolve()
     assert (retrain.cache_max_bytes, retrain.max_image_pixels) == (2**21, 123456)
     assert (retrain.gate.min_accuracy, retrain.review_precision) == (0.6, 0.9)
-    assert retrain.int8.calibration_images == 11
+    assert retrain.gate.max_recall_drop == 0.2
+    assert (retrain.int8.calibration_images, retrain.int8.min_agreement) == (11, 0.9)
     celery = celery_config(settings)
     assert (celery.retrain_cron, celery.retrain_expires) == ("5 3 * * *", 600)
     assert celery.inference_retry_backoff_max == 9
