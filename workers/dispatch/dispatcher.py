@@ -21,7 +21,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from monitoring.metrics import Metrics
-from storage import InvalidKey, ObjectInfo, ObjectStore, StorageError, TransientError, validate_key
+from storage import (
+    InvalidKey,
+    ObjectInfo,
+    ObjectStore,
+    PermanentStorageError,
+    TransientError,
+    validate_key,
+)
 from workers.dispatch.backpressure import Backpressure
 from workers.dispatch.batcher import Batcher
 from workers.dispatch.config import DispatchConfig
@@ -112,11 +119,17 @@ class Dispatcher:
         self._stopping = True
 
     def run(self) -> bool:
-        """Work until stopped; ride out Redis, storage and enqueue failures with backoff.
+        """Work until stopped; ride out transient failures (Redis, storage, enqueue, SQS) with
+        backoff.
 
         Returns:
             True when everything held was flushed at the end, False when some events were left
             in the processing list for the next start.
+
+        Raises:
+            PermanentError: one retrying cannot fix; events taken and not acknowledged stay for
+                the next start. (A reconciliation pass that cannot list is logged and tried
+                again later instead.)
         """
         if self._watcher is not None:
             self._watcher.start()  # before saying so: files copied from now on are seen
@@ -303,9 +316,12 @@ class Dispatcher:
                     )
                 return
             self._send_unlabeled(unlabeled, now)
-        except StorageError:  # a pass is whole or not at all: start again soon
+        except TransientError:  # a pass is whole or not at all: start again soon
             self._scan, self._next_scan = None, now + min(self.config.scan_interval, 5.0)
             raise
+        except PermanentStorageError as exc:  # say, listing denied: events keep flowing
+            self._scan, self._next_scan = None, now + min(self.config.scan_interval, 60.0)
+            log.error("reconciliation of %s failed: %s", self._incoming.uri, exc)
 
     def _send_unlabeled(self, unlabeled: list[ObjectInfo], now: float) -> None:
         valid = []
