@@ -23,6 +23,7 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.header import phase, run_header, trusted, write_result
 from labeler.settings import load_settings
-from labeler.wiring import Stores
+from labeler.wiring import Stores, dispatch_config
 from monitoring.metrics import Metrics
 from storage import Area, LabelRecord, ObjectStore, S3Store, make_s3_client
 from storage.keys import label_key
@@ -40,7 +41,7 @@ from testbed.events import minio_event
 from testbed.processes import LABELER, WorkerProcess, labeler_env, run_labeler
 from testbed.services import MotoServer, RedisServer
 from testbed.waiting import wait_until
-from workers.dispatch import DispatchConfig, Dispatcher
+from workers.dispatch import Dispatcher
 
 EVENTS = "labeler:events"
 LOW_LOAD_IMAGES, LOW_LOAD_INTERVAL = 40, 0.5
@@ -193,7 +194,8 @@ def burst(bench: Bench) -> dict[str, Any]:
 
 def engine_throughput(bench: Bench) -> dict[str, Any]:
     """The engine in this process, no-op enqueue, real Redis: new keys, then the same again."""
-    config = DispatchConfig(
+    config = replace(
+        dispatch_config(bench.settings),
         events_list="bench:engine",
         batch_max_wait=0.05,
         scan_interval=0,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,12 @@ from prometheus_client import CollectorRegistry
 
 from bench.images import ImageSet, keys_for, place_local
 from bench.procstat import CpuWindow
+from labeler.settings import Settings
+from labeler.wiring import inference_limits
 from monitoring.metrics import Metrics
 from storage import LocalStore
 from storage.results import LabelStore
-from workers.inference import BatchClassifier, EngineLimits, LoadedModel, configure_pillow
+from workers.inference import BatchClassifier, LoadedModel, configure_pillow
 
 MAX_PIXELS = 50_000_000
 
@@ -77,7 +79,9 @@ def profile_engine(
     keys = keys_for("run", count)
     place_local(images, store_root / "incoming", keys, originals)
     timed = _TimedModel(model)
-    limits = EngineLimits(decode_threads=decode_threads, max_image_pixels=MAX_PIXELS)
+    limits = replace(
+        inference_limits(Settings()), decode_threads=decode_threads, max_image_pixels=MAX_PIXELS
+    )
     engine = BatchClassifier(
         LocalStore(store_root / "incoming"),
         LabelStore(LocalStore(store_root / "labels")),

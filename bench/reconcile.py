@@ -44,12 +44,16 @@ def make_tree(root: Path) -> set[str]:
 
 def child(root: str, redis_url: str) -> None:
     """One reconciliation pass of the real engine; prints what it found and cost."""
+    from dataclasses import replace
+
     import redis
     from prometheus_client import CollectorRegistry
 
+    from labeler.settings import Settings
+    from labeler.wiring import dispatch_config
     from monitoring.metrics import Metrics
     from storage import LocalStore, ObjectInfo
-    from workers.dispatch import DispatchConfig, Dispatcher
+    from workers.dispatch import Dispatcher
 
     class Counted(LocalStore):
         listed = 0
@@ -73,7 +77,8 @@ def child(root: str, redis_url: str) -> None:
     incoming, labels = Counted(Path(root, "incoming")), Counted(Path(root, "labels"))
     client = CountingRedis(connection_pool=redis.ConnectionPool.from_url(redis_url))
     sent: list[str] = []
-    config = DispatchConfig(
+    config = replace(
+        dispatch_config(Settings()),
         events_list="bench:reconcile",
         batch_max_wait=0.0,
         scan_interval=3600,

@@ -148,8 +148,10 @@ def _child(root: Path, name: str) -> None:
     import keras
     from keras import layers
 
+    from labeler.settings import Settings
+    from labeler.wiring import training_config
     from storage import LocalStore
-    from workers.training import ImageCache, TrainingConfig, load_training_data, train_model
+    from workers.training import ImageCache, load_training_data, train_model
 
     started = time.perf_counter()
     data = load_training_data(
@@ -163,7 +165,7 @@ def _child(root: Path, name: str) -> None:
     pooled = layers.GlobalAveragePooling2D()(layers.Rescaling(1 / 255)(inputs))
     base = keras.Model(inputs, layers.Dense(2, activation="softmax")(pooled))
     started = time.perf_counter()
-    config = TrainingConfig(fine_tune_epochs=1, fine_tune_learning_rate=0.1)
+    config = replace(training_config(Settings()), fine_tune_epochs=1, fine_tune_learning_rate=0.1)
     trained = train_model(data, config, base_model=base, base_classes=data.class_names)
     print(
         json.dumps(
@@ -191,16 +193,18 @@ def _peak_rss() -> int:
 def _input_pipeline(root: Path) -> dict[str, Any]:
     import tensorflow as tf
 
+    from labeler.settings import Settings
+    from labeler.wiring import training_config
     from storage import LocalStore
     from workers.training import ImageCache, load_training_data, make_backbone_classifier
-    from workers.training.fitting import TrainingConfig, input_pipeline
+    from workers.training.fitting import input_pipeline
 
     data = load_training_data(
         LocalStore(root / "large"),
         ImageCache(root / "cache-large", (SIDE, SIDE), max_bytes=CACHE_BYTES),
         max_pixels=10**7,
     )
-    config = TrainingConfig()
+    config = training_config(Settings())
     model = make_backbone_classifier((SIDE, SIDE), 2, backbone="mobilenet_v2", weights=None)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     streamed = input_pipeline(data.train, config, config.batch_size, training=True).repeat()

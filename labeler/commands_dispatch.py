@@ -13,7 +13,7 @@ import click
 from labeler.cli_common import find_broker, settings_or_exit
 from labeler.observability import start_observability
 from labeler.settings import Settings, env_name
-from labeler.wiring import Stores, build_app
+from labeler.wiring import Stores, backlog_marks, build_app, dispatch_config
 from monitoring.metrics import Metrics
 from storage import Area, LocalStore, ObjectStore
 from tasks.app import LabelerCelery
@@ -48,10 +48,9 @@ def dispatch() -> None:
     sys.exit(0 if dispatcher.run() else 1)
 
 
-def dispatch_config(settings: Settings) -> DispatchConfig:
+def checked_dispatch_config(settings: Settings) -> DispatchConfig:
     """The engine's configuration; exits with a message naming the variable when it cannot work."""
-    high = settings.backlog_high_water
-    low = settings.backlog_low_water if settings.backlog_low_water is not None else high // 2
+    high, low = backlog_marks(settings)
     if low >= high:
         click.echo(
             f"invalid configuration:\n  {env_name('backlog_low_water')}: must be below "
@@ -59,24 +58,7 @@ def dispatch_config(settings: Settings) -> DispatchConfig:
             err=True,
         )
         sys.exit(2)
-    return DispatchConfig(
-        events_list=settings.events_list,
-        batch_max_images=settings.batch_max_images,
-        batch_max_wait=settings.batch_max_wait_ms / 1000,
-        scan_interval=reconcile_interval(settings),
-        backlog_high_water=high,
-        backlog_low_water=low,
-        dedup_ttl=max(1, round(settings.dedup_window_hours * 3600)),
-    )
-
-
-def reconcile_interval(settings: Settings) -> float:
-    """LABELER_SCAN_INTERVAL_SECONDS, else hourly where events announce new objects (S3 events
-    or the local watcher) and every 30 s where the scan is the only source."""
-    if settings.scan_interval_seconds is not None:
-        return settings.scan_interval_seconds
-    events = settings.area_uri(Area.INCOMING).startswith("s3://") or settings.watch_incoming
-    return 3600.0 if events else 30.0
+    return dispatch_config(settings)
 
 
 def incoming_watcher(settings: Settings, incoming: ObjectStore) -> DirectoryWatcher | None:
@@ -91,7 +73,7 @@ def build_dispatcher(settings: Settings, metrics: Metrics) -> Dispatcher:
     """The dispatcher of this process, wired to Redis, the incoming store and the Celery app."""
     import redis
 
-    config = dispatch_config(settings)
+    config = checked_dispatch_config(settings)
     client = redis.Redis.from_url(
         settings.broker_connection_url(),
         socket_connect_timeout=5,

@@ -24,9 +24,11 @@ _ERROR_MODULES = (
     "labeler.settings",
     "labeler.stack_record",
     "labeler.supervision",
-    "workers.dispatch.config",
+    "workers.dispatch.errors",
     "workers.dispatch.sqs",
     "workers.review.previews",
+    "workers.review.decisions",
+    "review.auth",
 )
 
 

@@ -22,8 +22,9 @@ from tasks.app import LabelerCelery, create_app
 from tasks.contracts import INFERENCE_QUEUE, CeleryConfig
 
 if TYPE_CHECKING:
+    from workers.dispatch import DispatchConfig
     from workers.inference import BatchClassifier, EngineLimits, ModelRuntime
-    from workers.training import Retrainer
+    from workers.training import Int8Bars, RetrainConfig, Retrainer, TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -135,30 +136,10 @@ class ProcessEngines:
     @cached_property
     def retrainer(self) -> Retrainer:
         from workers.inference import configure_pillow
-        from workers.training import GatePolicy, RetrainConfig, Retrainer, TrainingConfig
+        from workers.training import Retrainer
 
-        s = self.settings
-        configure_pillow(s.max_image_pixels)
-        config = RetrainConfig(
-            training=TrainingConfig(
-                input_size=(s.train_image_size, s.train_image_size),
-                architecture=s.train_architecture,
-                weights=s.train_weights,
-                max_epochs=s.train_max_epochs,
-                fine_tune_epochs=s.train_fine_tune_epochs,
-                seed=s.train_seed,
-                augmentation=s.train_augment,
-                batch_size=s.train_batch_size,
-                shuffle_buffer=s.train_shuffle_buffer,
-                dtype_policy=s.train_dtype_policy,
-            ),
-            gate=GatePolicy(s.gate_min_accuracy, s.gate_max_macro_f1_drop, s.gate_max_recall_drop),
-            target_precision=s.auto_label_target_precision,
-            max_image_pixels=s.max_image_pixels,
-            int8=int8_bars(s),
-            cache_dir=s.train_cache_path().resolve(),
-            cache_max_bytes=s.train_cache_max_bytes,
-        )
+        configure_pillow(self.settings.max_image_pixels)
+        config = retrain_config(self.settings)
         return Retrainer(
             self.stores.area(Area.TRAINING),
             self.stores.registry(),
@@ -197,7 +178,77 @@ def audit_sampler(settings: Settings, redis: Any) -> Any:
     return AuditSampler(QualityLedger(redis), policy)
 
 
-def int8_bars(settings: Settings) -> Any:
+# --- each engine's configuration, built from Settings here and nowhere else -------------------
+
+
+def dispatch_config(settings: Settings) -> DispatchConfig:
+    """The dispatcher's batching, reconciliation, backpressure and de-duplication window."""
+    from workers.dispatch import DispatchConfig
+
+    high, low = backlog_marks(settings)
+    return DispatchConfig(
+        events_list=settings.events_list,
+        batch_max_images=settings.batch_max_images,
+        batch_max_wait=settings.batch_max_wait_ms / 1000,
+        scan_interval=reconcile_interval(settings),
+        backlog_high_water=high,
+        backlog_low_water=low,
+        dedup_ttl=max(1, round(settings.dedup_window_hours * 3600)),
+    )
+
+
+def backlog_marks(settings: Settings) -> tuple[int, int]:
+    """The high- and low-water marks of the backlog (low: half of high unless set)."""
+    high = settings.backlog_high_water
+    low = settings.backlog_low_water if settings.backlog_low_water is not None else high // 2
+    return high, low
+
+
+def reconcile_interval(settings: Settings) -> float:
+    """LABELER_SCAN_INTERVAL_SECONDS, else hourly where events announce new objects (S3 events
+    or the local watcher) and every 30 s where the scan is the only source."""
+    if settings.scan_interval_seconds is not None:
+        return settings.scan_interval_seconds
+    events = settings.area_uri(Area.INCOMING).startswith("s3://") or settings.watch_incoming
+    return 3600.0 if events else 30.0
+
+
+def training_config(settings: Settings) -> TrainingConfig:
+    """How a retrain fits: architecture and size of a first model, epochs, batch, augmentation."""
+    from workers.training import TrainingConfig
+
+    s = settings
+    return TrainingConfig(
+        input_size=(s.train_image_size, s.train_image_size),
+        architecture=s.train_architecture,
+        weights=s.train_weights,
+        max_epochs=s.train_max_epochs,
+        fine_tune_epochs=s.train_fine_tune_epochs,
+        seed=s.train_seed,
+        augmentation=s.train_augment,
+        batch_size=s.train_batch_size,
+        shuffle_buffer=s.train_shuffle_buffer,
+        dtype_policy=s.train_dtype_policy,
+    )
+
+
+def retrain_config(settings: Settings) -> RetrainConfig:
+    """The retrainer's configuration: fitting, the gate, thresholds, INT8 bars and the cache."""
+    from workers.training import GatePolicy, RetrainConfig
+
+    s = settings
+    return RetrainConfig(
+        training=training_config(s),
+        gate=GatePolicy(s.gate_min_accuracy, s.gate_max_macro_f1_drop, s.gate_max_recall_drop),
+        target_precision=s.auto_label_target_precision,
+        max_image_pixels=s.max_image_pixels,
+        int8=int8_bars(s),
+        cache_dir=s.train_cache_path().resolve(),
+        cache_max_bytes=s.train_cache_max_bytes,
+    )
+
+
+def int8_bars(settings: Settings) -> Int8Bars:
     """The INT8 approval bars from settings."""
     from workers.training import Int8Bars
 
@@ -228,9 +279,16 @@ def model_runtime(
 
 def engine_limits(settings: Settings) -> EngineLimits:
     """The batch engine's limits; also sets Pillow's pixel limit for this process."""
-    from workers.inference import EngineLimits, configure_pillow
+    from workers.inference import configure_pillow
 
     configure_pillow(settings.max_image_pixels)
+    return inference_limits(settings)
+
+
+def inference_limits(settings: Settings) -> EngineLimits:
+    """The batch engine's concurrency and size limits (no side effect)."""
+    from workers.inference import EngineLimits
+
     return EngineLimits(
         settings.io_threads,
         settings.decode_threads,

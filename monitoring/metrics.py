@@ -43,7 +43,16 @@ class Metrics:
     """The metric objects of one process. Build once per process, after fork."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        r = registry
+        self._inference(registry)
+        self._storage(registry)
+        self._tasks(registry)
+        self._model(registry)
+        self._dispatch(registry)
+        self._training(registry)
+        self._start_at_zero()
+
+    def _inference(self, r: CollectorRegistry | None) -> None:
+        """The batch engine: images, batches, stages, confidence, latency."""
         self.images = Counter(
             "labeler_images_processed_total",
             "Input images finished, by outcome (labeled, error, skipped) and error reason.",
@@ -72,6 +81,27 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=r,
         )
+        self.last_batch_success = Gauge(
+            "labeler_last_batch_success_timestamp_seconds",
+            "Unix time the last batch finished.",
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.confidence = Histogram(
+            "labeler_prediction_confidence",
+            "Top-1 score of each label.",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.upload_to_label_seconds = Histogram(
+            "labeler_upload_to_label_seconds",
+            "From the object's last-modified time to its label being written.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def _storage(self, r: CollectorRegistry | None) -> None:
+        """Object store calls: durations, errors, the client's own retries."""
         self.storage_seconds = Histogram(
             "labeler_storage_request_duration_seconds",
             "Object store calls, by operation.",
@@ -91,6 +121,9 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+
+    def _tasks(self, r: CollectorRegistry | None) -> None:
+        """Celery tasks: running, refused, retried."""
         self.tasks_in_progress = Gauge(
             "labeler_tasks_in_progress",
             "Tasks running now.",
@@ -110,6 +143,9 @@ class Metrics:
             ["task", "error"],
             registry=r,
         )
+
+    def _model(self, r: CollectorRegistry | None) -> None:
+        """The served model: version, loads, runtime and precision, INT8 approval."""
         self.model_version = Gauge(
             "labeler_model_version",
             "Model version this process serves.",
@@ -123,25 +159,26 @@ class Metrics:
             ["model"],
             registry=r,
         )
-        self.last_batch_success = Gauge(
-            "labeler_last_batch_success_timestamp_seconds",
-            "Unix time the last batch finished.",
-            multiprocess_mode="max",
+        # 1 for the (runtime, precision) a live process serves, 0 once it swapped away from it.
+        self.model_info = Gauge(
+            "labeler_model_info",
+            "What computes the labels: runtime and numeric format (fp32, int8) in service.",
+            ["model", "runtime", "serving_format"],
+            multiprocess_mode="livemax",
             registry=r,
         )
-        self.confidence = Histogram(
-            "labeler_prediction_confidence",
-            "Top-1 score of each label.",
-            buckets=CONFIDENCE_BUCKETS,
+        self.int8_approved = Gauge(
+            "labeler_model_int8_approved",
+            "1 when the served version's INT8 artifact passed its bars, 0 when it was refused "
+            "(and FP32 serves instead).",
+            ["model"],
+            multiprocess_mode="livemin",
             registry=r,
         )
-        self.upload_to_label_seconds = Histogram(
-            "labeler_upload_to_label_seconds",
-            "From the object's last-modified time to its label being written.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        # --- queues (sampled from Redis by every worker's and the dispatcher's exporter) -----
+
+    def _dispatch(self, r: CollectorRegistry | None) -> None:
+        """Queues (sampled from Redis by every worker's and the dispatcher's exporter) and the
+        dispatcher's intake."""
         self.queue_depth = Gauge(
             "labeler_queue_depth",
             "Messages per queue: waiting in the list, or reserved by a worker and not yet acked.",
@@ -149,7 +186,6 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
-        # --- dispatcher ---------------------------------------------------------------------
         self.events = Counter(
             "labeler_events_total",
             "Object events seen by the dispatcher, by source (minio, s3, scan) and outcome "
@@ -169,7 +205,9 @@ class Metrics:
             multiprocess_mode="max",
             registry=r,
         )
-        # --- retraining -----------------------------------------------------------------------
+
+    def _training(self, r: CollectorRegistry | None) -> None:
+        """Retraining: runs, duration, evaluation figures, gate decisions."""
         self.retrains = Counter(
             "labeler_retrains_total",
             "Retrain runs by outcome (promoted, refused, failed, skipped_locked).",
@@ -202,23 +240,6 @@ class Metrics:
             ["decision"],
             registry=r,
         )
-        # 1 for the (runtime, serving_format) a live process serves, 0 once it swapped away from it.
-        self.model_info = Gauge(
-            "labeler_model_info",
-            "What computes the labels: runtime and numeric format (fp32, int8) in service.",
-            ["model", "runtime", "serving_format"],
-            multiprocess_mode="livemax",
-            registry=r,
-        )
-        self.int8_approved = Gauge(
-            "labeler_model_int8_approved",
-            "1 when the served version's INT8 artifact passed its bars, 0 when it was refused "
-            "(and FP32 serves instead).",
-            ["model"],
-            multiprocess_mode="livemin",
-            registry=r,
-        )
-        self._start_at_zero()
 
     def _start_at_zero(self) -> None:
         self.images.labels("labeled", "")

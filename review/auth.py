@@ -13,6 +13,8 @@ import re
 import secrets
 from collections.abc import Iterable
 
+from storage import PermanentError
+
 _N, _R, _P = 2**14, 8, 1  # scrypt cost: ~50 ms and 16 MB per check on this machine's CPUs
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 MIN_SECRET_BYTES = 32
@@ -22,7 +24,7 @@ _PLACEHOLDERS = ("change-me", "replace-with", "changeme", "secret", "password")
 KEY_COMMAND = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
-class InvalidCredentials(ValueError):
+class InvalidCredentials(PermanentError, ValueError):
     """A reviewer line that cannot be used; the message says which and why."""
 
 

@@ -96,22 +96,25 @@ class Engines(Protocol):
 
 @dataclass(frozen=True)
 class CeleryConfig:
+    """The app's broker, limits and schedule; built from Settings by
+    ``labeler.wiring.celery_config``."""
+
     broker_url: str
     result_backend: str
     # Redis re-delivers a reserved but unacknowledged message after this long: it must exceed the
     # longest task, or a slow task would run twice at once. Workers serving only the inference
     # queue use the second, shorter one (a batch takes seconds, a retrain up to hours).
-    visibility_timeout: int = 7200
-    inference_visibility_timeout: int = 600
-    inference_soft_time_limit: int = 240
-    inference_time_limit: int = 300
-    training_soft_time_limit: int = 6600
-    training_time_limit: int = 7000
+    visibility_timeout: int
+    inference_visibility_timeout: int
+    inference_soft_time_limit: int
+    inference_time_limit: int
+    training_soft_time_limit: int
+    training_time_limit: int
     # A batch that failed on a transient storage error waits 2, 4, 8... s, at most this long, so
     # an outage's backlog drains soon after storage is back.
-    inference_retry_backoff_max: int = 60
-    retrain_cron: str = "0 2 * * *"  # UTC
-    retrain_expires: int = 3600  # a scheduled run that waited this long is dropped
+    inference_retry_backoff_max: int
+    retrain_cron: str  # UTC
+    retrain_expires: int  # a scheduled run that waited this long is dropped
 
 
 class TaskApp(Protocol):

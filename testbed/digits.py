@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,13 +53,15 @@ def digits_retrainer(root: Path, *, seed: int = 1337) -> tuple[Retrainer, int]:
     """A Retrainer as a training worker builds it, over every digit exported to a local
     ``training/`` under ``root``, learning a first model from nothing; and the image count.
 
-    ``seed`` seeds the weights, shuffling and augmentation (1337 is TrainingConfig's default).
+    ``seed`` seeds the weights, shuffling and augmentation (1337 is LABELER_TRAIN_SEED's default).
     """
     from prometheus_client import CollectorRegistry
 
+    from labeler.settings import Settings
+    from labeler.wiring import retrain_config, training_config
     from monitoring.metrics import Metrics
     from storage import LocalStore
-    from workers.training import RetrainConfig, Retrainer, TrainingConfig
+    from workers.training import Retrainer
 
     training = LocalStore(root / "training")
     samples = digit_samples()
@@ -69,8 +72,10 @@ def digits_retrainer(root: Path, *, seed: int = 1337) -> tuple[Retrainer, int]:
         ModelRegistry(LocalStore(root / "models"), "digits"),
         LocalStore(root / "reports"),
         Metrics(CollectorRegistry()),
-        RetrainConfig(
-            training=TrainingConfig(input_size=INPUT_SIZE, seed=seed), cache_dir=root / "cache"
+        replace(
+            retrain_config(Settings()),
+            training=replace(training_config(Settings()), input_size=INPUT_SIZE, seed=seed),
+            cache_dir=root / "cache",
         ),
     )
     return retrainer, len(samples)

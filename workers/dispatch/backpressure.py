@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 from monitoring.metrics import Metrics
+from workers.dispatch.errors import redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,9 @@ class Backpressure:
     def paused(self, now: float) -> bool:
         """Whether intake should pause now (``now`` in the dispatcher's clock seconds)."""
         if now - self._read_at >= self._check:
-            self._level, self._read_at = self._backlog(), now
+            with redis_errors("read the backlog"):
+                self._level = self._backlog()
+            self._read_at = now
         if not self._paused and self._level >= self._high:
             self._paused = True
             self._metrics.dispatcher_paused.set(1)

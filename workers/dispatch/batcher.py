@@ -1,6 +1,7 @@
 """Micro-batching: buffered keys leave as one ``enqueue(keys)`` call at ``batch_max_images``
-or ``batch_max_wait``, whichever comes first. What was enqueued is kept for the dispatcher to
-mark in the ledger and acknowledge (``marks``, ``acks``)."""
+or ``batch_max_wait``, whichever comes first. The batcher keeps what was enqueued (to mark in
+the ledger) and the events whose keys are all settled (to acknowledge) until :meth:`settle`
+hands them over."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 
 from monitoring.metrics import Metrics
 from workers.dispatch.backpressure import Backpressure
-from workers.dispatch.config import EnqueueFailed
+from workers.dispatch.errors import EnqueueFailed
 from workers.dispatch.events import DUPLICATE, QUEUED
 from workers.dispatch.inbox import Held
 
@@ -41,8 +42,8 @@ class Batcher:
         self._backpressure = backpressure
         self._max_images, self._max_wait = max_images, max_wait
         self._buffer: dict[str, _Entry] = {}
-        self.marks: dict[str, str] = {}  # enqueued key -> ETag, for the ledger
-        self.acks: list[Held] = []  # events whose keys are all settled
+        self._marks: dict[str, str] = {}  # enqueued key -> ETag, for the ledger
+        self._acks: list[Held] = []  # events whose keys are all settled
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -84,6 +85,25 @@ class Batcher:
             entry.holders.append(holder)
             holder.pending += 1
 
+    def release(self, held: Held) -> None:
+        """Acknowledge ``held`` at the next :meth:`settle` if none of its keys waits in a batch."""
+        if held.pending == 0:
+            self._acks.append(held)
+
+    def settle(self, commit: Callable[[dict[str, str], list[Held]], None]) -> list[Held]:
+        """Hand the keys enqueued (key -> ETag) and the settled events to ``commit``, one
+        transaction that marks the keys sent and acknowledges the events; forget them once it
+        returned. If it raises, both are kept for the next call.
+
+        Returns:
+            The events acknowledged.
+        """
+        if not self._marks and not self._acks:
+            return []
+        commit(self._marks, self._acks)
+        settled, self._marks, self._acks = self._acks, {}, []
+        return settled
+
     def flush_due(self, now: float) -> None:
         while len(self._buffer) >= self._max_images:
             self.flush("full")
@@ -99,11 +119,10 @@ class Batcher:
             raise EnqueueFailed(f"{type(exc).__name__}: {exc}") from exc
         for key in keys:
             entry = self._buffer.pop(key)
-            self.marks[key] = entry.etag
+            self._marks[key] = entry.etag
             self.count(entry.source, QUEUED)
             for holder in entry.holders:
                 holder.pending -= 1
-                if holder.pending == 0:
-                    self.acks.append(holder)
+                self.release(holder)
         self._metrics.dispatched_batches.labels(reason).inc()
         self._backpressure.sent(len(keys))

@@ -1,27 +1,25 @@
-"""How the dispatcher batches, reconciles and throttles, and how enqueueing fails."""
+"""How the dispatcher batches, reconciles and throttles."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storage import TransientError
-
-
-class EnqueueFailed(TransientError):
-    """``enqueue`` raised: the batch stays buffered and is sent again on the next turn."""
-
 
 @dataclass(frozen=True)
 class DispatchConfig:
-    """How the dispatcher batches, scans and throttles. Times are in seconds."""
+    """How the dispatcher batches, scans and throttles. Times are in seconds.
 
-    events_list: str = "labeler:events"
-    batch_max_images: int = 64
-    batch_max_wait: float = 0.5
-    scan_interval: float = 3600.0  # 0: never reconcile (events only)
-    backlog_high_water: int = 10_000
-    backlog_low_water: int = 5_000
-    dedup_ttl: int = 6 * 3600  # the in-flight window
+    The fields without a default come from Settings (``labeler.wiring.dispatch_config``); the
+    others are internal tuning that no variable sets.
+    """
+
+    events_list: str
+    batch_max_images: int
+    batch_max_wait: float
+    scan_interval: float  # 0: never reconcile (events only)
+    backlog_high_water: int
+    backlog_low_water: int
+    dedup_ttl: int  # the in-flight window
     dedup_prefix: str = "labeler:dispatched:"
     poll: float = 0.5  # longest blocking wait: how soon a stop request is noticed
     backlog_check: float = 1.0  # between two backlog() calls (each reads Redis)

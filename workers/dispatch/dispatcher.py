@@ -17,23 +17,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-
-from redis.exceptions import RedisError
 
 from monitoring.metrics import Metrics
 from storage import (
     InvalidKey,
     ObjectInfo,
     ObjectStore,
-    StorageError,
+    PermanentStorageError,
+    TransientError,
     validate_key,
 )
 from workers.dispatch.backpressure import Backpressure
 from workers.dispatch.batcher import Batcher
-from workers.dispatch.config import DispatchConfig, EnqueueFailed
+from workers.dispatch.config import DispatchConfig
 from workers.dispatch.dedup import DedupLedger
+from workers.dispatch.errors import redis_errors
 from workers.dispatch.events import (
     IGNORED,
     INVALID,
@@ -44,14 +44,17 @@ from workers.dispatch.events import (
     s3_root,
     with_etags,
 )
-from workers.dispatch.inbox import EventInbox, Held
+from workers.dispatch.inbox import EventInbox, Held, Inbox
 from workers.dispatch.reconcile import Reconciler
-from workers.dispatch.sqs import SqsHeld, SqsInbox, SqsUnavailable
+from workers.dispatch.sqs import SqsInbox
 from workers.dispatch.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]  # monotonic seconds
+# What one source found: the event that carried it (None for the watcher and the scan), the
+# source's name, and the objects (an ETag of None: HEAD the object for it).
+Found = tuple[Held | None, str, list[CreatedObject]]
 
 
 class Dispatcher:
@@ -85,11 +88,12 @@ class Dispatcher:
         self._sqs = sqs
         self._root = s3_root(incoming)
         self._inbox = EventInbox(redis, config.events_list, config.take_max)
+        self._inboxes: list[Inbox] = [self._inbox] if sqs is None else [self._inbox, sqs]
         self._ledger = DedupLedger(redis, config.dedup_prefix, config.dedup_ttl)
         self._reconciler = Reconciler(incoming, labels, config.scan_chunk)
         self._stopping = False
         self._taken: list[Held] = []  # taken, not yet parsed
-        self._rejects: list[SqsHeld] = []  # unparseable SQS messages, to make visible again
+        self._unusable: list[Held] = []  # events with nothing usable, to reject
         self._scan: Iterator[list[ObjectInfo]] | None = None
         self._next_scan = 0.0 if config.scan_interval else float("inf")
         self._backpressure = Backpressure(
@@ -115,11 +119,17 @@ class Dispatcher:
         self._stopping = True
 
     def run(self) -> bool:
-        """Work until stopped; ride out Redis, storage and enqueue failures with backoff.
+        """Work until stopped; ride out transient failures (Redis, storage, enqueue, SQS) with
+        backoff.
 
         Returns:
             True when everything held was flushed at the end, False when some events were left
             in the processing list for the next start.
+
+        Raises:
+            PermanentError: one retrying cannot fix; events taken and not acknowledged stay for
+                the next start. (A reconciliation pass that cannot list is logged and tried
+                again later instead.)
         """
         if self._watcher is not None:
             self._watcher.start()  # before saying so: files copied from now on are seen
@@ -138,7 +148,7 @@ class Dispatcher:
                     recovered = True
                 self.step()
                 delay = 0.0
-            except (RedisError, StorageError, EnqueueFailed, SqsUnavailable) as exc:
+            except TransientError as exc:
                 delay = min(max(2 * delay, 0.25), 10.0)
                 log.warning("dispatcher: %s: %s; retrying in %.2fs", type(exc).__name__, exc, delay)
                 recovered = False  # a lost reply may have moved events we do not know about
@@ -161,7 +171,7 @@ class Dispatcher:
             while self._batcher:
                 self._batcher.flush("shutdown")
             self._settle()
-        except (RedisError, StorageError, EnqueueFailed, SqsUnavailable) as exc:
+        except TransientError as exc:
             log.error(
                 "could not flush at shutdown (%s); %d events stay in %s for the next start",
                 exc,
@@ -206,7 +216,7 @@ class Dispatcher:
         return wait if wait >= 0.01 else 0.0  # Redis reads a 0 timeout as "block forever"
 
     def _handle_taken(self, now: float) -> None:
-        """Parse taken events, HEAD objects whose event has no ETag, buffer what is new.
+        """Parse taken events and buffer what they name (see :meth:`_offer`).
 
         Nothing changes until every HEAD succeeded, so a transient failure leaves the taken
         events exactly as they were for the next turn.
@@ -214,65 +224,75 @@ class Dispatcher:
         if not self._taken:
             return
         parsed = [parse_event(held.raw, self._root) for held in self._taken]
-        found: list[tuple[Held, str, list[CreatedObject]]] = []
-        for held, event in zip(self._taken, parsed, strict=True):
-            objects, gone = with_etags(self._incoming, event.objects)
-            event.ignored += gone
-            found.append((held, event.source, objects))
-        sent = self._ledger.sent(
-            obj.key for _, _, objects in found for obj in objects if obj.key not in self._batcher
-        )
-        self._taken = []
-        for (held, source, objects), event in zip(found, parsed, strict=True):
-            self._batcher.count(source, IGNORED, event.ignored)
-            self._batcher.count(source, INVALID, event.invalid)
+        found: list[Found] = [
+            (held, event.source, event.objects)
+            for held, event in zip(self._taken, parsed, strict=True)
+        ]
+        offered = self._offer(found, now)
+        taken, self._taken = self._taken, []
+        for held, event, (objects, gone) in zip(taken, parsed, offered, strict=True):
+            self._batcher.count(event.source, IGNORED, event.ignored + gone)
+            self._batcher.count(event.source, INVALID, event.invalid)
             if event.invalid:
                 log.warning("event with %d unusable records: %.300r", event.invalid, held.raw)
+            if event.invalid and not objects:
+                self._unusable.append(held)  # rejected (SQS: its redrive policy dead-letters it)
+            else:
+                self._batcher.release(held)
+
+    def _offer(self, found: list[Found], now: float) -> list[tuple[list[CreatedObject], int]]:
+        """HEAD the objects whose ETag is unknown, read the ledger, and buffer each (key, ETag)
+        not buffered or sent inside the window. Nothing is buffered unless every HEAD and the
+        ledger read succeeded.
+
+        Returns:
+            For each of ``found``: its objects with ETags, and how many were gone.
+        """
+        resolved = [with_etags(self._incoming, objects) for _, _, objects in found]
+        sent = self._ledger_sent(
+            obj.key for objects, _ in resolved for obj in objects if obj.key not in self._batcher
+        )
+        for (holder, source, _), (objects, _) in zip(found, resolved, strict=True):
             for obj in objects:
-                self._batcher.offer(obj.key, obj.etag or "", source, held, sent, now)
-            if isinstance(held, SqsHeld) and event.invalid and not objects:
-                self._rejects.append(held)  # SQS's redrive policy dead-letters it
-            elif held.pending == 0:
-                self._batcher.acks.append(held)
+                self._batcher.offer(obj.key, obj.etag or "", source, holder, sent, now)
+        return resolved
+
+    def _ledger_sent(self, keys: Iterable[str]) -> dict[str, str]:
+        with redis_errors("read the ledger"):
+            return self._ledger.sent(keys)
 
     def _settle(self) -> None:
-        """Mark enqueued keys as sent, then acknowledge events whose keys are all settled.
+        """Reject unusable events; mark enqueued keys as sent, then acknowledge the events whose
+        keys are all settled; an inbox that acknowledges outside Redis (SQS) does so after."""
+        for inbox, group in _by_inbox(self._unusable, self._inboxes):
+            if group:
+                inbox.reject(group)
+                self._unusable = [held for held in self._unusable if held.inbox is not inbox]
+        settled = self._batcher.settle(self._commit)
+        for inbox, group in _by_inbox(settled, self._inboxes):
+            inbox.acked(group)  # also retries what an earlier call could not finish
 
-        One MULTI/EXEC: markers go in before the events that carried them are removed.
-        """
-        if self._sqs is not None and self._rejects:
-            self._sqs.reject(self._rejects)
-            self._rejects = []
-        if not self._batcher.marks and not self._batcher.acks:
-            return
-        listed = [held for held in self._batcher.acks if not isinstance(held, SqsHeld)]
+    def _commit(self, marks: dict[str, str], settled: list[Held]) -> None:
+        """One MULTI/EXEC: markers go in before the events that carried them are removed."""
         pipe = self._redis.pipeline(transaction=True)
-        self._ledger.mark(pipe, self._batcher.marks)
-        self._inbox.ack(pipe, listed)
-        pipe.execute()
-        self._inbox.acked(listed)
-        queued = [held for held in self._batcher.acks if isinstance(held, SqsHeld)]
-        self._batcher.marks, self._batcher.acks = {}, []
-        if self._sqs is not None and queued:  # deleted only now: their keys' markers are in
-            try:
-                self._sqs.ack(queued)
-            except SqsUnavailable:
-                self._batcher.acks = list(queued)  # deleted on the next turn
-                raise
+        self._ledger.mark(pipe, marks)
+        for inbox, group in _by_inbox(settled, self._inboxes):
+            inbox.ack(pipe, group)
+        with redis_errors("settle"):
+            pipe.execute()
 
     def _watched(self, now: float) -> None:
         """Buffer the files the directory watcher found complete."""
         if self._watcher is None or not (keys := self._watcher.ready()):
             return
         try:
-            objects, gone = with_etags(self._incoming, [CreatedObject(key, None) for key in keys])
-        except StorageError:
+            [(_, gone)] = self._offer(
+                [(None, SOURCE_WATCH, [CreatedObject(key, None) for key in keys])], now
+            )
+        except TransientError:  # nothing was buffered: the next turn tries these files again
             self._watcher.again(keys)
             raise
         self._batcher.count(SOURCE_WATCH, IGNORED, gone)
-        sent = self._ledger.sent(obj.key for obj in objects if obj.key not in self._batcher)
-        for obj in objects:
-            self._batcher.offer(obj.key, obj.etag or "", SOURCE_WATCH, None, sent, now)
 
     # --- reconciliation -------------------------------------------------------------------------
 
@@ -296,9 +316,12 @@ class Dispatcher:
                     )
                 return
             self._send_unlabeled(unlabeled, now)
-        except StorageError:  # a pass is whole or not at all: start again soon
+        except TransientError:  # a pass is whole or not at all: start again soon
             self._scan, self._next_scan = None, now + min(self.config.scan_interval, 5.0)
             raise
+        except PermanentStorageError as exc:  # say, listing denied: events keep flowing
+            self._scan, self._next_scan = None, now + min(self.config.scan_interval, 60.0)
+            log.error("reconciliation of %s failed: %s", self._incoming.uri, exc)
 
     def _send_unlabeled(self, unlabeled: list[ObjectInfo], now: float) -> None:
         valid = []
@@ -308,10 +331,7 @@ class Dispatcher:
             except InvalidKey:
                 log.warning("cannot label %r: %s", info.key, "not a valid object key")
                 self._batcher.count(SOURCE_SCAN, INVALID)
-        objects, _gone = with_etags(self._incoming, valid)  # HEADs only what is unlabeled
-        sent = self._ledger.sent(obj.key for obj in objects if obj.key not in self._batcher)
-        for obj in objects:
-            self._batcher.offer(obj.key, obj.etag or "", SOURCE_SCAN, None, sent, now)
+        self._offer([(None, SOURCE_SCAN, valid)], now)  # HEADs only what is unlabeled
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -320,3 +340,8 @@ class Dispatcher:
         deadline = time.monotonic() + seconds
         while not self._stopping and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.05))
+
+
+def _by_inbox(held: list[Held], inboxes: list[Inbox]) -> list[tuple[Inbox, list[Held]]]:
+    """``held`` grouped by the inbox each came from, one group (maybe empty) per inbox."""
+    return [(inbox, [h for h in held if h.inbox is inbox]) for inbox in inboxes]

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from workers.dispatch.errors import redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,25 @@ return moved
 """
 
 
+class Inbox(Protocol):
+    """An event source the dispatcher takes from and acknowledges to, in two phases."""
+
+    def ack(self, pipe: Any, settled: list[Held]) -> None:
+        """Add to ``pipe`` (the transaction that marks their keys sent) what acknowledges them."""
+
+    def acked(self, settled: list[Held]) -> None:
+        """The transaction ran: finish acknowledging ``settled`` (and any left from before)."""
+
+    def reject(self, unusable: list[Held]) -> None:
+        """Give up on events none of whose records could be used."""
+
+
 @dataclass(eq=False)
 class Held:
-    """One event taken from the list; acknowledged when ``pending`` (keys unsettled) is 0."""
+    """One event taken from ``inbox``; acknowledged when ``pending`` (keys unsettled) is 0."""
 
     raw: bytes
+    inbox: Inbox
     pending: int = 0
 
 
@@ -55,15 +71,16 @@ class EventInbox:
     def take(self, timeout: float) -> list[Held]:
         """Move up to ``take_max`` events, blocking up to ``timeout`` s for the first (0: not)."""
         moved: list[bytes] = []
-        if timeout > 0:
-            first = self._redis.blmove(
-                self.events_list, self.processing_list, timeout, "LEFT", "RIGHT"
-            )
-            if first is None:
-                return []
-            moved.append(first)
-        more = self._take_max - len(moved)
-        moved += self._take_more(keys=[self.events_list, self.processing_list], args=[more])
+        with redis_errors("take"):
+            if timeout > 0:
+                first = self._redis.blmove(
+                    self.events_list, self.processing_list, timeout, "LEFT", "RIGHT"
+                )
+                if first is None:
+                    return []
+                moved.append(first)
+            more = self._take_max - len(moved)
+            moved += self._take_more(keys=[self.events_list, self.processing_list], args=[more])
         return [self._hold(raw) for raw in moved]
 
     def recover(self) -> list[Held]:
@@ -71,7 +88,9 @@ class EventInbox:
         or moved by a command whose reply was lost)."""
         mine = Counter(self._held)
         taken = []
-        for raw in self._redis.lrange(self.processing_list, 0, -1):
+        with redis_errors("recover"):
+            listed = self._redis.lrange(self.processing_list, 0, -1)
+        for raw in listed:
             if mine[raw] > 0:
                 mine[raw] -= 1
             else:
@@ -90,6 +109,14 @@ class EventInbox:
             self._held[held.raw] -= 1
         self._held += Counter()  # drop the zeros
 
+    def reject(self, unusable: list[Held]) -> None:
+        """Remove events that carried nothing usable (they were logged and counted)."""
+        pipe = self._redis.pipeline(transaction=True)
+        self.ack(pipe, unusable)
+        with redis_errors("reject"):
+            pipe.execute()
+        self.acked(unusable)
+
     def _hold(self, raw: bytes) -> Held:
         self._held[raw] += 1
-        return Held(raw)
+        return Held(raw, self)

@@ -56,6 +56,7 @@ class SqsInbox:
         self.queue_url = queue_url
         self._visibility = visibility
         self._held: dict[str, SqsHeld] = {}  # receipt handle -> message not yet deleted
+        self._deleting: dict[str, SqsHeld] = {}  # settled; deleted once their markers are in
 
     def take(self, wait: int, now: float) -> list[SqsHeld]:
         """Receive up to 10 messages, long-polling up to ``wait`` whole seconds (0-20)."""
@@ -70,6 +71,7 @@ class SqsInbox:
         for message in reply.get("Messages", []):
             held = SqsHeld(
                 message["Body"].encode(),
+                self,
                 handle=message["ReceiptHandle"],
                 visible_from=now + self._visibility,
             )
@@ -77,16 +79,25 @@ class SqsInbox:
             taken.append(held)
         return taken
 
-    def ack(self, settled: list[SqsHeld]) -> None:
-        """Delete settled messages (after their objects' markers are written)."""
-        self._call_batch("delete_message_batch", settled, {})
-        for held in settled:
-            self._held.pop(held.handle, None)
+    def ack(self, pipe: Any, settled: list[Held]) -> None:
+        """Nothing joins the Redis transaction: messages are deleted in :meth:`acked`, after it."""
 
-    def reject(self, unusable: list[SqsHeld]) -> None:
+    def acked(self, settled: list[Held]) -> None:
+        """Delete settled messages (their objects' markers are written); a failed delete is
+        tried again on the next call."""
+        self._deleting.update((held.handle, held) for held in _sqs_held(settled))
+        if not self._deleting:
+            return
+        self._call_batch("delete_message_batch", list(self._deleting.values()), {})
+        for handle in self._deleting:
+            self._held.pop(handle, None)
+        self._deleting = {}
+
+    def reject(self, unusable: list[Held]) -> None:
         """Make unparseable messages visible again: the queue's redrive policy dead-letters them."""
-        self._call_batch("change_message_visibility_batch", unusable, {"VisibilityTimeout": 0})
-        for held in unusable:
+        messages = _sqs_held(unusable)
+        self._call_batch("change_message_visibility_batch", messages, {"VisibilityTimeout": 0})
+        for held in messages:
             self._held.pop(held.handle, None)
 
     def extend(self, now: float) -> None:
@@ -110,3 +121,11 @@ class SqsInbox:
             for failed in reply.get("Failed", []):
                 # The message stays held by SQS: it comes back and is handled again.
                 log.warning("SQS %s failed for one message: %s", operation, failed.get("Message"))
+
+
+def _sqs_held(held: list[Held]) -> list[SqsHeld]:
+    """``held``, each taken by an :class:`SqsInbox` (so a receipt handle comes with it)."""
+    messages = [h for h in held if isinstance(h, SqsHeld)]
+    if len(messages) != len(held):
+        raise TypeError("an SQS inbox was handed events it did not take")
+    return messages

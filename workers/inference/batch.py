@@ -88,10 +88,15 @@ class _Item:
 
 @dataclass(frozen=True)
 class EngineLimits:
-    io_threads: int = 16
-    decode_threads: int = 2
-    max_object_bytes: int = 50 * 1024 * 1024
-    max_image_pixels: int = 50_000_000
+    """How many GETs, writes and decodes run at once, and the largest object and image.
+
+    Built from Settings by ``labeler.wiring.inference_limits``.
+    """
+
+    io_threads: int
+    decode_threads: int
+    max_object_bytes: int
+    max_image_pixels: int
 
 
 class BatchClassifier:

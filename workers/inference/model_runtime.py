@@ -22,6 +22,7 @@ import numpy.typing as npt
 from storage import ObjectNotFound, StorageError
 from storage.registry import Int8Approval, ModelMetadata, ModelRegistry
 from workers.inference.errors import InvalidModel, ModelUnavailable
+from workers.inference.padding import predict_padded
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,8 @@ class KerasModel:
 
         self._model = model
         self._serve = serve
-        self._zeros = np.zeros((batch_size, height, width, 3), np.uint8)
-        self.predict(self._zeros[:1])  # warm-up: trace and allocate before the first real batch
+        # Warm-up: trace and allocate before the first real batch.
+        self.predict(np.zeros((1, height, width, 3), np.uint8))
 
     @property
     def version(self) -> int:
@@ -131,16 +132,8 @@ class KerasModel:
 
     def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """Class probabilities for ``images`` (n, h, w, 3); any n, run in fixed-size calls."""
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            n = len(chunk)
-            if n < self.batch_size:  # pad: same signature, no retrace
-                chunk = np.concatenate([chunk, self._zeros[n:]])
-            out.append(np.asarray(self._serve(chunk))[:n])
-        if not out:
-            return np.zeros((0, len(self.metadata.class_names)), np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        classes = len(self.metadata.class_names)
+        return predict_padded(self._serve, images, self.batch_size, classes)
 
 
 class ModelRuntime:

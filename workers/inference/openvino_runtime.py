@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from storage.registry import ModelMetadata
 from workers.inference.errors import InvalidModel
+from workers.inference.padding import predict_padded
 
 # The CPU plugin runs an FP32 IR in bfloat16 where the CPU has it (max error 3e-4 measured on
 # the digits model); an FP32 artifact must compute in FP32 to match TensorFlow within 1e-4.
@@ -116,8 +117,8 @@ class OpenVinoModel:
             raise InvalidModel(f"cannot compile the OpenVINO IR: {str(exc)[:300]}") from exc
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: one batch at a time
-        self._zeros = np.zeros((batch_size, height, width, 3), np.uint8)
-        self.predict(self._zeros[:1])  # warm-up: allocate before the first real batch
+        # Warm-up: allocate before the first real batch.
+        self.predict(np.zeros((1, height, width, 3), np.uint8))
 
     @property
     def version(self) -> int:
@@ -125,15 +126,9 @@ class OpenVinoModel:
 
     def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """Class probabilities for ``images`` (n, h, w, 3); any n, run in fixed-size calls."""
-        out = []
+        classes = len(self.metadata.class_names)
         with self._lock:
-            for start in range(0, len(images), self.batch_size):
-                chunk = images[start : start + self.batch_size]
-                n = len(chunk)
-                if n < self.batch_size:  # pad: the compiled shape is fixed
-                    chunk = np.concatenate([chunk, self._zeros[n:]])
-                result = self._request.infer([np.ascontiguousarray(chunk)])
-                out.append(np.array(result[0][:n], np.float32))
-        if not out:
-            return np.zeros((0, len(self.metadata.class_names)), np.float32)
-        return np.concatenate(out)
+            return predict_padded(self._infer, images, self.batch_size, classes)
+
+    def _infer(self, batch: npt.NDArray[np.uint8]) -> Any:
+        return self._request.infer([batch])[0]

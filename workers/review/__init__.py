@@ -14,6 +14,7 @@ from workers.review.audits import (
 )
 from workers.review.decisions import (
     Action,
+    DecisionContended,
     InvalidDecision,
     LeaseLost,
     ReviewDesk,
@@ -40,6 +41,7 @@ __all__ = [
     "AuditPolicy",
     "AuditSampler",
     "Claim",
+    "DecisionContended",
     "InvalidDecision",
     "LeaseLost",
     "PreviewBusy",

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from storage import (
+    LabelerError,
     LabelRecord,
     ObjectNotFound,
     ObjectStore,
+    PermanentError,
     Review,
     ReviewOutcome,
+    TransientError,
     WriteConflict,
     label_key,
     validate_key,
@@ -42,20 +45,26 @@ class Action(StrEnum):
     DISCARD = "discard"
 
 
-class ReviewError(Exception):
+class ReviewError(LabelerError):
     """Root of what a decision can refuse; the message says why."""
 
 
-class InvalidDecision(ReviewError, ValueError):
+class InvalidDecision(ReviewError, PermanentError, ValueError):
     """The request itself is wrong (a bad key or class name, a correction without a class)."""
 
 
-class LeaseLost(ReviewError):
-    """The reviewer no longer holds the item (the lease expired or was never theirs)."""
+class LeaseLost(ReviewError, PermanentError):
+    """The reviewer no longer holds the item (the lease expired or was never theirs): take
+    the next item instead."""
 
 
-class StaleItem(ReviewError):
+class StaleItem(ReviewError, PermanentError):
     """The item can no longer be reviewed as shown: its image changed, or its record is gone."""
+
+
+class DecisionContended(ReviewError, TransientError):
+    """The record kept changing under other writers while the decision was applied: send it
+    again."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +152,7 @@ class ReviewDesk:
                 return self._decide_once(key, token, action, reviewer, label)
             except WriteConflict:
                 log.info("record of %r changed while deciding; applying the decision again", key)
-        raise ReviewError(f"the record of {key!r} kept changing; try again")
+        raise DecisionContended(f"the record of {key!r} kept changing; try again")
 
     def _decide_once(
         self, key: str, token: str | None, action: Action, reviewer: str, label: str | None

@@ -111,9 +111,11 @@ def calibrate_thresholds(
 
 @dataclass(frozen=True)
 class GatePolicy:
-    min_accuracy: float = 0.8
-    max_macro_f1_drop: float = 0.01
-    max_recall_drop: float = 0.10
+    """What a candidate must achieve to be promoted; from Settings (``LABELER_GATE_*``)."""
+
+    min_accuracy: float
+    max_macro_f1_drop: float
+    max_recall_drop: float
 
 
 @dataclass

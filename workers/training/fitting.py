@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.training.augmentation import DEFAULT_AUGMENTATION, make_augmentation
+from workers.training.augmentation import make_augmentation
 from workers.training.dataset import Split, TrainingData
 from workers.training.dtype_policy import global_policy, training_policy, with_policy
 
@@ -25,19 +25,22 @@ Progress = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    input_size: tuple[int, int] = (224, 224)  # a first model only; warm starts keep theirs
-    architecture: str = "auto"  # auto | small_cnn | mobilenet_v2 | efficientnet_b0
-    weights: str | None = None  # None (offline), "imagenet", or a local weights file
-    max_epochs: int = 30
-    fine_tune_epochs: int = 10
-    batch_size: int = 32  # per replica: the global batch is this times the replica count
+    """How a model is fitted. The fields without a default come from Settings
+    (``labeler.wiring.training_config``); the others no variable sets."""
+
+    input_size: tuple[int, int]  # a first model only; warm starts keep theirs
+    architecture: str  # auto | small_cnn | mobilenet_v2 | efficientnet_b0
+    weights: str | None  # None (offline), "imagenet", or a local weights file
+    max_epochs: int
+    fine_tune_epochs: int
+    batch_size: int  # per replica: the global batch is this times the replica count
+    seed: int
+    augmentation: str  # see workers.training.augmentation
+    shuffle_buffer: int  # decoded images held for shuffling: bounds training memory
+    dtype_policy: str  # a Keras dtype policy, or auto: see workers.training.dtype_policy
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
     patience: int = 4
-    seed: int = 1337
-    augmentation: str = DEFAULT_AUGMENTATION  # see workers.training.augmentation
-    shuffle_buffer: int = 2048  # decoded images held for shuffling: bounds training memory
-    dtype_policy: str = "auto"  # a Keras dtype policy, or auto: see workers.training.dtype_policy
 
     def resolved_architecture(self) -> str:
         if self.architecture != "auto":

@@ -39,11 +39,12 @@ _CHECK_IMAGES = 16  # synthetic images to verify an export when no real ones wer
 
 @dataclass(frozen=True)
 class Int8Bars:
-    """What INT8 must achieve against FP32 on held-out images to be served."""
+    """What INT8 must achieve against FP32 on held-out images to be served. The fields without
+    a default come from Settings (``LABELER_INT8_*``)."""
 
-    min_agreement: float = 0.99
-    max_accuracy_drop: float = 0.005  # 0.5 points
-    calibration_images: int = 300
+    min_agreement: float
+    max_accuracy_drop: float  # 0.005: 0.5 points
+    calibration_images: int
     # INT8 is judged on at most this many test images, held in memory whatever the split holds
     # (2,000 at 224x224 is 300 MB): enough to see a 1% disagreement.
     held_out_images: int = 2000

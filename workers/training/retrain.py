@@ -22,13 +22,14 @@ from workers.review import count_reviewed_since
 from workers.training.dataset import SplitRatios, TrainingData, load_training_data
 from workers.training.evaluation import (
     Evaluation,
+    GateDecision,
     GatePolicy,
     calibrate_thresholds,
     decide,
     evaluate,
     predict_split,
 )
-from workers.training.fitting import Progress, TrainingConfig, train_model
+from workers.training.fitting import Progress, TrainedModel, TrainingConfig, train_model
 from workers.training.image_cache import ImageCache
 from workers.training.optimization import Int8Bars, calibration_from_training, optimize_version
 from workers.training.report import (
@@ -43,15 +44,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RetrainConfig:
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """What a retrain run needs to know. The fields without a default come from Settings
+    (``labeler.wiring.retrain_config``); the others no variable sets."""
+
+    training: TrainingConfig
+    gate: GatePolicy
+    target_precision: float  # promised precision of auto labels: sets review thresholds
+    max_image_pixels: int
+    int8: Int8Bars
+    cache_dir: Path  # see image_cache
+    cache_max_bytes: int
     ratios: SplitRatios = field(default_factory=SplitRatios)
-    gate: GatePolicy = field(default_factory=GatePolicy)
-    target_precision: float = 0.95  # promised precision of auto labels: sets review thresholds
-    max_image_pixels: int = 50_000_000
-    int8: Int8Bars = field(default_factory=Int8Bars)
     export_openvino: bool = True  # the IR is made here, once, never by the workers
-    cache_dir: Path = Path(tempfile.gettempdir()) / "labeler-train-cache"  # see image_cache
-    cache_max_bytes: int = 20 * 2**30
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,15 @@ class RetrainOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """The candidate's and production's evaluations on one test split, and the gate's say."""
+
+    candidate: Evaluation
+    production: Evaluation | None
+    decision: GateDecision
 
 
 class Retrainer:
@@ -92,11 +105,60 @@ class Retrainer:
         self.config = config
 
     def run(self, progress: Progress | None = None) -> RetrainOutcome:
+        """One retrain run, in nine phases:
+
+        1. warm start: load the production version (none before the first model);
+        2. data: fetch and decode training/ once into the image cache, split by key hash;
+        3. fit: fine-tune the production model, or build the first one;
+        4. evaluate: candidate and production on the same test split, and the gate's decision;
+        5. calibrate: per-class review thresholds on the validation split;
+        6. register: the candidate becomes a new (not yet served) version;
+        7. optimize: the OpenVINO IR, INT8 judged against FP32 (a failure only warns);
+        8. report: evaluation.json, the confusion matrix and the HTML report;
+        9. promote: only a version that passed the gate; count the decision.
+
+        Args:
+            progress: Called with ``{"phase": ...}`` (and counts) as the run goes.
+
+        Returns:
+            What was made and whether it was promoted.
+        """
         report = progress or (lambda _: None)
         started = time.monotonic()
         alias = self.registry.production()
         base, base_meta = self._production_model(alias.version if alias else None)
         size = tuple(base_meta.input_size) if base_meta else self.config.training.input_size
+        data = self._cache_data(size, report)
+        trained = self._fit(data, base, base_meta, report)
+        report({"phase": "evaluating"})
+        verdict = self._judge(trained.model, base, base_meta, data)
+        thresholds = self._calibrate(trained.model, data)
+        metadata = self._register(
+            trained.model, data, size, thresholds, verdict.candidate, base_meta
+        )
+        report({"phase": "optimizing"})
+        runtimes = self._optimize(trained.model, data, metadata)
+        joined = self._reviewed_since(base_meta)
+        facts = _facts(data, trained, joined)
+        audited = self._label_quality(alias.version) if alias and self._label_quality else None
+        self._write_reports(metadata, verdict, trained.history, runtimes, facts, audited)
+        self._promote(metadata, verdict)
+        outcome = RetrainOutcome(
+            version=metadata.version,
+            promoted=verdict.decision.passed,
+            reasons=verdict.decision.reasons,
+            accuracy=verdict.candidate.accuracy,
+            macro_f1=verdict.candidate.macro_f1,
+            production_version=alias.version if alias else None,
+            seconds=round(time.monotonic() - started, 1),
+            reviewed_images_added=joined,
+            images=data.cache,
+        )
+        log.info("retrain finished: %s", outcome)
+        return outcome
+
+    def _cache_data(self, size: tuple[int, ...], report: Progress) -> TrainingData:
+        """Phase 2: the training data, each image fetched and decoded once into the cache."""
         report({"phase": "caching images"})
         cache = ImageCache(
             self.config.cache_dir, (size[0], size[1]), max_bytes=self.config.cache_max_bytes
@@ -109,55 +171,46 @@ class Retrainer:
             progress=lambda counts: report({"phase": "caching images", **counts}),
         )
         log.info("training images: %s", data.cache)
-        trained = train_model(
+        return data
+
+    def _fit(
+        self, data: TrainingData, base: Any, base_meta: ModelMetadata | None, report: Progress
+    ) -> TrainedModel:
+        """Phase 3: fine-tune ``base`` (or build the first model) on the training split."""
+        return train_model(
             data,
             self.config.training,
             base_model=base,
             base_classes=base_meta.class_names if base_meta else None,
             progress=report,
         )
-        report({"phase": "evaluating"})
-        candidate = self._evaluate(trained.model, data, data.class_names)
+
+    def _judge(
+        self, model: Any, base: Any, base_meta: ModelMetadata | None, data: TrainingData
+    ) -> _Verdict:
+        """Phase 4: both models on the same test images, and the gate's decision."""
+        candidate = self._evaluate(model, data, data.class_names)
         production = self._evaluate(base, data, base_meta.class_names) if base_meta else None
-        decision = decide(candidate, production, self.config.gate)
-        val_probs = predict_split(trained.model, data.validation)
-        thresholds = calibrate_thresholds(
+        return _Verdict(candidate, production, decide(candidate, production, self.config.gate))
+
+    def _calibrate(self, model: Any, data: TrainingData) -> dict[str, float]:
+        """Phase 5: per-class thresholds under which a label waits for review."""
+        return calibrate_thresholds(
             data.validation.labels,
-            val_probs,
+            predict_split(model, data.validation),
             data.class_names,
             target_precision=self.config.target_precision,
             default=0.5,
         )
-        metadata = self._register(trained.model, data, size, thresholds, candidate, base_meta)
-        report({"phase": "optimizing"})
-        runtimes = self._optimize(trained.model, data, metadata)
-        joined = self._reviewed_since(base_meta)
-        facts = {
-            "training_images": _count_images(data),
-            "reviewed_images_added": joined,
-            "training_devices": trained.replicas,
-            "training_dtype_policy": trained.policy,
-        }
-        audited = self._label_quality(alias.version) if alias and self._label_quality else None
-        self._write_reports(
-            metadata, candidate, production, decision, trained.history, runtimes, facts, audited
-        )
-        if decision.passed:
+
+    def _promote(self, metadata: ModelMetadata, verdict: _Verdict) -> None:
+        """Phase 9: serve the version if it passed; count the decision and its figures."""
+        passed = verdict.decision.passed
+        if passed:
             self.registry.promote(metadata.version)
-        self._count(metadata, candidate, decision.passed)
-        outcome = RetrainOutcome(
-            version=metadata.version,
-            promoted=decision.passed,
-            reasons=decision.reasons,
-            accuracy=candidate.accuracy,
-            macro_f1=candidate.macro_f1,
-            production_version=alias.version if alias else None,
-            seconds=round(time.monotonic() - started, 1),
-            reviewed_images_added=joined,
-            images=data.cache,
-        )
-        log.info("retrain finished: %s", outcome)
-        return outcome
+        self.metrics.gate_decisions.labels("passed" if passed else "refused").inc()
+        for metric, value in verdict.candidate.summary().items():
+            self.metrics.evaluation.labels(metadata.name, metric).set(value)
 
     def _production_model(self, version: int | None) -> tuple[Any, ModelMetadata | None]:
         if version is None:
@@ -241,14 +294,14 @@ class Retrainer:
     def _write_reports(
         self,
         metadata: ModelMetadata,
-        candidate: Evaluation,
-        production: Evaluation | None,
-        decision: Any,
+        verdict: _Verdict,
         history: dict[str, list[float]],
         runtimes: list[dict[str, Any]],
         facts: dict[str, int | str | None],
         audited: dict[str, Any] | None = None,
     ) -> None:
+        """Phase 8: evaluation.json, the confusion matrix and the HTML report of the version."""
+        candidate, production, decision = verdict.candidate, verdict.production, verdict.decision
         name, version = metadata.name, metadata.version
         matrix = confusion_matrix_png(candidate)
         curves = training_curves_png(history) if history else None
@@ -290,11 +343,12 @@ class Retrainer:
             return None
         return count_reviewed_since(self.training, self.labels, parent.created_at if parent else 0)
 
-    def _count(self, metadata: ModelMetadata, candidate: Evaluation, passed: bool) -> None:
-        self.metrics.gate_decisions.labels("passed" if passed else "refused").inc()
-        for metric, value in candidate.summary().items():
-            self.metrics.evaluation.labels(metadata.name, metric).set(value)
 
-
-def _count_images(data: TrainingData) -> int:
-    return sum(len(split.labels) for split in (data.train, data.validation, data.test))
+def _facts(data: TrainingData, trained: TrainedModel, joined: int | None) -> dict[str, Any]:
+    """What the report says about the run besides the evaluation."""
+    return {
+        "training_images": sum(len(s.labels) for s in (data.train, data.validation, data.test)),
+        "reviewed_images_added": joined,
+        "training_devices": trained.replicas,
+        "training_dtype_policy": trained.policy,
+    }

@@ -3,25 +3,31 @@ error family, and building apps does not pile up signal handlers."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from celery.signals import task_retry, worker_process_init, worker_process_shutdown
 
+from labeler.settings import Settings
+from labeler.wiring import celery_config
 from storage import PermanentError, TransientError, error_classes
 from tasks.app import create_app
 from tasks.contracts import (
     CLASSIFY_BATCH,
     RETRAIN,
     TASK_QUEUES,
-    CeleryConfig,
     ClassifyBatchRequest,
     InvalidPayload,
     parse_payload,
 )
 from workers.inference import ModelUnavailable
 
-CONFIG = CeleryConfig(broker_url="redis://127.0.0.1:1/0", result_backend="redis://127.0.0.1:1/0")
+CONFIG = replace(
+    celery_config(Settings()),
+    broker_url="redis://127.0.0.1:1/0",
+    result_backend="redis://127.0.0.1:1/0",
+)
 
 
 def no_engines() -> Any:

@@ -8,7 +8,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,10 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from labeler.settings import Settings
+from labeler.wiring import dispatch_config
 from monitoring.metrics import Metrics
-from storage import LocalStore, ObjectStore, S3Store
+from storage import AccessDenied, LocalStore, ObjectStore, S3Store
 from testbed.events import aws_event, minio_event
 from testbed.waiting import wait_until
 from tests.support.records import record_for
@@ -119,7 +121,7 @@ def make_harness(
         "backlog_check": 0.0,
     }
     values.update(overrides)
-    config = DispatchConfig(**values)
+    config = replace(dispatch_config(Settings()), **values)
     registry = CollectorRegistry()
     holder: dict[str, Harness] = {}
 
@@ -366,6 +368,27 @@ def test_an_unlabeled_object_still_in_flight_is_not_sent_twice(
     again.turn_until(lambda: again.events("scan", "duplicate") == 1)
 
     assert again.batches == []
+
+
+class DeniedListing(S3Store):
+    """An incoming bucket whose listing is refused (a policy without s3:ListBucket)."""
+
+    def list(self, *args: Any, **kwargs: Any) -> Any:
+        raise AccessDenied("403 for '': ListObjectsV2 denied")
+
+
+def test_a_denied_listing_is_logged_and_events_keep_flowing(
+    client: redis.Redis, s3_store: S3Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = DeniedListing(s3_store._client, s3_store.bucket, "root")
+    h = make_harness(client, store, batch_max_wait=0.0, scan_interval=30.0)
+    h.push(aws_event(s3_store.bucket, "root/a.png", _etag(1)))
+
+    h.turn_until(lambda: h.batches and h.lengths() == (0, 0))  # a step never raises
+
+    assert h.batches == [["a.png"]]
+    assert "reconciliation of" in caplog.text
+    assert not h.dispatcher.reconciling
 
 
 def test_reconciliation_sends_exactly_the_objects_without_a_fresh_record(

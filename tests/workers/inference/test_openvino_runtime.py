@@ -5,12 +5,15 @@ CNN), real OpenVINO and NNCF, the registry over a real local directory."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+from labeler.settings import Settings
+from labeler.wiring import int8_bars
 from storage import LocalStore
 from storage.keys import openvino_key
 from storage.registry import ModelMetadata, ModelRegistry
@@ -18,7 +21,7 @@ from testbed.digits import CLASSES, INPUT_SIZE
 from tests.conftest import DigitsFixture
 from workers.inference import ModelRuntime, ModelUnavailable, decode_image, load_keras_file
 from workers.training import report_html
-from workers.training.optimization import HeldOut, Int8Bars, Optimization, optimize_version
+from workers.training.optimization import HeldOut, Optimization, optimize_version
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +50,7 @@ def _optimize(
         load_keras_file(digits.model_path),
         calibration=calibration,
         held_out=HeldOut(images[150:], labels[150:]),
-        bars=Int8Bars(),
+        bars=int8_bars(Settings()),
         batch_size=16,
     )
 
@@ -177,7 +180,7 @@ def _optimize_version(registry: ModelRegistry, version: int, digits: DigitsFixtu
         load_keras_file(digits.model_path),
         calibration=np.zeros((0, *INPUT_SIZE, 3), np.uint8),
         held_out=HeldOut(images[:32], labels[:32]),
-        bars=Int8Bars(),
+        bars=int8_bars(Settings()),
         batch_size=16,
     )
 
@@ -189,7 +192,7 @@ def test_int8_that_agrees_but_loses_accuracy_is_refused() -> None:
     fp32 = np.eye(2, dtype=np.float32)[labels]  # always right
     int8 = fp32.copy()
     int8[:2] = int8[:2, ::-1]  # 2 of 200 flipped: 99% agreement, accuracy drop 1 point
-    approval = judge_int8(fp32, int8, labels, Int8Bars(min_agreement=0.99))
+    approval = judge_int8(fp32, int8, labels, replace(int8_bars(Settings()), min_agreement=0.99))
     assert not approval.approved
     assert approval.reason == "accuracy drop 1.00 points > 0.50"
-    assert judge_int8(fp32, int8, None, Int8Bars(min_agreement=0.99)).approved
+    assert judge_int8(fp32, int8, None, replace(int8_bars(Settings()), min_agreement=0.99)).approved

@@ -4,18 +4,21 @@ draws audits, the queue serves them, decisions count once, and the counts surviv
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from labeler.settings import Settings
+from labeler.wiring import inference_limits
 from monitoring.metrics import Metrics
 from storage import LabelRecord, LocalStore, ReviewOutcome, label_key
 from storage.results import LabelStore
 from tests.support.memory_store import MemoryStore
 from tests.unit.workers.inference.test_batch import FakeModel, FakeRuntime, png
-from workers.inference import BatchClassifier, EngineLimits, configure_pillow
+from workers.inference import BatchClassifier, configure_pillow
 from workers.review import (
     Action,
     AuditPolicy,
@@ -92,7 +95,7 @@ def test_the_batch_engine_marks_and_queues_audits(client: redis.Redis) -> None:
         LabelStore(labels),
         FakeRuntime(model := FakeModel()),  # type: ignore[arg-type]
         Metrics(CollectorRegistry()),
-        EngineLimits(io_threads=4, decode_threads=2),
+        replace(inference_limits(Settings()), io_threads=4, decode_threads=2),
         on_needs_review=queue.add,
         select_audit=sampler.select,
     )

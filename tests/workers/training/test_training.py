@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,11 @@ import pytest
 from PIL import Image
 
 from labeler.sample_data import digit_samples
-from labeler.settings import ConfigError, load_settings
+from labeler.settings import ConfigError, Settings, load_settings
+from labeler.wiring import training_config
 from storage import LocalStore
 from workers.training import (
     ImageCache,
-    TrainingConfig,
     TrainingData,
     load_training_data,
     split_of,
@@ -89,7 +90,9 @@ def test_warm_start_keeps_every_nested_batch_norm_frozen(
 
     trained = train_model(
         data,
-        TrainingConfig(max_epochs=1, fine_tune_epochs=1, batch_size=16, patience=5),
+        replace(
+            training_config(Settings()), max_epochs=1, fine_tune_epochs=1, batch_size=16, patience=5
+        ),
         base_model=base,
         base_classes=base_classes,
     )
@@ -184,8 +187,13 @@ def test_mixed_precision_trains_in_16_bits_and_hands_back_a_float32_model(
 
     monkeypatch.setattr(keras.Model, "compile", watched_compile)
     data = _colours(tmp_path, {"red": (220, 40, 40), "blue": (40, 40, 220)}, 40)
-    config = TrainingConfig(
-        input_size=(32, 32), max_epochs=4, batch_size=16, patience=5, dtype_policy=policy
+    config = replace(
+        training_config(Settings()),
+        input_size=(32, 32),
+        max_epochs=4,
+        batch_size=16,
+        patience=5,
+        dtype_policy=policy,
     )
 
     trained = train_model(data, config)
@@ -244,8 +252,12 @@ def test_a_mixed_precision_warm_start_with_new_classes_fine_tunes_the_copy(
 
     base = make_backbone_classifier((32, 32), 2, backbone="mobilenet_v2", weights=None)
     data = _colours(tmp_path, {"red": (220, 40, 40), "blue": (40, 40, 220)}, 24)
-    config = TrainingConfig(
-        max_epochs=1, fine_tune_epochs=1, batch_size=16, dtype_policy="mixed_float16"
+    config = replace(
+        training_config(Settings()),
+        max_epochs=1,
+        fine_tune_epochs=1,
+        batch_size=16,
+        dtype_policy="mixed_float16",
     )
 
     trained = train_model(data, config, base_model=base, base_classes=["red", "green"])

@@ -34,7 +34,10 @@ from storage import LocalStore
 from workers.training import load_training_data
 from workers.training import predict_split
 from workers.training import ImageCache
-from workers.training import TrainingConfig, train_model
+from dataclasses import replace
+from labeler.settings import Settings
+from labeler.wiring import training_config
+from workers.training import train_model
 
 def peak_rss():
     for line in open("/proc/self/status"):
@@ -50,8 +53,8 @@ ready = peak_rss()
 data = load_training_data(LocalStore(root / "training"),
                           ImageCache(root / "cache", (224, 224), max_bytes=2**31),
                           max_pixels=10**7)
-config = TrainingConfig(fine_tune_epochs=1, fine_tune_learning_rate=0.1, batch_size=32,
-                        augmentation="none", shuffle_buffer=256)
+config = replace(training_config(Settings()), fine_tune_epochs=1, fine_tune_learning_rate=0.1,
+                 batch_size=32, augmentation="none", shuffle_buffer=256)
 trained = train_model(data, config, base_model=base, base_classes=["dark", "light"])
 probabilities = predict_split(trained.model, data.test)
 print(json.dumps({"ready": ready, "peak": peak_rss(), "cache": data.cache,
@@ -107,12 +110,16 @@ tf.config.set_logical_device_configuration(
 from storage import LocalStore
 from workers.training import load_training_data
 from workers.training import ImageCache
-from workers.training import TrainingConfig, train_model
+from dataclasses import replace
+from labeler.settings import Settings
+from labeler.wiring import training_config
+from workers.training import train_model
 
 root = Path(sys.argv[1])
 data = load_training_data(LocalStore(root / "training"),
                           ImageCache(root / "cache", (32, 32), max_bytes=2**30), max_pixels=10**6)
-config = TrainingConfig(input_size=(32, 32), max_epochs=6, batch_size=16, patience=10)
+config = replace(training_config(Settings()), input_size=(32, 32), max_epochs=6, batch_size=16,
+                 patience=10)
 trained = train_model(data, config)
 print(json.dumps({"replicas": trained.replicas, "train": len(data.train),
                   "steps": int(trained.model.optimizer.iterations.numpy()),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -13,13 +14,15 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from labeler.settings import Settings
+from labeler.wiring import inference_limits
 from monitoring.metrics import Metrics
 from storage import Blob, LabelRecord, TransientStorageError
 from storage.records import ErrorReason
 from storage.registry import ModelMetadata
 from storage.results import LabelStore
 from tests.support.memory_store import MemoryStore
-from workers.inference import BatchClassifier, EngineLimits, configure_pillow
+from workers.inference import BatchClassifier, configure_pillow
 
 SIZE = (8, 8)
 CLASSES = ["dark", "light"]
@@ -85,7 +88,7 @@ def classifier(
         LabelStore(labels),
         FakeRuntime(model),  # type: ignore[arg-type]
         Metrics(CollectorRegistry()),
-        EngineLimits(**{"io_threads": 4, "decode_threads": 2, **limits}),
+        replace(inference_limits(Settings()), **{"io_threads": 4, "decode_threads": 2, **limits}),
     )
 
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import numpy as np
 import pytest
 
+from labeler.settings import Settings
+from labeler.wiring import retrain_config
 from workers.training import GatePolicy, calibrate_thresholds, decide, evaluate, split_of
 
 NAMES = ["cat", "dog"]
+
+
+def gate(**changes: Any) -> GatePolicy:
+    """The configured gate (Settings' defaults) with ``changes``."""
+    return replace(retrain_config(Settings()).gate, **changes)
 
 
 def _evaluation(y_true: list[int], y_pred: list[int]):  # type: ignore[no-untyped-def]
@@ -22,21 +32,21 @@ DOGS_COLLAPSE = _evaluation([0, 0, 1, 1, 0, 1, 0, 1, 0, 1], [0, 0, 0, 0, 0, 0, 0
 
 
 def test_first_model_needs_only_the_floor() -> None:
-    assert decide(SLIGHTLY_WORSE, None, GatePolicy(min_accuracy=0.85)).passed
-    refused = decide(SLIGHTLY_WORSE, None, GatePolicy(min_accuracy=0.95))
+    assert decide(SLIGHTLY_WORSE, None, gate(min_accuracy=0.85)).passed
+    refused = decide(SLIGHTLY_WORSE, None, gate(min_accuracy=0.95))
     assert not refused.passed
     assert refused.reasons == ["accuracy 0.9000 vs floor 0.9500"]
 
 
 def test_worse_than_production_is_refused() -> None:
-    decision = decide(SLIGHTLY_WORSE, GOOD, GatePolicy(min_accuracy=0.5))
+    decision = decide(SLIGHTLY_WORSE, GOOD, gate(min_accuracy=0.5))
     assert not decision.passed
     assert any("macro F1" in reason for reason in decision.reasons)
-    assert decide(GOOD, SLIGHTLY_WORSE, GatePolicy(min_accuracy=0.5)).passed
+    assert decide(GOOD, SLIGHTLY_WORSE, gate(min_accuracy=0.5)).passed
 
 
 def test_a_class_recall_collapse_is_refused_even_within_f1_tolerance() -> None:
-    policy = GatePolicy(min_accuracy=0.5, max_macro_f1_drop=1.0, max_recall_drop=0.1)
+    policy = gate(min_accuracy=0.5, max_macro_f1_drop=1.0, max_recall_drop=0.1)
     decision = decide(DOGS_COLLAPSE, GOOD, policy)
     assert not decision.passed
     assert decision.reasons == ["recall dropped more than 0.10 for: dog 1.000->0.400"]
