@@ -34,6 +34,7 @@ import uvicorn
 
 from bench.deployment import Services
 from bench.header import phase, run_header, trusted, write_result
+from labeler.settings import Settings
 from review import ReviewConfig, Reviewers, create_app
 from storage import LabelRecord, LocalStore, Prediction, label_key
 from testbed.services import free_port
@@ -141,7 +142,12 @@ def main() -> None:
         fill(queue, incoming, labels, args)
         result["fill_seconds"] = round(time.perf_counter() - started, 1)
         desk = ReviewDesk(incoming, labels, LocalStore(root / "training"), queue)
-        config = ReviewConfig(Reviewers({}), "bench", classes=lambda: list(CLASSES))
+        config = ReviewConfig(
+            Reviewers({}),
+            "bench",
+            classes=lambda: list(CLASSES),
+            max_pixels=Settings().max_image_pixels,
+        )
         server, port = serve(create_app(desk, config))
         stack.callback(lambda: setattr(server, "should_exit", True))
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

@@ -11,7 +11,7 @@ import click
 
 from labeler.cli_common import broker_or_exit, settings_or_exit
 from labeler.settings import Settings, env_name
-from labeler.wiring import Stores
+from labeler.wiring import Stores, review_policy
 from storage import Area, LabelRecord, ObjectNotFound
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def build_review_app(settings: Settings, reviewers: Reviewers) -> Any:
 def review_queue(settings: Settings) -> ReviewQueue:
     from workers.review import ReviewQueue
 
-    return ReviewQueue(_redis(settings), lease_seconds=settings.review_lease_seconds)
+    return ReviewQueue(_redis(settings), lease_seconds=review_policy(settings).lease_seconds)
 
 
 def quality_ledger(settings: Settings) -> QualityLedger:

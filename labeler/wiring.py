@@ -24,6 +24,7 @@ from tasks.contracts import INFERENCE_QUEUE, CeleryConfig
 if TYPE_CHECKING:
     from workers.dispatch import DispatchConfig
     from workers.inference import BatchClassifier, EngineLimits, ModelRuntime
+    from workers.review import ReviewPolicy
     from workers.training import Int8Bars, RetrainConfig, Retrainer, TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -172,10 +173,9 @@ class ProcessEngines:
 
 def audit_sampler(settings: Settings, redis: Any) -> Any:
     """The sampler that counts auto-accepted labels and draws blind audits from them."""
-    from workers.review import AuditPolicy, AuditSampler, QualityLedger
+    from workers.review import AuditSampler, QualityLedger
 
-    policy = AuditPolicy(settings.audit_rate, settings.audit_min_per_class)
-    return AuditSampler(QualityLedger(redis), policy)
+    return AuditSampler(QualityLedger(redis), review_policy(settings))
 
 
 # --- each engine's configuration, built from Settings here and nowhere else -------------------
@@ -245,6 +245,17 @@ def retrain_config(settings: Settings) -> RetrainConfig:
         int8=int8_bars(s),
         cache_dir=s.train_cache_path().resolve(),
         cache_max_bytes=s.train_cache_max_bytes,
+    )
+
+
+def review_policy(settings: Settings) -> ReviewPolicy:
+    """Reviewers' leases and the share of automatic labels audited blind."""
+    from workers.review import ReviewPolicy
+
+    return ReviewPolicy(
+        lease_seconds=settings.review_lease_seconds,
+        audit_rate=settings.audit_rate,
+        audit_min_per_class=settings.audit_min_per_class,
     )
 
 

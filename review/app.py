@@ -63,8 +63,8 @@ class ReviewConfig:
     reviewers: Reviewers
     secret_key: str
     classes: Callable[[], list[str]]  # the production model's classes, first nine get digits
+    max_pixels: int  # LABELER_MAX_IMAGE_PIXELS: previews decode untrusted bytes too
     preview_side: int = 512
-    max_pixels: int = 50_000_000
     preview_max_pixels: int = PREVIEW_MAX_PIXELS  # non-JPEG previews decode at full size
     secure_cookies: bool = False  # always Secure; without it, Secure when the request was https
     metrics: Callable[[], bytes] | None = None  # Prometheus exposition for /metrics

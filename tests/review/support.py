@@ -10,6 +10,7 @@ import redis
 from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 
+from labeler.settings import Settings
 from monitoring.metrics import AuditMetrics, ReviewMetrics
 from review import ReviewConfig, Reviewers, create_app
 from storage import LabelRecord, LocalStore, Prediction, label_key
@@ -65,6 +66,7 @@ class ReviewSetup:
             reviewers=reviewers or Reviewers({}),
             secret_key="test-secret",
             classes=lambda: list(CLASSES),
+            max_pixels=Settings().max_image_pixels,
             metrics=exposition,
             label_quality=self.label_quality,
         )

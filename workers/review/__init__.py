@@ -5,13 +5,13 @@ quality estimates.
 
 from workers.review.agreement import agreement_of
 from workers.review.audits import (
-    AuditPolicy,
     AuditSampler,
     QualityLedger,
     VersionCounts,
     audit_fraction,
     wilson_interval,
 )
+from workers.review.config import ReviewPolicy
 from workers.review.decisions import (
     Action,
     DecisionContended,
@@ -38,7 +38,6 @@ __all__ = [
     "PREVIEW_CONTENT_TYPE",
     "PREVIEW_MAX_PIXELS",
     "Action",
-    "AuditPolicy",
     "AuditSampler",
     "Claim",
     "DecisionContended",
@@ -50,6 +49,7 @@ __all__ = [
     "ReviewDesk",
     "ReviewError",
     "ReviewItem",
+    "ReviewPolicy",
     "ReviewQueue",
     "StaleItem",
     "VersionCounts",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage import LabelRecord, ReviewOutcome
+from workers.review.config import ReviewPolicy
 
 DEFAULT_NAMESPACE = "labeler:quality"
 AUDIT, REVIEWED = "audit", "reviewed"
@@ -78,20 +79,6 @@ def audit_fraction(key: str, etag: str | None, model_version: int) -> float:
     """A uniform number in ``[0, 1)`` fixed by (key, ETag, version): the record's lottery ticket."""
     digest = hashlib.blake2b(f"{key}\0{etag}\0{model_version}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
-
-
-@dataclass(frozen=True)
-class AuditPolicy:
-    """Which share of auto-accepted labels is audited, and the floor per class and version."""
-
-    rate: float = 0.02
-    min_per_class: int = 30
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.rate <= 1.0:
-            raise ValueError(f"audit rate must be within [0, 1], got {self.rate}")
-        if self.min_per_class < 0:
-            raise ValueError(f"min_per_class must be >= 0, got {self.min_per_class}")
 
 
 @dataclass(frozen=True)
@@ -158,7 +145,7 @@ class QualityLedger:
 class AuditSampler:
     """Decides, before a record is written, whether an auto-accepted label is also audited."""
 
-    def __init__(self, ledger: QualityLedger, policy: AuditPolicy) -> None:
+    def __init__(self, ledger: QualityLedger, policy: ReviewPolicy) -> None:
         self.ledger = ledger
         self.policy = policy
 
@@ -168,10 +155,10 @@ class AuditSampler:
         if record.needs_review or not record.ok or record.label is None:
             return False
         ordinal = self.ledger.count_label(record)
-        if ordinal <= self.policy.min_per_class:
+        if ordinal <= self.policy.audit_min_per_class:
             return True
         key, etag, version = record.source_key, record.source_etag, record.model_version
-        return audit_fraction(key, etag, version) < self.policy.rate
+        return audit_fraction(key, etag, version) < self.policy.audit_rate
 
 
 def _digest(record: LabelRecord) -> bytes:

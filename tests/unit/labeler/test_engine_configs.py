@@ -16,11 +16,13 @@ from labeler.wiring import (
     inference_limits,
     int8_bars,
     retrain_config,
+    review_policy,
     training_config,
 )
 from tasks.contracts import CeleryConfig
 from workers.dispatch import DispatchConfig
 from workers.inference import EngineLimits
+from workers.review import ReviewPolicy
 from workers.training import GatePolicy, Int8Bars, RetrainConfig, TrainingConfig
 
 BUILDERS: dict[type, Any] = {
@@ -31,6 +33,7 @@ BUILDERS: dict[type, Any] = {
     GatePolicy: lambda settings: retrain_config(settings).gate,
     Int8Bars: int8_bars,
     EngineLimits: inference_limits,
+    ReviewPolicy: review_policy,
 }
 
 
@@ -84,6 +87,9 @@ def test_the_builders_take_every_value_from_settings(
         "RETRAIN_CRON": "5 3 * * *",
         "RETRAIN_EXPIRES_SECONDS": "600",
         "RETRY_BACKOFF_MAX_SECONDS": "9",
+        "REVIEW_LEASE_SECONDS": "45",
+        "AUDIT_RATE": "0.5",
+        "AUDIT_MIN_PER_CLASS": "7",
     }
     for name, value in changed.items():
         monkeypatch.setenv(f"LABELER_{name}", value)
@@ -107,6 +113,7 @@ def test_the_builders_take_every_value_from_settings(
     assert (retrain.gate.min_accuracy, retrain.target_precision) == (0.6, 0.9)
     assert retrain.gate.max_recall_drop == 0.2
     assert (retrain.int8.calibration_images, retrain.int8.min_agreement) == (11, 0.9)
+    assert review_policy(settings) == ReviewPolicy(45.0, 0.5, 7)
     celery = celery_config(settings)
     assert (celery.retrain_cron, celery.retrain_expires) == ("5 3 * * *", 600)
     assert celery.inference_retry_backoff_max == 9

@@ -21,10 +21,10 @@ from tests.unit.workers.inference.test_batch import FakeModel, FakeRuntime, png
 from workers.inference import BatchClassifier, configure_pillow
 from workers.review import (
     Action,
-    AuditPolicy,
     AuditSampler,
     QualityLedger,
     ReviewDesk,
+    ReviewPolicy,
     ReviewQueue,
     audit_fraction,
     label_quality,
@@ -64,7 +64,9 @@ def test_a_label_counts_once_and_keeps_its_ordinal(client: redis.Redis) -> None:
 def test_the_floor_then_the_rate_select_audits_independently_of_score(
     client: redis.Redis,
 ) -> None:
-    sampler = AuditSampler(QualityLedger(client), AuditPolicy(rate=0.1, min_per_class=5))
+    sampler = AuditSampler(
+        QualityLedger(client), ReviewPolicy(lease_seconds=60, audit_rate=0.1, audit_min_per_class=5)
+    )
     picked = {}
     for i in range(2000):
         r = record(
@@ -89,7 +91,9 @@ def test_the_batch_engine_marks_and_queues_audits(client: redis.Redis) -> None:
     for i in range(12):
         incoming.put(f"{i}.png", png(250 if i < 8 else 150))  # 8 confident, 4 under threshold
     queue = ReviewQueue(client)
-    sampler = AuditSampler(QualityLedger(client), AuditPolicy(rate=0.0, min_per_class=3))
+    sampler = AuditSampler(
+        QualityLedger(client), ReviewPolicy(lease_seconds=60, audit_rate=0.0, audit_min_per_class=3)
+    )
     engine = BatchClassifier(
         incoming,
         LabelStore(labels),
