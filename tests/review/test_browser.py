@@ -6,6 +6,7 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -113,11 +114,7 @@ def test_sign_in_see_correct_with_keyboard_next_appears(
     truth = first.top_k[1].label
     wait = WebDriverWait(browser, 60)
 
-    browser.get(url + "/")
-    wait.until(lambda d: d.current_url.endswith("/login"))
-    browser.find_element(By.ID, "username").send_keys("ana")
-    browser.find_element(By.ID, "password").send_keys(PASSWORD)
-    browser.find_element(By.ID, "sign-in").click()
+    _sign_in(browser, url, wait)
     wait.until(lambda d: d.find_element(By.ID, "key").text == first.source_key)
 
     top_k = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#top-k li")]
@@ -180,11 +177,7 @@ def test_an_audit_is_blind_on_the_page_and_a_picked_class_is_measured(
     QualityLedger(redis.Redis.from_url(redis_url)).count_label(audit)
     wait = WebDriverWait(browser, 60)
 
-    browser.get(url + "/")
-    wait.until(lambda d: d.current_url.endswith("/login"))
-    browser.find_element(By.ID, "username").send_keys("ana")
-    browser.find_element(By.ID, "password").send_keys(PASSWORD)
-    browser.find_element(By.ID, "sign-in").click()
+    _sign_in(browser, url, wait)
     wait.until(lambda d: d.find_element(By.ID, "key").text == audit.source_key)
 
     assert browser.find_element(By.ID, "audit-note").is_displayed()
@@ -206,3 +199,14 @@ def test_an_audit_is_blind_on_the_page_and_a_picked_class_is_measured(
     metrics = _get(url + "/metrics")
     assert 'labeler_audits_total{label="1",model_version="1",outcome="corrected"} 1.0' in metrics
     assert 'labeler_auto_label_precision{bound="point",label="1",model_version="1"} 0.0' in metrics
+
+
+def _sign_in(browser: Any, url: str, wait: Any) -> None:
+    """Open the app, get sent to the sign-in page, and sign in as ana."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(url + "/")
+    wait.until(lambda d: d.current_url.endswith("/login"))
+    browser.find_element(By.ID, "username").send_keys("ana")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "sign-in").click()
