@@ -250,7 +250,7 @@ def test_redis_restart_mid_run_worker_and_dispatcher_reconnect_and_lose_nothing(
             wait_until(
                 lambda: (
                     "Connection to broker lost" in worker.log_tail(1_000_000)
-                    and "dispatcher: ConnectionError" in dispatcher.log()
+                    and "dispatcher: BrokerUnavailable" in dispatcher.log()
                 ),
                 30,
                 "the worker and the dispatcher to notice",
