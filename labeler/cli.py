@@ -8,6 +8,7 @@ import click
 
 from labeler.cli_common import settings_or_exit
 from labeler.commands_dispatch import dispatch
+from labeler.commands_export import export
 from labeler.commands_models import models
 from labeler.commands_review import review
 from labeler.commands_run import classify, submit, worker
@@ -62,6 +63,7 @@ main.add_command(report)
 main.add_command(dispatch)
 main.add_command(status)
 main.add_command(review)
+main.add_command(export)
 
 
 @main.command()
