@@ -134,6 +134,7 @@ class ProcessEngines:
     @cached_property
     def retrainer(self) -> Retrainer:
         from workers.inference import configure_pillow
+        from workers.review import ReviewQueue
         from workers.training import GatePolicy, RetrainConfig, Retrainer, TrainingConfig
 
         s = self.settings
@@ -165,6 +166,7 @@ class ProcessEngines:
             self.metrics,
             config,
             labels=self.stores.area(Area.LABELS),
+            queue_label_issues=ReviewQueue(self.redis).add_label_issues,
         )
 
     def warm_up(self) -> None:

@@ -27,7 +27,7 @@ from starlette.templating import Jinja2Templates
 
 from review.auth import Reviewers
 from review.security import SecurityMiddleware, csrf_token
-from storage import InvalidKey, ObjectNotFound, validate_key
+from storage import InvalidKey, ObjectNotFound
 from workers.review import (
     Action,
     InvalidDecision,
@@ -205,8 +205,7 @@ class _Handlers:
     async def image(self, request: Request) -> Response:
         key = request.query_params.get("key", "")
         try:
-            validate_key(key)
-            blob = await run_in_threadpool(self.desk.incoming.get, key)
+            blob = await run_in_threadpool(self.desk.image, key)
             png = await run_in_threadpool(
                 preview_png,
                 blob.data,
@@ -244,6 +243,8 @@ def _item_json(item: ReviewItem) -> dict[str, Any]:
         "model_name": record.model_name,
         "model_version": record.model_version,
         "labeled_at": record.created_at,
+        "label_issue": item.label_issue,  # a training image whose folder is doubted
+        "suggested": item.suggested,
     }
 
 

@@ -80,7 +80,9 @@ def report_html(
     curves_png: bytes | None,
     runtimes: list[dict[str, Any]] | None = None,
     facts: dict[str, int | str | None] | None = None,
+    label_issues: tuple[int, list[tuple[dict[str, Any], bytes | None]]] | None = None,
 ) -> bytes:
+    """The page; ``label_issues`` is (how many were found, the worst with a PNG thumbnail)."""
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td>{_cells(f, production, name)}</tr>"
         for name, f in evaluation.per_class.items()
@@ -115,6 +117,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
 <th>support</th><th>Δ recall</th></tr>{rows}</table>
 {_runtimes_html(runtimes or [])}
+{_label_issues_html(label_issues)}
 <h2>Confusion matrix</h2>{_img(matrix_png)}{curves}</body></html>"""
     return page.encode()
 
@@ -138,6 +141,27 @@ def _runtimes_html(rows: list[dict[str, Any]]) -> str:
         "<h2>Runtimes (held-out images)</h2><table><tr><th>runtime</th><th>precision</th>"
         "<th>accuracy</th><th>macro F1</th><th>top-1 agreement with FP32</th><th>images/s</th>"
         f"<th>served</th></tr>{body}</table>"
+    )
+
+
+def _label_issues_html(
+    found_and_worst: tuple[int, list[tuple[dict[str, Any], bytes | None]]] | None,
+) -> str:
+    """The training images the out-of-sample predictions doubt most, with thumbnails."""
+    if found_and_worst is None:
+        return ""
+    found, worst = found_and_worst
+    body = "".join(
+        f"<tr><td>{_img(png, 'height=64') if png else ''}</td>"
+        f"<td style=text-align:left>{html.escape(issue['key'])}</td>"
+        f"<td>{html.escape(issue['given'])}</td><td>{html.escape(issue['suggested'])}</td>"
+        f"<td>{issue['quality']:.3f}</td></tr>"
+        for issue, png in worst
+    )
+    return (
+        f"<h2>Likely label errors in training/ ({found} found, queued for review)</h2>"
+        "<table><tr><th>image</th><th>key</th><th>folder</th><th>suggested</th>"
+        f"<th>label quality</th></tr>{body}</table>"
     )
 
 
@@ -170,8 +194,9 @@ def _signed(value: float | None) -> str:
     return "—" if value is None else f"{value:+.4f}"
 
 
-def _img(png: bytes) -> str:
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def _img(png: bytes, attributes: str = "") -> str:
+    data = base64.b64encode(png).decode()
+    return f'<img alt="" {attributes} src="data:image/png;base64,{data}">'
 
 
 def _png(fig: Any) -> bytes:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from monitoring.metrics import Metrics
-from storage import ObjectStore
+from storage import ObjectNotFound, ObjectStore
 from storage.keys import report_key
 from storage.registry import ModelMetadata, ModelRegistry
 from workers.inference import load_keras_file
@@ -29,6 +31,13 @@ from workers.training.evaluation import (
 )
 from workers.training.fitting import Progress, TrainingConfig, train_model
 from workers.training.image_cache import ImageCache
+from workers.training.label_issues import (
+    LabelIssue,
+    LabelIssueConfig,
+    LabelIssueReport,
+    find_label_issues_in,
+    thumbnails,
+)
 from workers.training.optimization import Int8Bars, calibration_from_training, optimize_version
 from workers.training.report import (
     confusion_matrix_png,
@@ -51,6 +60,8 @@ class RetrainConfig:
     export_openvino: bool = True  # the IR is made here, once, never by the workers
     cache_dir: Path = Path(tempfile.gettempdir()) / "labeler-train-cache"  # see image_cache
     cache_max_bytes: int = 20 * 2**30
+    label_issues: LabelIssueConfig | None = field(default_factory=LabelIssueConfig)  # None: off
+    report_label_issues: int = 24  # the worst shown with thumbnails in report.html
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class RetrainOutcome:
     seconds: float
     reviewed_images_added: int | None = None  # reviewed images new since the parent version
     images: dict[str, int] = field(default_factory=dict)  # cache phase: fetched, reused, ...
+    label_issues: int | None = None  # likely label errors found in training/ (None: not run)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -80,8 +92,10 @@ class Retrainer:
         metrics: Metrics,
         config: RetrainConfig,
         labels: ObjectStore | None = None,
+        queue_label_issues: Callable[[list[LabelIssue]], int] | None = None,
     ) -> None:
         self.labels = labels  # to count the reviewed images that joined the data
+        self.queue_label_issues = queue_label_issues  # to the review queue: a person decides
         self.training = training
         self.registry = registry
         self.reports = reports
@@ -129,6 +143,8 @@ class Retrainer:
         report({"phase": "optimizing"})
         runtimes = self._optimize(trained.model, data, metadata)
         joined = self._reviewed_since(base_meta)
+        report({"phase": "finding label issues"})
+        issues = self.label_issues(trained.model, data)
         facts = {
             "training_images": _count_images(data),
             "reviewed_images_added": joined,
@@ -136,7 +152,7 @@ class Retrainer:
             "training_precision": trained.policy,
         }
         self._write_reports(
-            metadata, candidate, production, decision, trained.history, runtimes, facts
+            metadata, candidate, production, decision, trained.history, runtimes, facts, issues
         )
         if decision.passed:
             self.registry.promote(metadata.version)
@@ -151,6 +167,7 @@ class Retrainer:
             seconds=round(time.monotonic() - started, 1),
             reviewed_images_added=joined,
             images=data.cache,
+            label_issues=issues.found if issues else None,
         )
         log.info("retrain finished: %s", outcome)
         return outcome
@@ -243,17 +260,27 @@ class Retrainer:
         history: dict[str, list[float]],
         runtimes: list[dict[str, Any]],
         facts: dict[str, int | str | None],
+        issues: LabelIssueReport | None = None,
     ) -> None:
         name, version = metadata.name, metadata.version
         matrix = confusion_matrix_png(candidate)
         curves = training_curves_png(history) if history else None
-        extra = {
+        extra: dict[str, Any] = {
             "model": name,
             "version": version,
             "parent_version": metadata.parent_version,
             "training_data_fingerprint": metadata.training_data_fingerprint,
             **facts,
         }
+        shown = None
+        if issues is not None:
+            extra["label_issues"] = [issue.as_dict() for issue in issues.issues]
+            extra["label_issue_search"] = issues.summary()
+            worst = issues.issues[: self.config.report_label_issues]
+            shown = (
+                issues.found,
+                [(i.as_dict(), png) for i, png in zip(worst, issues.thumbnails, strict=False)],
+            )
         files = {
             "evaluation.json": (
                 evaluation_json(candidate, production, decision, extra, runtimes),
@@ -270,12 +297,67 @@ class Retrainer:
                     curves,
                     runtimes,
                     facts,
+                    shown,
                 ),
                 "text/html",
             ),
         }
         for file, (data, content_type) in files.items():
             self.reports.put(report_key(name, version, file), data, content_type=content_type)
+
+    def check_labels(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Label issues in training/ by the production model, by hand (``labeler check-labels``):
+        queued for review and written into that version's ``evaluation.json``."""
+        report = progress or (lambda _: None)
+        alias = self.registry.production()
+        if alias is None:
+            return {"outcome": "no_model"}
+        model, meta = self._production_model(alias.version)
+        assert meta is not None  # a production alias names a registered version
+        size = tuple(meta.input_size)
+        cache = ImageCache(
+            self.config.cache_dir, (size[0], size[1]), max_bytes=self.config.cache_max_bytes
+        )
+        data = load_training_data(
+            self.training,
+            cache,
+            ratios=self.config.ratios,
+            max_pixels=self.config.max_image_pixels,
+            progress=lambda counts: report({"phase": "caching images", **counts}),
+        )
+        report({"phase": "finding label issues"})
+        found = self.label_issues(model, data)
+        if found is None:
+            return {"outcome": "failed", "version": meta.version}
+        self._record_issues(meta, found)
+        return {"outcome": "checked", "version": meta.version, **found.summary()}
+
+    def _record_issues(self, meta: ModelMetadata, found: LabelIssueReport) -> None:
+        key = report_key(meta.name, meta.version, "evaluation.json")
+        try:
+            document = json.loads(self.reports.get(key).data)
+        except (ObjectNotFound, ValueError):
+            document = {"model": meta.name, "version": meta.version}
+        document["label_issues"] = [issue.as_dict() for issue in found.issues]
+        document["label_issue_search"] = found.summary()
+        data = json.dumps(document, indent=2).encode()
+        self.reports.put(key, data, content_type="application/json")
+
+    def label_issues(self, model: Any, data: TrainingData) -> LabelIssueReport | None:
+        """Likely label errors in ``data``, queued for review; a failure here never fails the
+        retrain (the version is still judged and reported, without the list)."""
+        if self.config.label_issues is None:
+            return None
+        try:
+            found = find_label_issues_in(model, data, self.config.label_issues)
+            worst = found.issues[: self.config.report_label_issues]
+            found.thumbnails[:] = thumbnails(data, worst)
+            if self.queue_label_issues is not None:
+                self.queue_label_issues(found.issues)
+        except Exception:
+            log.exception("finding label issues failed; the retrain goes on without them")
+            return None
+        return found
 
     def _reviewed_since(self, parent: ModelMetadata | None) -> int | None:
         """Reviewed images added to training/ since the parent version was made (or ever)."""
