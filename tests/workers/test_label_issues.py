@@ -3,6 +3,10 @@ with few false alarms. The model learns from the noisy labels, as a retrain woul
 
 from __future__ import annotations
 
+import html
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +14,7 @@ from labeler.sample_data import digit_samples
 from tests.support.digits import CLASSES, INPUT_SIZE
 from workers.inference import decode_image
 from workers.training.label_issues import (
+    LabelIssue,
     embed,
     out_of_sample_probabilities,
     rank_issues,
@@ -57,3 +62,51 @@ def test_most_moved_labels_are_found_with_few_false_alarms(
     assert sum(keys.index(i.key) in moved for i in worst) >= 8
     assert sum(i.suggested == truth[i.key] for i in worst) >= 7
     assert [i.quality for i in issues] == sorted(i.quality for i in issues)
+
+
+def test_a_retrain_lists_reports_and_queues_moved_labels(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from monitoring.metrics import Metrics
+    from storage import LocalStore
+    from storage.registry import ModelRegistry
+    from workers.training import RetrainConfig, Retrainer, TrainingConfig
+
+    training, reports = LocalStore(tmp_path / "training"), LocalStore(tmp_path / "reports")
+    rng = np.random.default_rng(5)
+    moved: set[str] = set()
+    for sample in digit_samples():
+        key = sample.key
+        if rng.random() < NOISE:
+            wrong = str((int(sample.label) + rng.integers(1, 10)) % 10)
+            key = f"{wrong}/{sample.key.split('/', 1)[1]}"
+            moved.add(key)
+        training.put(key, sample.data)
+    queued: list[LabelIssue] = []
+    retrainer = Retrainer(
+        training,
+        ModelRegistry(LocalStore(tmp_path / "models"), "digits"),
+        reports,
+        Metrics(CollectorRegistry()),
+        RetrainConfig(
+            training=TrainingConfig(input_size=INPUT_SIZE),
+            cache_dir=tmp_path / "cache",
+            export_openvino=False,
+        ),
+        queue_label_issues=lambda issues: queued.extend(issues) or len(issues),
+    )
+
+    outcome = retrainer.run()
+
+    evaluation = json.loads(reports.get(f"digits/{outcome.version}/evaluation.json").data)
+    listed = {issue["key"] for issue in evaluation["label_issues"]}
+    assert outcome.label_issues == len(listed) == evaluation["label_issue_search"]["found"]
+    assert len(listed & moved) / len(moved) >= 0.6, (len(listed & moved), len(moved), len(listed))
+    assert len(listed & moved) / len(listed) >= 0.5, (len(listed & moved), len(listed))
+    assert {issue.key for issue in queued} == listed
+    assert all(training.exists(key) for key in moved)  # nothing moved without a person
+    page = reports.get(f"digits/{outcome.version}/report.html").data.decode()
+    assert "Likely label errors" in page
+    worst = evaluation["label_issues"][0]
+    assert html.escape(worst["key"]) in page
+    assert page.count('height=64 src="data:image/png;base64,') == min(len(listed), 24)

@@ -11,6 +11,7 @@ from celery.signals import task_retry, worker_process_init, worker_process_shutd
 from storage import PermanentError, TransientError, error_classes
 from tasks.app import create_app
 from tasks.contracts import (
+    CHECK_LABELS,
     CLASSIFY_BATCH,
     RETRAIN,
     TASK_QUEUES,
@@ -43,7 +44,7 @@ def test_routes_queues_and_retries_come_from_one_definition() -> None:
         assert app.conf.task_routes[task] == {"queue": queue}
         assert app.tasks[task].autoretry_for == (TransientError,)
     assert app.conf.beat_schedule["nightly-retrain"]["options"]["queue"] == TASK_QUEUES[RETRAIN]
-    assert set(TASK_QUEUES) == {CLASSIFY_BATCH, RETRAIN}
+    assert set(TASK_QUEUES) == {CLASSIFY_BATCH, RETRAIN, CHECK_LABELS}
 
 
 def test_the_error_family_splits_by_what_to_do() -> None:
