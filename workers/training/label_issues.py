@@ -1,10 +1,11 @@
 """Likely label errors in ``training/``, by confident learning (cleanlab).
 
 Every training image is embedded by the model's penultimate layer (streamed in batches: memory
-is one ``N x d`` float32 array, d at most 256, so 100,000 images take 100 MB), then a logistic regression is fitted
-k times on k-1 folds and predicts the fold it did not see, so every probability is out of sample
-(what ``find_label_issues`` requires). Nothing here moves or deletes an image: the issues go to
-``evaluation.json``, the report, and the review queue, and a person decides.
+is one ``N x d`` float32 array, d at most 256, so 100,000 images take 100 MB), then a logistic
+regression is fitted k times on k-1 folds and predicts the fold it did not see, so every
+probability is out of sample (what ``find_label_issues`` requires). Nothing here moves or deletes
+an image: the issues go to ``evaluation.json``, the report, and the review queue, and a person
+decides.
 """
 
 from __future__ import annotations
