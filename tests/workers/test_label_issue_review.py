@@ -11,7 +11,7 @@ import redis
 
 from storage import LocalStore, ReviewOutcome
 from workers.review import Action, LeaseLost, ReviewDesk, ReviewQueue
-from workers.training.label_issues import LabelIssue
+from workers.training import LabelIssue
 
 
 @pytest.fixture
