@@ -8,11 +8,12 @@ import click
 
 from labeler.cli_common import failures_as_messages, settings_or_exit
 from labeler.commands_dispatch import dispatch
+from labeler.commands_export import export
 from labeler.commands_models import models
 from labeler.commands_review import review
 from labeler.commands_run import classify, submit, worker
 from labeler.commands_status import status
-from labeler.commands_training import beat, report, retrain
+from labeler.commands_training import beat, check_labels, report, retrain
 from labeler.readme_tables import errors_markdown_table, markdown_table
 
 
@@ -63,6 +64,8 @@ main.add_command(report)
 main.add_command(dispatch)
 main.add_command(status)
 main.add_command(review)
+main.add_command(export)
+main.add_command(check_labels)
 
 
 @main.command()

@@ -12,7 +12,7 @@ from labeler.cli_common import broker_or_exit, find_broker, settings_or_exit
 from labeler.wiring import Stores, build_app
 from storage import Area
 from storage.keys import report_key
-from tasks.contracts import RETRAIN, TRAINING_QUEUE
+from tasks.contracts import CHECK_LABELS, RETRAIN, TRAINING_QUEUE
 
 
 @click.command()
@@ -30,6 +30,26 @@ def retrain(wait: bool, timeout: float) -> None:
     outcome = _follow(result, timeout)
     click.echo(json.dumps(outcome, indent=2))
     if outcome.get("outcome") not in ("promoted", "refused", "skipped_locked"):
+        raise SystemExit(1)
+
+
+@click.command("check-labels")
+@click.option("--wait", is_flag=True, help="Show progress until the search finishes.")
+@click.option("--timeout", default=7200.0, show_default=True, help="Seconds to wait at most.")
+def check_labels(wait: bool, timeout: float) -> None:
+    """Queue a search for likely label errors in training/ (on a training worker); what it finds
+    goes to the review queue, never moved without a person."""
+    settings = broker_or_exit(settings_or_exit())
+    app = build_app(settings)
+    result = app.send_task(
+        CHECK_LABELS, kwargs={"payload": {"reason": "cli"}}, queue=TRAINING_QUEUE
+    )
+    click.echo(f"label check queued (task {result.id})")
+    if not wait:
+        return
+    outcome = _follow(result, timeout)
+    click.echo(json.dumps(outcome, indent=2))
+    if outcome.get("outcome") != "checked":
         raise SystemExit(1)
 
 

@@ -137,6 +137,7 @@ class ProcessEngines:
     @cached_property
     def retrainer(self) -> Retrainer:
         from workers.inference import configure_pillow
+        from workers.review import ReviewQueue
         from workers.training import Retrainer
 
         configure_pillow(self.settings.max_image_pixels)
@@ -149,6 +150,7 @@ class ProcessEngines:
             config,
             labels=self.stores.area(Area.LABELS),
             label_quality=self._label_quality,
+            queue_label_issues=ReviewQueue(self.redis).add_label_issues,
         )
 
     def _label_quality(self, version: int) -> dict[str, Any]:

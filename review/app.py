@@ -30,7 +30,7 @@ from review.guards import BodyLimit, OriginGuard, ResponseHeaders
 from review.security import SecurityMiddleware, csrf_token
 from review.sessions import SessionMiddleware, SessionStore
 from review.throttle import SignInThrottle
-from storage import InvalidKey, ObjectNotFound, validate_key
+from storage import InvalidKey, ObjectNotFound, ObjectStore
 from workers.review import (
     Action,
     InvalidDecision,
@@ -40,6 +40,7 @@ from workers.review import (
     ReviewItem,
     StaleItem,
     agreement_of,
+    validate_item_key,
 )
 from workers.review.previews import (
     PREVIEW_CONTENT_TYPE,
@@ -128,9 +129,9 @@ class _Handlers:
             preview_max_pixels=config.preview_max_pixels,
         )
 
-    def _loader(self, key: str) -> Callable[[], tuple[bytes, str]]:
+    def _loader(self, store: ObjectStore, path: str) -> Callable[[], tuple[bytes, str]]:
         def load() -> tuple[bytes, str]:
-            blob = self.desk.incoming.get(key)
+            blob = store.get(path)
             return blob.data, blob.info.etag
 
         return load
@@ -252,9 +253,11 @@ class _Handlers:
     async def image(self, request: Request) -> Response:
         key = request.query_params.get("key", "")
         try:
-            validate_key(key)
-            info = await run_in_threadpool(self.desk.incoming.head, key)
-            png = await run_in_threadpool(self.previews.render, key, info.etag, self._loader(key))
+            store, path = self.desk.image_source(key)
+            info = await run_in_threadpool(store.head, path)
+            png = await run_in_threadpool(
+                self.previews.render, key, info.etag, self._loader(store, path)
+            )
         except InvalidKey as exc:
             return JSONResponse({"error": str(exc)}, 400)
         except ObjectNotFound:
@@ -275,6 +278,8 @@ def _item_json(item: ReviewItem) -> dict[str, Any]:
         "model_name": record.model_name,
         "model_version": record.model_version,
         "labeled_at": record.created_at,
+        "label_issue": item.label_issue,  # a training image whose folder is doubted
+        "suggested": item.suggested,
     }
     if record.audit:  # blind: a reviewer who saw the prediction would be anchored by it
         return {**shown, "audit": True}
@@ -297,7 +302,7 @@ def _hold(session: MutableMapping[str, Any], token: str) -> None:
 
 
 def _check_held(session: MutableMapping[str, Any], key: str, token: str | None) -> None:
-    validate_key(key)  # a bad key is a 400 whoever holds what
+    validate_item_key(key)  # a bad key is a 400 whoever holds what
     if token is not None and token not in session.get("leases", []):
         raise LeaseLost("that lease was not claimed in this session")
 

@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
@@ -164,6 +166,21 @@ class S3Store:
                 raise
             raise WriteConflict(f"{key!r} was deleted since it was read") from exc
         return ObjectInfo(key, len(data), _etag(response["ETag"]), time.time())
+
+    def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
+        """Upload a local file in parts (boto3's managed transfer): memory stays a few parts
+        whatever its size, and the object appears only once every part has arrived."""
+        full = self._full(key)
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            with _s3_errors(key, self._retried("put")):
+                self._client.upload_file(str(path), self.bucket, full, ExtraArgs=extra)
+        except S3UploadFailedError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ClientError):
+                with _s3_errors(key, self._retried("put")):
+                    raise cause from exc
+            raise TransientStorageError(f"upload of {key!r} failed: {exc}") from exc
 
     def list(
         self, prefix: str = "", *, start_after: str | None = None, etags: bool = True

@@ -27,8 +27,13 @@ QUEUES = (INFERENCE_QUEUE, TRAINING_QUEUE)
 
 CLASSIFY_BATCH = "labeler.classify_batch"
 RETRAIN = "labeler.retrain"
+CHECK_LABELS = "labeler.check_labels"  # label issues in training/, by the production model
 # Each task's queue: the routes, the task decorators and the beat schedule all read this.
-TASK_QUEUES = {CLASSIFY_BATCH: INFERENCE_QUEUE, RETRAIN: TRAINING_QUEUE}
+TASK_QUEUES = {
+    CLASSIFY_BATCH: INFERENCE_QUEUE,
+    RETRAIN: TRAINING_QUEUE,
+    CHECK_LABELS: TRAINING_QUEUE,
+}
 
 MAX_KEYS_PER_BATCH = 4096
 

@@ -8,7 +8,7 @@ from typing import Any
 from redis.exceptions import LockError
 
 from storage import TransientError
-from tasks.contracts import RETRAIN, RetrainRequest, TaskApp, parse_payload
+from tasks.contracts import CHECK_LABELS, RETRAIN, RetrainRequest, TaskApp, parse_payload
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +55,21 @@ def register_training(app: TaskApp) -> None:
         metrics.retrains.labels("promoted" if outcome.promoted else "refused").inc()
         metrics.last_retrain_success.set_to_current_time()
         return {"outcome": "promoted" if outcome.promoted else "refused", **outcome.as_dict()}
+
+    @app.task(
+        name=CHECK_LABELS,
+        shared=False,
+        bind=True,
+        autoretry_for=(TransientError,),
+        retry_backoff=30,
+        retry_jitter=True,
+        max_retries=3,
+        soft_time_limit=config.training_soft_time_limit,
+        time_limit=config.training_time_limit,
+    )
+    def check_labels(self: Any, payload: Any = None) -> dict[str, Any]:
+        parse_payload(RetrainRequest, payload if payload is not None else {})
+        engines = app.engines()
+        return engines.retrainer.check_labels(
+            progress=lambda meta: self.update_state(state="PROGRESS", meta=meta)
+        )

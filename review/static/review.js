@@ -56,11 +56,15 @@ function show(item, reviewed) {
   $("image").src = imageUrl(item.key);
   $("key").textContent = item.key;
   // An audit is blind: the server sends no prediction, and the page shows none.
-  $("prediction").hidden = !!item.audit;
+  $("prediction").hidden = !!item.audit || !!item.label_issue;
   $("audit-note").hidden = !item.audit;
+  // A label issue is a training image whose folder out-of-sample predictions doubt.
+  $("issue-note").hidden = !item.label_issue;
+  $("given").textContent = item.label_issue ? item.label : "";
+  $("suggested").textContent = item.label_issue ? item.suggested : "";
   $("model").textContent = item.model_name + " v" + item.model_version;
   $("predicted").textContent = item.audit ? "" : item.label;
-  $("score").textContent = item.audit ? "" : (item.score * 100).toFixed(1) + "%";
+  $("score").textContent = item.score == null ? "" : (item.score * 100).toFixed(1) + "%";
   $("top-k").replaceChildren(...(item.top_k || []).map((p) => {
     const li = document.createElement("li");
     li.textContent = p.label + " " + (p.score * 100).toFixed(1) + "%";

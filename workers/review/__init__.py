@@ -23,6 +23,7 @@ from workers.review.decisions import (
     StaleItem,
     count_reviewed_since,
     is_class_name,
+    validate_item_key,
 )
 from workers.review.previews import (
     PREVIEW_CONTENT_TYPE,
@@ -62,5 +63,6 @@ __all__ = [
     "label_quality",
     "preview_png",
     "reviewed_quality",
+    "validate_item_key",
     "wilson_interval",
 ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from storage import (
+    InvalidKey,
     LabelerError,
     LabelRecord,
     ObjectNotFound,
@@ -29,7 +30,7 @@ from storage import (
     validate_key,
 )
 from workers.review.audits import QualityLedger
-from workers.review.queue import Claim, ReviewQueue
+from workers.review.queue import LABEL_ISSUE_MEMBER, Claim, ReviewQueue
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class ReviewItem:
 
     record: LabelRecord
     claim: Claim
+    label_issue: bool = False  # a training image: ``record.label`` is its folder
+    suggested: str | None = None  # for a label issue, the class the predictions suggest
 
 
 # Called once per first decision of an item with (predicted label, outcome): metrics.
@@ -101,6 +104,11 @@ class ReviewDesk:
     def next_item(self, *, label: str | None = None, prefix: str = "") -> ReviewItem | None:
         """Lease the oldest item still worth reviewing; stale or decided ones leave the queue."""
         while (claim := self.queue.claim(label=label, prefix=prefix)) is not None:
+            if claim.item.label_issue:
+                if self.training.exists(_training_key(claim.item.key)):
+                    return ReviewItem(_issue_record(claim), claim, True, claim.item.suggested)
+                self.queue.remove(claim.item.key)  # moved or deleted since it was found
+                continue
             record = self._current(claim.item.key)
             if record is not None and record.waits_for_review:
                 return ReviewItem(record, claim)
@@ -113,9 +121,16 @@ class ReviewDesk:
         Raises:
             LeaseLost: ``token`` does not hold ``key`` (expired, decided, or never leased).
         """
-        if not self.queue.holds(validate_key(key), token):
+        member = validate_item_key(key)
+        if not self.queue.holds(member, token):
             raise LeaseLost(f"{key!r} is not leased to you (it expired or was never yours)")
-        self.queue.skip(key, token)
+        self.queue.skip(member, token)
+
+    def image_source(self, key: str) -> tuple[ObjectStore, str]:
+        """Where an item's image is: training/ for a label issue, else incoming/."""
+        if key.startswith(LABEL_ISSUE_MEMBER):
+            return self.training, _training_key(key)
+        return self.incoming, validate_key(key)
 
     def decide(
         self,
@@ -139,14 +154,16 @@ class ReviewDesk:
             LeaseLost: The lease is not (or no longer) this reviewer's.
             StaleItem: The image changed since it was labeled, or the record is gone.
         """
-        try:
-            validate_key(key)
-        except ValueError as exc:
-            raise InvalidDecision(str(exc)) from None
         if action is Action.CORRECT and (label is None or not is_class_name(label)):
             raise InvalidDecision(
                 f"a correction needs a class name matching {CLASS_NAME.pattern} (got {label!r})"
             )
+        if key.startswith(LABEL_ISSUE_MEMBER):
+            return self._decide_label_issue(key, token, action, reviewer, label)
+        try:
+            validate_key(key)
+        except ValueError as exc:
+            raise InvalidDecision(str(exc)) from None
         for _ in range(_CAS_ATTEMPTS):
             try:
                 return self._decide_once(key, token, action, reviewer, label)
@@ -194,6 +211,30 @@ class ReviewDesk:
             if self._on_decided is not None:
                 self._on_decided(record.label, review.outcome)
         return updated
+
+    def _decide_label_issue(
+        self, member: str, token: str | None, action: Action, reviewer: str, label: str | None
+    ) -> LabelRecord:
+        """Keep the image in its folder (accept), move it to ``label`` (correct), or take it
+        out of training/ (discard): the only ways a label issue changes training data."""
+        item = self.queue.get(member)
+        if item is None or token is None or not self.queue.holds(member, token):
+            raise LeaseLost(f"{member!r} is not leased to you (it expired or was never yours)")
+        key = _training_key(member)
+        given, _, path = key.partition("/")
+        try:
+            blob = self.training.get(key)
+        except ObjectNotFound:
+            self.queue.remove(member)
+            raise StaleItem(f"{key!r} is no longer in training/") from None
+        record = _issue_record(Claim(item, token, 0.0))
+        review = _review(record, action, reviewer, label)
+        if review.label != given:
+            if review.label is not None:
+                self.training.put(validate_key(f"{review.label}/{path}"), blob.data)
+            self.training.delete(key)
+        self.queue.remove(member)
+        return record.model_copy(update={"review": review})
 
     def _read(self, key: str) -> tuple[LabelRecord, str]:
         try:
@@ -259,6 +300,25 @@ def count_reviewed_since(training: ObjectStore, labels: ObjectStore, since: floa
     return count
 
 
+def _training_key(member: str) -> str:
+    """``/training/3/0123.png`` -> ``3/0123.png`` (a key in training/)."""
+    key = validate_key(member[len(LABEL_ISSUE_MEMBER) :])
+    if "/" not in key:
+        raise InvalidKey(f"{member!r} names no class folder")
+    return key
+
+
+def _issue_record(claim: Claim) -> LabelRecord:
+    """What a reviewer sees of a label issue, shaped as a record: its folder is the label."""
+    return LabelRecord(
+        source_key=claim.item.key,
+        model_name="label-issues",
+        model_version=0,
+        label=claim.item.label,
+        created_at=claim.item.labeled_at,
+    )
+
+
 def _review(record: LabelRecord, action: Action, reviewer: str, label: str | None) -> Review:
     if action is Action.DISCARD:
         return Review(
@@ -267,3 +327,15 @@ def _review(record: LabelRecord, action: Action, reviewer: str, label: str | Non
     chosen = record.label if action is Action.ACCEPT else label
     outcome = ReviewOutcome.AGREED if chosen == record.label else ReviewOutcome.CORRECTED
     return Review(label=chosen, outcome=outcome, reviewer=reviewer, at=time.time())
+
+
+def validate_item_key(key: str) -> str:
+    """``key`` if it names a review item: a source key, or a label issue's training member.
+
+    Raises:
+        InvalidKey: Neither (traversal, empty segments, a name too long...).
+    """
+    if key.startswith(LABEL_ISSUE_MEMBER):
+        _training_key(key)
+        return key
+    return validate_key(key)

@@ -20,6 +20,9 @@ from typing import Any
 from storage import LabelRecord
 
 DEFAULT_NAMESPACE = "labeler:review"
+# Queue members of training images a label-issue search doubts. A leading '/' is never valid in
+# an object key, so such a member can never be mistaken for a source key in incoming/.
+LABEL_ISSUE_MEMBER = "/training/"
 
 # KEYS: the sorted set to walk (200 members per ZRANGE).
 # ARGV: namespace, token, lease ms, key prefix, rank to start at, most members to scan.
@@ -61,6 +64,8 @@ class QueuedItem:
     label: str
     etag: str | None
     labeled_at: float
+    label_issue: bool = False  # a training image; ``label`` is its folder
+    suggested: str | None = None  # the class the out-of-sample predictions suggest
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,30 @@ class ReviewQueue:
             pipe.zadd(self._key("pending"), {record.source_key: record.created_at})
             pipe.zadd(self._key("class", label), {record.source_key: record.created_at})
             pipe.sadd(self._key("classes"), label)
+            count += 1
+        if count:
+            pipe.execute()
+        return count
+
+    def add_label_issues(self, issues: Iterable[Any], at: float | None = None) -> int:
+        """Queue training images whose folder is doubted (objects with ``key``, ``given``,
+        ``suggested``, ``quality``); the member is ``/training/<key>``. Returns the count."""
+        now = time.time() if at is None else at
+        pipe = self._redis.pipeline(transaction=False)
+        count = 0
+        for issue in issues:
+            member = LABEL_ISSUE_MEMBER + issue.key
+            item = {
+                "label": issue.given,
+                "at": now,
+                "label_issue": True,
+                "suggested": issue.suggested,
+                "quality": issue.quality,
+            }
+            pipe.hset(self._key("items"), member, json.dumps(item))
+            pipe.zadd(self._key("pending"), {member: now})
+            pipe.zadd(self._key("class", issue.given), {member: now})
+            pipe.sadd(self._key("classes"), issue.given)
             count += 1
         if count:
             pipe.execute()
@@ -246,4 +275,11 @@ def _text(value: bytes | str) -> str:
 
 def _item(key: str, raw: bytes | str | None) -> QueuedItem:
     data = json.loads(raw) if raw else {}
-    return QueuedItem(key, data.get("label", ""), data.get("etag"), float(data.get("at", 0.0)))
+    return QueuedItem(
+        key,
+        data.get("label", ""),
+        data.get("etag"),
+        float(data.get("at", 0.0)),
+        bool(data.get("label_issue", False)),
+        data.get("suggested"),
+    )

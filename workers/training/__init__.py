@@ -15,6 +15,12 @@ from workers.training.evaluation import (
 )
 from workers.training.fitting import TrainingConfig, train_model
 from workers.training.image_cache import ImageCache
+from workers.training.label_issues import (
+    LabelIssue,
+    LabelIssueConfig,
+    LabelIssueReport,
+    find_label_issues_in,
+)
 from workers.training.optimization import (
     HeldOut,
     Int8Bars,
@@ -31,6 +37,9 @@ __all__ = [
     "HeldOut",
     "ImageCache",
     "Int8Bars",
+    "LabelIssue",
+    "LabelIssueConfig",
+    "LabelIssueReport",
     "RetrainConfig",
     "RetrainOutcome",
     "Retrainer",
@@ -41,6 +50,7 @@ __all__ = [
     "calibration_from_training",
     "decide",
     "evaluate",
+    "find_label_issues_in",
     "load_training_data",
     "make_backbone_classifier",
     "make_small_cnn",

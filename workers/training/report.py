@@ -7,9 +7,15 @@ import base64
 import html
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from storage import ObjectStore
+from storage.keys import report_key
+from storage.registry import ModelMetadata
 from workers.training.evaluation import Evaluation, GateDecision
+
+if TYPE_CHECKING:
+    from workers.training.label_issues import LabelIssueReport
 
 
 def confusion_matrix_png(evaluation: Evaluation) -> bytes:
@@ -81,7 +87,9 @@ def report_html(
     runtimes: list[dict[str, Any]] | None = None,
     facts: dict[str, int | str | None] | None = None,
     audited: dict[str, Any] | None = None,
+    label_issues: tuple[int, list[tuple[dict[str, Any], bytes | None]]] | None = None,
 ) -> bytes:
+    """The page; ``label_issues`` is (how many were found, the worst with a PNG thumbnail)."""
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td>{_cells(f, production, name)}</tr>"
         for name, f in evaluation.per_class.items()
@@ -117,6 +125,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;
 <th>support</th><th>Δ recall</th></tr>{rows}</table>
 {_runtimes_html(runtimes or [])}
 {_audited_html(audited)}
+{_label_issues_html(label_issues)}
 <h2>Confusion matrix</h2>{_img(matrix_png)}{curves}</body></html>"""
     return page.encode()
 
@@ -165,6 +174,27 @@ def _runtimes_html(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _label_issues_html(
+    found_and_worst: tuple[int, list[tuple[dict[str, Any], bytes | None]]] | None,
+) -> str:
+    """The training images the out-of-sample predictions doubt most, with thumbnails."""
+    if found_and_worst is None:
+        return ""
+    found, worst = found_and_worst
+    body = "".join(
+        f"<tr><td>{_img(png, 'height=64') if png else ''}</td>"
+        f"<td style=text-align:left>{html.escape(issue['key'])}</td>"
+        f"<td>{html.escape(issue['given'])}</td><td>{html.escape(issue['suggested'])}</td>"
+        f"<td>{issue['quality']:.3f}</td></tr>"
+        for issue, png in worst
+    )
+    return (
+        f"<h2>Likely label errors in training/ ({found} found, queued for review)</h2>"
+        "<table><tr><th>image</th><th>key</th><th>folder</th><th>suggested</th>"
+        f"<th>label quality</th></tr>{body}</table>"
+    )
+
+
 def _verdict(row: dict[str, Any]) -> str:
     if "approved" not in row:
         return ""
@@ -194,8 +224,9 @@ def _signed(value: float | None) -> str:
     return "—" if value is None else f"{value:+.4f}"
 
 
-def _img(png: bytes) -> str:
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def _img(png: bytes, attributes: str = "") -> str:
+    data = base64.b64encode(png).decode()
+    return f'<img alt="" {attributes} src="data:image/png;base64,{data}">'
 
 
 def _png(fig: Any) -> bytes:
@@ -206,3 +237,65 @@ def _png(fig: Any) -> bytes:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def write_version_reports(
+    reports: ObjectStore,
+    metadata: ModelMetadata,
+    judged: tuple[Evaluation, Evaluation | None, GateDecision],
+    history: dict[str, list[float]],
+    runtimes: list[dict[str, Any]],
+    facts: dict[str, Any],
+    *,
+    audited: dict[str, Any] | None,
+    issues: LabelIssueReport | None,
+    issues_shown: int,
+) -> None:
+    """A version's evaluation.json, confusion matrix and HTML report, into ``reports``.
+
+    Args:
+        judged: The candidate's evaluation, production's (None for a first model), the gate's.
+        facts: Extra evaluation.json fields (training images, devices, audited quality...).
+        issues: Label issues found in training/; the worst ``issues_shown`` get thumbnails.
+    """
+    candidate, production, decision = judged
+    name, version = metadata.name, metadata.version
+    matrix = confusion_matrix_png(candidate)
+    curves = training_curves_png(history) if history else None
+    extra: dict[str, Any] = {
+        "model": name,
+        "version": version,
+        "parent_version": metadata.parent_version,
+        "training_data_fingerprint": metadata.training_data_fingerprint,
+        **facts,
+    }
+    shown = None
+    if issues is not None:
+        extra["label_issues"] = [issue.as_dict() for issue in issues.issues]
+        extra["label_issue_search"] = issues.summary()
+        worst = issues.issues[:issues_shown]
+        pairs = zip(worst, issues.thumbnails, strict=False)
+        shown = (issues.found, [(issue.as_dict(), png) for issue, png in pairs])
+    page_facts = {k: v for k, v in facts.items() if k != "production_label_quality"}
+    page = report_html(
+        f"{name} v{version}",
+        candidate,
+        production,
+        decision,
+        matrix,
+        curves,
+        runtimes,
+        page_facts,
+        audited,
+        shown,
+    )
+    files = {
+        "evaluation.json": (
+            evaluation_json(candidate, production, decision, extra, runtimes),
+            "application/json",
+        ),
+        "confusion_matrix.png": (matrix, "image/png"),
+        "report.html": (page, "text/html"),
+    }
+    for file, (data, content_type) in files.items():
+        reports.put(report_key(name, version, file), data, content_type=content_type)

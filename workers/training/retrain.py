@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from monitoring.metrics import Metrics
-from storage import ObjectStore
+from storage import ObjectNotFound, ObjectStore
 from storage.keys import report_key
 from storage.registry import ModelMetadata, ModelRegistry
 from workers.inference import load_keras_file
@@ -31,13 +32,15 @@ from workers.training.evaluation import (
 )
 from workers.training.fitting import Progress, TrainedModel, TrainingConfig, train_model
 from workers.training.image_cache import ImageCache
-from workers.training.optimization import Int8Bars, calibration_from_training, optimize_version
-from workers.training.report import (
-    confusion_matrix_png,
-    evaluation_json,
-    report_html,
-    training_curves_png,
+from workers.training.label_issues import (
+    LabelIssue,
+    LabelIssueConfig,
+    LabelIssueReport,
+    find_label_issues_in,
+    thumbnails,
 )
+from workers.training.optimization import Int8Bars, calibration_from_training, optimize_version
+from workers.training.report import write_version_reports
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class RetrainConfig:
     cache_max_bytes: int
     ratios: SplitRatios = field(default_factory=SplitRatios)
     export_openvino: bool = True  # the IR is made here, once, never by the workers
+    label_issues: LabelIssueConfig | None = field(default_factory=LabelIssueConfig)  # None: off
+    report_label_issues: int = 24  # the worst shown with thumbnails in report.html
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class RetrainOutcome:
     seconds: float
     reviewed_images_added: int | None = None  # reviewed images new since the parent version
     images: dict[str, int] = field(default_factory=dict)  # cache phase: fetched, reused, ...
+    label_issues: int | None = None  # likely label errors found in training/ (None: not run)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -95,9 +101,11 @@ class Retrainer:
         config: RetrainConfig,
         labels: ObjectStore | None = None,
         label_quality: Callable[[int], dict[str, Any]] | None = None,
+        queue_label_issues: Callable[[list[LabelIssue]], int] | None = None,
     ) -> None:
         self.labels = labels  # to count the reviewed images that joined the data
         self._label_quality = label_quality  # production's audited precision, for the report
+        self.queue_label_issues = queue_label_issues  # to the review queue: a person decides
         self.training = training
         self.registry = registry
         self.reports = reports
@@ -105,7 +113,7 @@ class Retrainer:
         self.config = config
 
     def run(self, progress: Progress | None = None) -> RetrainOutcome:
-        """One retrain run, in nine phases:
+        """One retrain run, in ten phases:
 
         1. warm start: load the production version (none before the first model);
         2. data: fetch and decode training/ once into the image cache, split by key hash;
@@ -114,8 +122,10 @@ class Retrainer:
         5. calibrate: per-class review thresholds on the validation split;
         6. register: the candidate becomes a new (not yet served) version;
         7. optimize: the OpenVINO IR, INT8 judged against FP32 (a failure only warns);
-        8. report: evaluation.json, the confusion matrix and the HTML report;
-        9. promote: only a version that passed the gate; count the decision.
+        8. label issues: training images whose folder out-of-sample predictions doubt, queued
+           for a person (a failure only warns);
+        9. report: evaluation.json, the confusion matrix and the HTML report;
+        10. promote: only a version that passed the gate; count the decision.
 
         Args:
             progress: Called with ``{"phase": ...}`` (and counts) as the run goes.
@@ -139,9 +149,11 @@ class Retrainer:
         report({"phase": "optimizing"})
         runtimes = self._optimize(trained.model, data, metadata)
         joined = self._reviewed_since(base_meta)
+        report({"phase": "finding label issues"})
+        issues = self.label_issues(trained.model, data)
         facts = _facts(data, trained, joined)
         audited = self._label_quality(alias.version) if alias and self._label_quality else None
-        self._write_reports(metadata, verdict, trained.history, runtimes, facts, audited)
+        self._write_reports(metadata, verdict, trained.history, runtimes, facts, audited, issues)
         self._promote(metadata, verdict)
         outcome = RetrainOutcome(
             version=metadata.version,
@@ -153,6 +165,7 @@ class Retrainer:
             seconds=round(time.monotonic() - started, 1),
             reviewed_images_added=joined,
             images=data.cache,
+            label_issues=issues.found if issues else None,
         )
         log.info("retrain finished: %s", outcome)
         return outcome
@@ -204,7 +217,7 @@ class Retrainer:
         )
 
     def _promote(self, metadata: ModelMetadata, verdict: _Verdict) -> None:
-        """Phase 9: serve the version if it passed; count the decision and its figures."""
+        """Phase 10: serve the version if it passed; count the decision and its figures."""
         passed = verdict.decision.passed
         if passed:
             self.registry.promote(metadata.version)
@@ -298,44 +311,65 @@ class Retrainer:
         history: dict[str, list[float]],
         runtimes: list[dict[str, Any]],
         facts: dict[str, int | str | None],
-        audited: dict[str, Any] | None = None,
+        audited: dict[str, Any] | None,
+        issues: LabelIssueReport | None,
     ) -> None:
-        """Phase 8: evaluation.json, the confusion matrix and the HTML report of the version."""
-        candidate, production, decision = verdict.candidate, verdict.production, verdict.decision
-        name, version = metadata.name, metadata.version
-        matrix = confusion_matrix_png(candidate)
-        curves = training_curves_png(history) if history else None
-        extra = {
-            "model": name,
-            "version": version,
-            "parent_version": metadata.parent_version,
-            "training_data_fingerprint": metadata.training_data_fingerprint,
-            **facts,
-            "production_label_quality": audited,
-        }
-        files = {
-            "evaluation.json": (
-                evaluation_json(candidate, production, decision, extra, runtimes),
-                "application/json",
-            ),
-            "confusion_matrix.png": (matrix, "image/png"),
-            "report.html": (
-                report_html(
-                    f"{name} v{version}",
-                    candidate,
-                    production,
-                    decision,
-                    matrix,
-                    curves,
-                    runtimes,
-                    facts,
-                    audited,
-                ),
-                "text/html",
-            ),
-        }
-        for file, (data, content_type) in files.items():
-            self.reports.put(report_key(name, version, file), data, content_type=content_type)
+        """Phase 9: evaluation.json, the confusion matrix and the HTML report of the version."""
+        write_version_reports(
+            self.reports,
+            metadata,
+            (verdict.candidate, verdict.production, verdict.decision),
+            history,
+            runtimes,
+            {**facts, "production_label_quality": audited},
+            audited=audited,
+            issues=issues,
+            issues_shown=self.config.report_label_issues,
+        )
+
+    def check_labels(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Label issues in training/ by the production model, by hand (``labeler check-labels``):
+        queued for review and written into that version's ``evaluation.json``."""
+        report = progress or (lambda _: None)
+        alias = self.registry.production()
+        if alias is None:
+            return {"outcome": "no_model"}
+        model, meta = self._production_model(alias.version)
+        assert meta is not None  # a production alias names a registered version
+        data = self._cache_data(tuple(meta.input_size), report)
+        report({"phase": "finding label issues"})
+        found = self.label_issues(model, data)
+        if found is None:
+            return {"outcome": "failed", "version": meta.version}
+        self._record_issues(meta, found)
+        return {"outcome": "checked", "version": meta.version, **found.summary()}
+
+    def _record_issues(self, meta: ModelMetadata, found: LabelIssueReport) -> None:
+        key = report_key(meta.name, meta.version, "evaluation.json")
+        try:
+            document = json.loads(self.reports.get(key).data)
+        except (ObjectNotFound, ValueError):
+            document = {"model": meta.name, "version": meta.version}
+        document["label_issues"] = [issue.as_dict() for issue in found.issues]
+        document["label_issue_search"] = found.summary()
+        data = json.dumps(document, indent=2).encode()
+        self.reports.put(key, data, content_type="application/json")
+
+    def label_issues(self, model: Any, data: TrainingData) -> LabelIssueReport | None:
+        """Likely label errors in ``data``, queued for review; a failure here never fails the
+        retrain (the version is still judged and reported, without the list)."""
+        if self.config.label_issues is None:
+            return None
+        try:
+            found = find_label_issues_in(model, data, self.config.label_issues)
+            worst = found.issues[: self.config.report_label_issues]
+            found.thumbnails[:] = thumbnails(data, worst)
+            if self.queue_label_issues is not None:
+                self.queue_label_issues(found.issues)
+        except Exception:
+            log.exception("finding label issues failed; the retrain goes on without them")
+            return None
+        return found
 
     def _reviewed_since(self, parent: ModelMetadata | None) -> int | None:
         """Reviewed images added to training/ since the parent version was made (or ever)."""

@@ -14,6 +14,7 @@ from labeler.wiring import celery_config
 from storage import PermanentError, TransientError, error_classes
 from tasks.app import create_app
 from tasks.contracts import (
+    CHECK_LABELS,
     CLASSIFY_BATCH,
     RETRAIN,
     TASK_QUEUES,
@@ -49,7 +50,7 @@ def test_routes_queues_and_retries_come_from_one_definition() -> None:
         assert app.conf.task_routes[task] == {"queue": queue}
         assert app.tasks[task].autoretry_for == (TransientError,)
     assert app.conf.beat_schedule["nightly-retrain"]["options"]["queue"] == TASK_QUEUES[RETRAIN]
-    assert set(TASK_QUEUES) == {CLASSIFY_BATCH, RETRAIN}
+    assert set(TASK_QUEUES) == {CLASSIFY_BATCH, RETRAIN, CHECK_LABELS}
 
 
 def test_the_error_family_splits_by_what_to_do() -> None:
