@@ -42,7 +42,8 @@ def test_an_issue_is_shown_with_its_folder_suggestion_and_image(desk: ReviewDesk
     assert item.label_issue
     assert item.suggested == "8"
     assert item.record.label == "3"
-    assert desk.image(item.record.source_key).data == b"pixels of 3/a.png"
+    store, path = desk.image_source(item.record.source_key)
+    assert store.get(path).data == b"pixels of 3/a.png"
     assert desk.training.exists("3/a.png")  # shown, not touched
 
 

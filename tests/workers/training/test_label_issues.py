@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +68,12 @@ def test_most_moved_labels_are_found_with_few_false_alarms(
 def test_a_retrain_lists_reports_and_queues_moved_labels(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
 
+    from labeler.settings import Settings
+    from labeler.wiring import retrain_config, training_config
     from monitoring.metrics import Metrics
     from storage import LocalStore
     from storage.registry import ModelRegistry
-    from workers.training import RetrainConfig, Retrainer, TrainingConfig
+    from workers.training import Retrainer
 
     training, reports = LocalStore(tmp_path / "training"), LocalStore(tmp_path / "reports")
     rng = np.random.default_rng(5)
@@ -88,8 +91,9 @@ def test_a_retrain_lists_reports_and_queues_moved_labels(tmp_path: Path) -> None
         ModelRegistry(LocalStore(tmp_path / "models"), "digits"),
         reports,
         Metrics(CollectorRegistry()),
-        RetrainConfig(
-            training=TrainingConfig(input_size=INPUT_SIZE),
+        replace(
+            retrain_config(Settings()),
+            training=replace(training_config(Settings()), input_size=INPUT_SIZE),
             cache_dir=tmp_path / "cache",
             export_openvino=False,
         ),
