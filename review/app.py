@@ -86,7 +86,12 @@ class SkipRequest(BaseModel):
 
 def create_app(desk: ReviewDesk, config: ReviewConfig) -> Starlette:
     """The ASGI app; serve it with uvicorn."""
-    handlers = _Handlers(desk, config, Jinja2Templates(directory=_HERE / "templates"))
+    local_user = None if config.reviewers else LOCAL_REVIEWER
+    # A loopback-only app keeps its sessions apart: its cookies mean nothing to a signed-in one.
+    realm = "local:" if local_user else "signed-in:"
+    store = SessionStore(desk.queue.client, realm + (config.secret_key or secrets.token_hex(32)))
+    templates = Jinja2Templates(directory=_HERE / "templates")
+    handlers = _Handlers(desk, config, templates, store)
     routes = [
         Route("/", handlers.page),
         Route("/login", handlers.login_page, methods=["GET"]),
@@ -103,25 +108,30 @@ def create_app(desk: ReviewDesk, config: ReviewConfig) -> Starlette:
         Route("/api/stats", handlers.stats),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
-    local_user = None if config.reviewers else LOCAL_REVIEWER
-    # A loopback-only app keeps its sessions apart: its cookies mean nothing to a signed-in one.
-    realm = "local:" if local_user else "signed-in:"
-    store = SessionStore(desk.queue.client, realm + (config.secret_key or secrets.token_hex(32)))
     middleware = [  # outermost first
         Middleware(ResponseHeaders),
         Middleware(OriginGuard, loopback_only=local_user is not None),
         Middleware(BodyLimit),
         Middleware(SessionMiddleware, store=store, https_only=config.secure_cookies),
-        Middleware(SecurityMiddleware, local_user=local_user, reviewers=config.reviewers),
+        Middleware(
+            SecurityMiddleware, local_user=local_user, reviewers=config.reviewers, sessions=store
+        ),
     ]
     return Starlette(routes=routes, middleware=middleware)
 
 
 class _Handlers:
-    def __init__(self, desk: ReviewDesk, config: ReviewConfig, templates: Jinja2Templates):
+    def __init__(
+        self,
+        desk: ReviewDesk,
+        config: ReviewConfig,
+        templates: Jinja2Templates,
+        sessions: SessionStore,
+    ) -> None:
         self.desk = desk
         self.config = config
         self.templates = templates
+        self.sessions = sessions
         self.throttle = SignInThrottle(desk.queue.client)
         self.previews = PreviewRenderer(
             max_side=config.preview_side,
@@ -175,10 +185,14 @@ class _Handlers:
         request.session.clear()  # a fresh session (and CSRF token) for the signed-in user
         request.session["user"] = name
         request.session["cred"] = self.config.reviewers.fingerprint(name)
+        request.session["epoch"] = await run_in_threadpool(self.sessions.user_epoch, name)
         csrf_token(request.session)
         return RedirectResponse("/", 303)
 
     async def logout(self, request: Request) -> Response:
+        user = request.session.get("user")
+        if user and self.config.reviewers:  # a loopback-only app's one user has no sign-in
+            await run_in_threadpool(self.sessions.end_user_sessions, str(user))
         request.session.clear()
         return RedirectResponse("/login", 303)
 

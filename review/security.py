@@ -18,10 +18,12 @@ from collections.abc import MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from review.auth import Reviewers
 from review.guards import SAFE_METHODS, send_json
+from review.sessions import SessionStore
 
 # Paths anyone may fetch: the sign-in page, its assets, the CSRF bootstrap, health and metrics.
 PUBLIC_PATHS = ("/login", "/static/", "/api/csrf", "/healthz", "/metrics")
@@ -40,10 +42,18 @@ def csrf_token(session: MutableMapping[str, Any]) -> str:
 class SecurityMiddleware:
     """Headers on every response; 401/redirect without a session; 403 without the CSRF token."""
 
-    def __init__(self, app: ASGIApp, *, local_user: str | None, reviewers: Reviewers) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        local_user: str | None,
+        reviewers: Reviewers,
+        sessions: SessionStore,
+    ) -> None:
         self.app = app
         self.local_user = local_user  # set when no credentials exist (127.0.0.1 only)
         self.reviewers = reviewers
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,8 +63,9 @@ class SecurityMiddleware:
         path: str = scope["path"]
         if self.local_user is not None:
             session.setdefault("user", self.local_user)
-        elif session.get("user") and not self._valid(session):
-            session.clear()  # removed, password changed, or made by a loopback-only app: ended
+        elif session.get("user") and not await run_in_threadpool(self._valid, session):
+            # Removed, password changed, signed out elsewhere, or made by a loopback-only app.
+            session.clear()
         public = any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC_PATHS)
         if not public and not session.get("user"):
             await _refuse_unsigned(path, send)
@@ -68,12 +79,15 @@ class SecurityMiddleware:
         await self.app(scope, receive, send)
 
     def _valid(self, session: MutableMapping[str, Any]) -> bool:
-        """The session's user is a reviewer now, with the credentials it signed in with."""
-        expected = self.reviewers.fingerprint(str(session.get("user")))
+        """The session's user is a reviewer now, with the credentials it signed in with, and
+        has not signed out since."""
+        user = str(session.get("user"))
+        expected = self.reviewers.fingerprint(user)
         presented = session.get("cred")
-        return bool(expected and isinstance(presented, str)) and hmac.compare_digest(
-            str(expected), str(presented)
-        )
+        if not (expected and isinstance(presented, str)):
+            return False
+        current = session.get("epoch") == self.sessions.user_epoch(user)
+        return current and hmac.compare_digest(str(expected), str(presented))
 
 
 async def _presented_token(scope: Scope, receive: Receive) -> tuple[Receive, str | None]:

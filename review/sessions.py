@@ -21,6 +21,7 @@ COOKIE = "labeler_review"
 SIGNED_IN_SECONDS = 12 * 3600  # a working day, then sign in again
 ANONYMOUS_SECONDS = 15 * 60  # a CSRF token for the sign-in form: short, they cost Redis memory
 _PREFIX = "labeler:review:session:"
+_USER_PREFIX = "labeler:review:signed-out:"  # per user: sign-outs so far
 SESSIONLESS = ("/healthz", "/metrics", "/static/")
 
 
@@ -50,9 +51,21 @@ class SessionStore:
     def delete(self, sid: str) -> None:
         self._redis.delete(self._key(sid))
 
+    def user_epoch(self, user: str) -> int:
+        """How many times ``user`` signed out: a session made under an older epoch is over."""
+        return int(self._redis.get(self._user_key(user)) or 0)
+
+    def end_user_sessions(self, user: str) -> None:
+        """Sign-out: every session of ``user``, on every device and app process, ends now."""
+        self._redis.incr(self._user_key(user))
+
     def _key(self, sid: str) -> str:
         digest = hmac.new(self._secret, sid.encode(), hashlib.sha256).hexdigest()
         return _PREFIX + digest
+
+    def _user_key(self, user: str) -> str:
+        digest = hmac.new(self._secret, b"user:" + user.encode(), hashlib.sha256).hexdigest()
+        return _USER_PREFIX + digest
 
 
 class SessionMiddleware:

@@ -138,6 +138,18 @@ def test_a_cookie_replayed_after_sign_out_is_dead(guarded: ReviewProcess) -> Non
     )
 
 
+def test_sign_out_ends_every_session_of_that_user(guarded: ReviewProcess) -> None:
+    laptop, phone = _signed_in(guarded, "ana"), _signed_in(guarded, "ana")
+    bob = _signed_in(guarded, "bob")
+    assert phone.api("/api/next").status == 200
+    assert laptop.api("/logout").status == 303
+
+    assert phone.api("/api/next").status == 401
+    assert bob.api("/api/next").status == 200  # another user's sessions go on
+    again = _signed_in(guarded, "ana")  # and ana can sign in anew
+    assert again.api("/api/next").status == 200
+
+
 def test_the_cookie_is_an_opaque_id_and_holds_no_token(guarded: ReviewProcess) -> None:
     ana = _signed_in(guarded)
     assert ana.cookie is not None
