@@ -80,7 +80,7 @@ def bare_runs(root: Path, model_path: Path, calls: int) -> list[dict[str, Any]]:
         models["openvino", precision] = OpenVinoModel(ir, metadata, 32, precision)
     runs = []
     for (runtime, precision), model in models.items():
-        with phase({"runtime": runtime, "precision": precision}) as record:
+        with phase({"runtime": runtime, "serving_format": precision}) as record:
             record |= measure_bare(model, batches[:2], calls)
         runs.append(record)
         print(f"  bare {runtime} {precision}: {record['images_per_second']} images/s", flush=True)
@@ -133,7 +133,7 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
                     {
                         "name": name,
                         "runtime": runtime,
-                        "precision": precision,
+                        "serving_format": precision,
                         "image_set": images.name,
                     },
                     *pids["worker"],
@@ -162,7 +162,7 @@ def _calibration(images: Any) -> Any:
 
 def compare(result: dict[str, Any]) -> dict[str, Any]:
     """Ratios to TensorFlow FP32 (bare, and end to end per image set), each marked trusted."""
-    bare = {(r["runtime"], r["precision"]): r for r in result["bare"]}
+    bare = {(r["runtime"], r["serving_format"]): r for r in result["bare"]}
     tf = bare["tensorflow", "fp32"]
     out: dict[str, Any] = {}
     for key, record in bare.items():
@@ -171,7 +171,7 @@ def compare(result: dict[str, Any]) -> dict[str, Any]:
             "ratio_to_tensorflow": round(record["images_per_second"] / tf["images_per_second"], 2),
             "trusted": trusted(record, tf),
         }
-    e2e = {(r["runtime"], r["precision"], r["image_set"]): r for r in result["end_to_end"]}
+    e2e = {(r["runtime"], r["serving_format"], r["image_set"]): r for r in result["end_to_end"]}
     for (runtime, precision, image_set), record in e2e.items():
         reference = e2e["tensorflow", "fp32", image_set]
         out[f"end to end {runtime} {precision} {image_set}"] = {

@@ -222,13 +222,13 @@ def _training_split(
 
 
 def _runtimes(registry: ModelRegistry, version: int) -> str:
-    """What can serve a version: ``tensorflow``, plus its OpenVINO precisions and INT8's verdict."""
+    """What can serve a version: ``tensorflow``, plus its OpenVINO formats and INT8's verdict."""
     artifacts = registry.artifacts(version)
     if artifacts is None:
         return "tensorflow only: run `labeler models optimize`"
     int8 = artifacts.int8
     verdict = "" if int8 is None else (" approved" if int8.approved else " refused")
-    return "openvino " + "+".join(artifacts.precisions) + verdict
+    return "openvino " + "+".join(artifacts.formats) + verdict
 
 
 def _class_names(classes: str | None, classes_file: Path | None) -> list[str]:

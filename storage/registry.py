@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFound, PermanentStorageError
@@ -71,16 +71,18 @@ class Int8Approval(BaseModel):
 
 
 class RuntimeArtifacts(BaseModel):
-    """``openvino/manifest.json``: the IR precisions a version has; INT8 serves only if approved."""
+    """``openvino/manifest.json``: the IR's numeric formats (fp32, int8) a version has; INT8
+    serves only if approved."""
 
-    precisions: list[str]
+    # Manifests written before the rename call the list "precisions".
+    formats: list[str] = Field(validation_alias=AliasChoices("formats", "precisions"))
     int8: Int8Approval | None = None
     created_at: float = Field(default_factory=time.time)
 
-    def servable(self, precision: str) -> bool:
-        if precision == "int8":
-            return "int8" in self.precisions and self.int8 is not None and self.int8.approved
-        return precision in self.precisions
+    def servable(self, serving_format: str) -> bool:
+        if serving_format == "int8":
+            return "int8" in self.formats and self.int8 is not None and self.int8.approved
+        return serving_format in self.formats
 
 
 class VersionNotFound(PermanentStorageError):

@@ -108,7 +108,7 @@ def test_first_retrain_is_promoted_and_served_without_restart(cluster: Cluster) 
     assert set(metadata.class_thresholds) == set(names)
     assert metadata.training_data_fingerprint
     # The retrain exported the OpenVINO IR and judged INT8 on the test split: a row per runtime.
-    rows = {(r["runtime"], r["precision"]): r for r in document["runtimes"]}
+    rows = {(r["runtime"], r["serving_format"]): r for r in document["runtimes"]}
     assert set(rows) == {("tensorflow", "fp32"), ("openvino", "fp32"), ("openvino", "int8")}
     assert rows["openvino", "fp32"]["accuracy"] == pytest.approx(evaluation["accuracy"], abs=0.01)
     assert "approved" in rows["openvino", "int8"]

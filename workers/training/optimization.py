@@ -157,7 +157,7 @@ def optimize_version(
             )
         )
         rows[-1] |= {"approved": approval.approved, "reason": approval.reason}
-    artifacts = RuntimeArtifacts(precisions=list(files), int8=approval)
+    artifacts = RuntimeArtifacts(formats=list(files), int8=approval)
     registry.put_artifacts(version, files, artifacts)
     return Optimization(artifacts, rows)
 
@@ -224,7 +224,7 @@ def _row(
     """One report row: accuracy and macro-F1 (when labels are known), agreement, images/s."""
     row: dict[str, Any] = {
         "runtime": runtime,
-        "precision": precision,
+        "serving_format": precision,
         "images": len(probs),
         "images_per_second": rate,
         "accuracy": None,

@@ -153,7 +153,7 @@ def _audited_html(audited: dict[str, Any] | None) -> str:
 
 
 def _runtimes_html(rows: list[dict[str, Any]]) -> str:
-    """One row per runtime and precision; INT8's verdict (served or refused, and why)."""
+    """One row per runtime and serving format; INT8's verdict (served or refused, and why)."""
     if not rows:
         return ""
 
@@ -161,14 +161,14 @@ def _runtimes_html(rows: list[dict[str, Any]]) -> str:
         return "—" if value is None else format(value, spec)
 
     body = "".join(
-        f"<tr><td>{html.escape(r['runtime'])}</td><td>{html.escape(r['precision'])}</td>"
+        f"<tr><td>{html.escape(r['runtime'])}</td><td>{html.escape(r['serving_format'])}</td>"
         f"<td>{cell(r['accuracy'], '.4f')}</td><td>{cell(r['macro_f1'], '.4f')}</td>"
         f"<td>{cell(r['agreement'], '.2%')}</td><td>{cell(r['images_per_second'], '.0f')}</td>"
         f"<td>{_verdict(r)}</td></tr>"
         for r in rows
     )
     return (
-        "<h2>Runtimes (held-out images)</h2><table><tr><th>runtime</th><th>precision</th>"
+        "<h2>Runtimes (held-out images)</h2><table><tr><th>runtime</th><th>format</th>"
         "<th>accuracy</th><th>macro F1</th><th>top-1 agreement with FP32</th><th>images/s</th>"
         f"<th>served</th></tr>{body}</table>"
     )

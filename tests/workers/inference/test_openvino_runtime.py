@@ -102,7 +102,7 @@ def test_int8_of_digits_is_approved_and_served(
     assert model.serving_format == "int8"
     agreement = (model.predict(images).argmax(1) == fp32.predict(images).argmax(1)).mean()
     assert agreement >= 0.99
-    rows = {(r["runtime"], r["precision"]): r for r in result.rows}
+    rows = {(r["runtime"], r["serving_format"]): r for r in result.rows}
     assert set(rows) == {("tensorflow", "fp32"), ("openvino", "fp32"), ("openvino", "int8")}
     assert rows["openvino", "int8"]["accuracy"] >= 0.9
     assert rows["openvino", "int8"]["approved"]
