@@ -121,6 +121,31 @@ def test_first_retrain_is_promoted_and_served_without_restart(cluster: Cluster) 
     assert record.runtime == "openvino"  # auto on a CPU
 
 
+def test_check_labels_by_hand_lists_and_queues_what_it_finds(cluster: Cluster) -> None:
+    """`labeler check-labels --wait` on the training worker: the production version's training
+    images get out-of-sample predictions; what they doubt is listed and queued, not moved."""
+    version = _production(cluster)
+    assert version is not None, "runs after the first retrain"
+    training = cluster.stores.area(Area.TRAINING)
+    before = sorted(info.key for info in training.list(""))
+    out = run_labeler(cluster.env, "check-labels", "--wait", "--timeout", "600", timeout=700)
+
+    outcome = json.loads(out.stdout[out.stdout.index("{") :])
+    assert (outcome["outcome"], outcome["version"]) == ("checked", version)
+    assert outcome["images"] == len(before)
+    reports = cluster.stores.area(Area.REPORTS)
+    document = json.loads(reports.get(report_key("digits", version, "evaluation.json")).data)
+    assert document["label_issue_search"]["found"] == outcome["found"]
+    listed = document["label_issues"]
+    assert len(listed) == min(outcome["found"], 1000)
+    assert all(issue["key"] in before and issue["given"] != issue["suggested"] for issue in listed)
+    queued = redis.Redis.from_url(cluster.settings.broker_connection_url()).hkeys(
+        "labeler:review:items"
+    )
+    assert {f"/training/{issue['key']}".encode() for issue in listed} <= set(queued)
+    assert sorted(info.key for info in training.list("")) == before  # nothing moved
+
+
 def test_worse_candidate_is_refused_and_production_stays(cluster: Cluster) -> None:
     training = cluster.stores.area(Area.TRAINING)
     rng = random.Random(3)
