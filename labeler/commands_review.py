@@ -161,7 +161,9 @@ def build_review_app(settings: Settings, reviewers: Reviewers) -> Any:
 def review_queue(settings: Settings) -> ReviewQueue:
     from workers.review import ReviewQueue
 
-    return ReviewQueue(_redis(settings), lease_seconds=settings.review_lease_seconds)
+    return ReviewQueue(
+        _redis(settings), lease_seconds=settings.review_lease_seconds, order=settings.review_order
+    )
 
 
 def quality_ledger(settings: Settings) -> QualityLedger:

@@ -337,6 +337,12 @@ class Settings(BaseSettings):
     review_lease_seconds: float = Field(
         120.0, gt=0, le=3600, description="How long a reviewer holds an item before it returns."
     )
+    review_order: Literal["uncertainty", "oldest", "random"] = Field(
+        "uncertainty", description="Next item: smallest margin first (classes take turns), "
+        "the oldest, or random. After a change: `labeler review reindex`.")  # fmt: skip
+    relabel_on_promote: Literal["pending", "all", "off"] = Field(
+        "pending", description="On a promotion, re-score the records waiting for review, "
+        "every record no person reviewed, or none.")  # fmt: skip
     review_secure_cookies: bool = Field(
         False,
         description="Send the session cookie over HTTPS only. Unset: Secure whenever the "

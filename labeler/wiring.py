@@ -112,7 +112,7 @@ class ProcessEngines:
         from workers.review import ReviewQueue
 
         labels = LabelStore(self.stores.area(Area.LABELS))
-        review_queue = ReviewQueue(self.redis)
+        review_queue = ReviewQueue(self.redis, order=self.settings.review_order)
         return BatchClassifier(
             self.stores.area(Area.INCOMING),
             labels,

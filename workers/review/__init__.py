@@ -24,6 +24,7 @@ from workers.review.decisions import (
     count_reviewed_since,
     is_class_name,
 )
+from workers.review.ordering import REVIEW_ORDERS, ReviewOrder, margin
 from workers.review.previews import (
     PREVIEW_CONTENT_TYPE,
     PREVIEW_MAX_PIXELS,
@@ -37,6 +38,7 @@ from workers.review.queue import Claim, ReviewQueue
 __all__ = [
     "PREVIEW_CONTENT_TYPE",
     "PREVIEW_MAX_PIXELS",
+    "REVIEW_ORDERS",
     "Action",
     "AuditPolicy",
     "AuditSampler",
@@ -50,6 +52,7 @@ __all__ = [
     "ReviewDesk",
     "ReviewError",
     "ReviewItem",
+    "ReviewOrder",
     "ReviewQueue",
     "StaleItem",
     "VersionCounts",
@@ -60,6 +63,7 @@ __all__ = [
     "count_reviewed_since",
     "is_class_name",
     "label_quality",
+    "margin",
     "preview_png",
     "reviewed_quality",
     "wilson_interval",

@@ -1,11 +1,12 @@
 """The review queue: an index in Redis of records that wait for a person, with short leases.
 
-``<ns>:pending`` is a sorted set of source keys scored by when they were labeled (oldest first),
-``<ns>:class:<label>`` the same per predicted class, ``<ns>:items`` a hash of key -> what the
-record said (label, ETag, time). Claiming runs as one Lua script: it walks the set in order and
-takes the first key whose lease (``<ns>:lease:<key>``, ``SET NX PX``) it can set, so two
-reviewers never hold the same item. Nothing here lists ``labels/``: :meth:`ReviewQueue.rebuild`
-does that once, for ``labeler review reindex``.
+``<ns>:pending`` is a sorted set of source keys scored by the review order (see
+:mod:`workers.review.ordering`: the margin under ``uncertainty``, lowest first),
+``<ns>:class:<label>`` the same per predicted class, ``<ns>:audit`` the audit items, ``<ns>:items``
+a hash of key -> what the record said (label, ETag, time). Claiming runs as one Lua script: it
+walks a set in order and takes the first key whose lease (``<ns>:lease:<key>``, ``SET NX PX``) it
+can set, so two reviewers never hold the same item. Nothing here lists ``labels/``:
+:meth:`ReviewQueue.rebuild` does that once, for ``labeler review reindex``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage import LabelRecord
+from workers.review.ordering import BALANCED_CLAIM, ReviewOrder, back_score, order_score
 
 DEFAULT_NAMESPACE = "labeler:review"
 
@@ -43,7 +45,8 @@ while start < stop do
 end
 return start
 """
-_INDEX = ("pending", "items", "classes")  # the index's keys besides the per-class sets
+# The index's keys besides the per-class sets (the last two: the balanced claim's turn counters).
+_INDEX = ("pending", "items", "classes", "audit", "turn", "audit-credit")
 SCAN_PER_CALL = 2000  # members one claim call looks at before handing Redis back
 
 # Delete a lease only if it is still ours (a lease that expired may belong to someone else now).
@@ -82,15 +85,18 @@ class ReviewQueue:
         namespace: str = DEFAULT_NAMESPACE,
         lease_seconds: float = 120.0,
         max_scan: int = 100_000,
+        order: ReviewOrder = "uncertainty",
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
+        self.order = order
         self._redis = redis
         self._ns = namespace
         self.lease_seconds = lease_seconds
         self._max_scan = max_scan
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._balanced = redis.register_script(BALANCED_CLAIM)
 
     @property
     def client(self) -> Any:
@@ -110,9 +116,14 @@ class ReviewQueue:
         for record in records:
             label = record.label or ""
             item = {"label": label, "etag": record.source_etag, "at": record.created_at}
+            score = {record.source_key: order_score(self.order, record)}
             pipe.hset(self._key("items"), record.source_key, json.dumps(item))
-            pipe.zadd(self._key("pending"), {record.source_key: record.created_at})
-            pipe.zadd(self._key("class", label), {record.source_key: record.created_at})
+            pipe.zadd(self._key("pending"), score)
+            pipe.zadd(self._key("class", label), score)
+            if record.audit:
+                pipe.zadd(self._key("audit"), score)
+            else:  # a record re-added after a relabel may have been an audit before
+                pipe.zrem(self._key("audit"), record.source_key)
             pipe.sadd(self._key("classes"), label)
             count += 1
         if count:
@@ -120,11 +131,18 @@ class ReviewQueue:
         return count
 
     def claim(self, *, label: str | None = None, prefix: str = "") -> Claim | None:
-        """Lease the oldest free item (of predicted ``label``, under ``prefix``), or None."""
+        """Lease the next free item (of predicted ``label``, under ``prefix``), or None.
+
+        Under the ``uncertainty`` order without a prefix, classes take turns (audits at their
+        share); otherwise the set is walked in score order."""
         index = self._key("class", label) if label else self._key("pending")
         token = secrets.token_hex(16)
         lease_ms = int(self.lease_seconds * 1000)
         start, found = 0, None
+        if self.order == "uncertainty" and not prefix:
+            args = [self._ns, token, lease_ms, label or "", self._max_scan]
+            found = self._balanced(args=args)
+            start = self._max_scan  # one call: every lane starts at rank 0
         while start < self._max_scan:
             budget = min(SCAN_PER_CALL, self._max_scan - start)
             args = [self._ns, token, lease_ms, prefix, start, budget]
@@ -151,12 +169,13 @@ class ReviewQueue:
         """Release the item and move it to the back of the queue."""
         if not self.holds(key, token):
             return
-        now = time.time()
+        back = {key: back_score(self.order, time.time())}
         raw = self._redis.hget(self._key("items"), key)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(self._key("pending"), {key: now}, xx=True)
+        pipe.zadd(self._key("pending"), back, xx=True)
+        pipe.zadd(self._key("audit"), back, xx=True)
         if raw is not None:
-            pipe.zadd(self._key("class", _item(key, raw).label), {key: now}, xx=True)
+            pipe.zadd(self._key("class", _item(key, raw).label), back, xx=True)
         pipe.execute()
         self.release(key, token)
 
@@ -165,6 +184,7 @@ class ReviewQueue:
         raw = self._redis.hget(self._key("items"), key)
         pipe = self._redis.pipeline(transaction=False)
         pipe.zrem(self._key("pending"), key)
+        pipe.zrem(self._key("audit"), key)
         if raw is not None:
             pipe.zrem(self._key("class", _item(key, raw).label), key)
         pipe.hdel(self._key("items"), key)
@@ -208,7 +228,9 @@ class ReviewQueue:
 
         The new index is built under a private namespace and swapped in with one transaction,
         so reviewers keep the old queue meanwhile instead of an empty one."""
-        staging = ReviewQueue(self._redis, namespace=f"{self._ns}:rebuild:{secrets.token_hex(8)}")
+        staging = ReviewQueue(
+            self._redis, namespace=f"{self._ns}:rebuild:{secrets.token_hex(8)}", order=self.order
+        )
         try:
             total, batch = 0, []
             for record in records:
@@ -222,11 +244,16 @@ class ReviewQueue:
             staging.clear()
             raise
         old, new = self._labels(), staging._labels()
+        parts_list = [*((name,) for name in _INDEX), *(("class", x) for x in new)]
+        built = self._redis.pipeline(transaction=False)
+        for parts in parts_list:
+            built.exists(staging._key(*parts))
+        exists = built.execute()  # the staging keys are private: nothing changes them meanwhile
         pipe = self._redis.pipeline(transaction=True)
         if old - new:
             pipe.delete(*(self._key("class", label) for label in old - new))
-        for parts in [*((name,) for name in _INDEX), *(("class", x) for x in new)]:
-            if total:  # RENAME replaces what was there
+        for parts, there in zip(parts_list, exists, strict=True):
+            if there:  # RENAME replaces what was there
                 pipe.rename(staging._key(*parts), self._key(*parts))
             else:
                 pipe.delete(self._key(*parts))
