@@ -65,7 +65,7 @@ local n = #classes
 if n == 0 then return false end
 local turn = redis.call('INCR', ns .. ':turn')
 for i = 0, n - 1 do
-  local found = take(ns .. ':class:' .. classes[((turn + i) % n) + 1])
+  local found = take(ns .. ':class:' .. classes[((turn - 1 + i) % n) + 1])
   if found then return found end
 end
 return false
