@@ -149,6 +149,8 @@ def test_a_rebuild_gives_the_same_scores(client: redis.Redis, order: str) -> Non
 
     assert queue.rebuild(records) == len(records)
 
-    after = {name: client.zrange(f"labeler:review:{name}", 0, -1, withscores=True) for name in before}
+    after = {
+        name: client.zrange(f"labeler:review:{name}", 0, -1, withscores=True) for name in before
+    }
     assert after == before
     assert len(before["audit"]) == 30
