@@ -23,7 +23,7 @@ from tasks.contracts import INFERENCE_QUEUE, CeleryConfig
 
 if TYPE_CHECKING:
     from workers.dispatch import DispatchConfig
-    from workers.inference import BatchClassifier, EngineLimits, ModelRuntime
+    from workers.inference import BatchClassifier, EngineLimits, ModelRuntime, Relabeler
     from workers.training import Int8Bars, RetrainConfig, Retrainer, TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,22 @@ class ProcessEngines:
             engine_limits(self.settings),
             on_needs_review=review_queue.add,
             select_audit=audit_sampler(self.settings, self.redis).select,
+        )
+
+    @cached_property
+    def relabeler(self) -> Relabeler:
+        from workers.inference import Relabeler
+        from workers.review import ReviewQueue
+
+        return Relabeler(
+            self.stores.area(Area.INCOMING),
+            self.stores.area(Area.LABELS),
+            self.runtime,
+            ReviewQueue(self.redis, order=self.settings.review_order),
+            max_object_bytes=self.settings.max_object_bytes,
+            max_image_pixels=self.settings.max_image_pixels,
+            on_relabeled=lambda outcome: self.metrics.relabeled.labels(outcome).inc(),
+            io_threads=self.settings.io_threads,
         )
 
     @property
@@ -303,6 +319,7 @@ def celery_config(settings: Settings) -> CeleryConfig:
         result_backend=settings.result_backend_url(),
         retrain_cron=settings.retrain_cron,
         retrain_expires=settings.retrain_expires_seconds,
+        relabel_on_promote=settings.relabel_on_promote,
         visibility_timeout=settings.visibility_timeout_seconds,
         inference_visibility_timeout=settings.inference_visibility_timeout_seconds,
         inference_soft_time_limit=int(settings.inference_time_limit_seconds * 0.8),

@@ -9,6 +9,7 @@ from redis.exceptions import LockError
 
 from storage import TransientError
 from tasks.contracts import RETRAIN, RetrainRequest, TaskApp, parse_payload
+from tasks.relabel import request_relabel
 
 log = logging.getLogger(__name__)
 
@@ -54,4 +55,6 @@ def register_training(app: TaskApp) -> None:
                 log.warning("retrain lock had already expired")
         metrics.retrains.labels("promoted" if outcome.promoted else "refused").inc()
         metrics.last_retrain_success.set_to_current_time()
+        if outcome.promoted and config.relabel_on_promote != "off":
+            request_relabel(app, outcome.version, config.relabel_on_promote)
         return {"outcome": "promoted" if outcome.promoted else "refused", **outcome.as_dict()}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +191,19 @@ class ReviewQueue:
         pipe.delete(self._key("lease", key))
         pipe.execute()
 
+    def update(self, record: LabelRecord) -> None:
+        """Re-index a record a newer model re-scored; a reviewer's lease on it stays."""
+        old = self.get(record.source_key)
+        if old is not None and old.label != (record.label or ""):
+            self._redis.zrem(self._key("class", old.label), record.source_key)
+        self.add(record)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every pending key (under ``prefix``), read in slices: for relabeling, not for serving."""
+        match = None if not prefix else _glob_escape(prefix) + "*"
+        for raw, _ in self._redis.hscan_iter(self._key("items"), match=match, count=1000):
+            yield _text(raw)
+
     def get(self, key: str) -> QueuedItem | None:
         raw = self._redis.hget(self._key("items"), key)
         return None if raw is None else _item(key, raw)
@@ -269,6 +282,10 @@ class ReviewQueue:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _item(key: str, raw: bytes | str | None) -> QueuedItem:
