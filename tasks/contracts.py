@@ -144,7 +144,7 @@ class CeleryConfig:
     inference_retry_backoff_max: int
     retrain_cron: str  # UTC
     retrain_expires: int  # a scheduled run that waited this long is dropped
-    relabel_on_promote: RelabelScope | Literal["off"] = "pending"  # after a retrain promotes
+    relabel_on_promote: RelabelScope | Literal["off"]  # what to re-score after a promotion
 
 
 class TaskApp(Protocol):

@@ -15,6 +15,7 @@ from storage import PermanentError, TransientError, error_classes
 from tasks.app import create_app
 from tasks.contracts import (
     CLASSIFY_BATCH,
+    RELABEL,
     RETRAIN,
     TASK_QUEUES,
     ClassifyBatchRequest,
@@ -49,7 +50,17 @@ def test_routes_queues_and_retries_come_from_one_definition() -> None:
         assert app.conf.task_routes[task] == {"queue": queue}
         assert app.tasks[task].autoretry_for == (TransientError,)
     assert app.conf.beat_schedule["nightly-retrain"]["options"]["queue"] == TASK_QUEUES[RETRAIN]
-    assert set(TASK_QUEUES) == {CLASSIFY_BATCH, RETRAIN}
+    assert set(TASK_QUEUES) == {CLASSIFY_BATCH, RETRAIN, RELABEL}
+
+
+def test_an_inference_worker_reads_relabel_only_when_inference_is_empty() -> None:
+    both = create_app(CONFIG, no_engines, frozenset({"inference", "relabel"}))
+    options = both.conf.broker_transport_options
+    assert options["queue_order_strategy"] == "priority"
+    assert options["unacked_key"] == "unacked:inference"  # still its own short-timeout hash
+    assert options["visibility_timeout"] == CONFIG.inference_visibility_timeout
+    alone = create_app(CONFIG, no_engines, frozenset({"inference"})).conf
+    assert "queue_order_strategy" not in alone.broker_transport_options
 
 
 def test_the_error_family_splits_by_what_to_do() -> None:
