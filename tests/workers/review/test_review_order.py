@@ -154,3 +154,25 @@ def test_a_rebuild_gives_the_same_scores(client: redis.Redis, order: str) -> Non
     }
     assert after == before
     assert len(before["audit"]) == 30
+
+
+def test_keys_lists_pending_keys_under_a_prefix_taken_literally(client: redis.Redis) -> None:
+    queue = ReviewQueue(client)
+    queue.add_many(scored(key, "cat", 0.1) for key in ["a[1]/x.png", "a1/y.png", "b/z.png"])
+
+    assert sorted(queue.keys()) == ["a1/y.png", "a[1]/x.png", "b/z.png"]
+    assert list(queue.keys("a[1]/")) == ["a[1]/x.png"]  # not a glob class matching "a1/"
+
+
+def test_update_moves_a_relabeled_item_to_its_new_class_and_keeps_the_lease(
+    client: redis.Redis,
+) -> None:
+    queue = ReviewQueue(client)
+    queue.add(scored("k.png", "cat", 0.1))
+    claim = queue.claim()
+    assert claim is not None
+
+    queue.update(scored("k.png", "dog", 0.3))
+
+    assert queue.counts() == {"dog": 1}
+    assert queue.holds("k.png", claim.token)
