@@ -56,5 +56,8 @@ def register_training(app: TaskApp) -> None:
         metrics.retrains.labels("promoted" if outcome.promoted else "refused").inc()
         metrics.last_retrain_success.set_to_current_time()
         if outcome.promoted and config.relabel_on_promote != "off":
-            request_relabel(app, outcome.version, config.relabel_on_promote)
+            try:
+                request_relabel(app, outcome.version, config.relabel_on_promote)
+            except Exception:  # the promotion stands; `labeler relabel` can catch up
+                log.exception("v%d promoted, but its relabel could not be queued", outcome.version)
         return {"outcome": "promoted" if outcome.promoted else "refused", **outcome.as_dict()}
