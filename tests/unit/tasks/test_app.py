@@ -84,3 +84,66 @@ def test_a_bad_payload_says_what_is_wrong(payload: Any, problem: str) -> None:
     with pytest.raises(InvalidPayload, match="ClassifyBatchRequest") as caught:
         parse_payload(ClassifyBatchRequest, payload)
     assert problem in str(caught.value)
+
+
+class _Lock:
+    def acquire(self, blocking: bool) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+class _PromotingEngines:
+    """Engines whose retrainer promotes v7 and whose relabeler lists three pending keys."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from monitoring.metrics import Metrics
+
+        self.metrics = Metrics(CollectorRegistry())
+        self.model_name = "m"
+        self.redis = self
+        self.retrainer = self
+        self.relabeler = self
+
+    def lock(self, name: str, timeout: int) -> _Lock:
+        return _Lock()
+
+    def run(self, progress: Any) -> Any:
+        from workers.training import RetrainOutcome
+
+        return RetrainOutcome(7, True, [], 0.9, 0.9, 6, 1.0)
+
+    def keys(self, prefix: str, *, pending_only: bool) -> list[str]:
+        return [f"k{n}.png" for n in range(3)] if pending_only else []
+
+
+@pytest.mark.parametrize(("setting", "sent"), [("pending", 1), ("all", 1), ("off", 0)])
+def test_a_promoting_retrain_queues_the_relabel_the_setting_asks_for(
+    setting: str, sent: int
+) -> None:
+    engines = _PromotingEngines()
+    app = create_app(replace(CONFIG, relabel_on_promote=setting), lambda: engines)  # type: ignore[arg-type]
+    calls: list[tuple[str, dict[str, Any], str]] = []
+    app.send_task = lambda name, kwargs, queue: calls.append((name, kwargs, queue))  # type: ignore[method-assign]
+
+    assert app.tasks[RETRAIN].run()["outcome"] == "promoted"
+
+    assert len(calls) == sent
+    if sent:
+        name, kwargs, queue = calls[0]
+        assert (name, queue) == (RELABEL, "relabel")
+        assert kwargs["payload"] | {"keys": None} == {
+            "model_version": 7,
+            "scope": setting,
+            "prefix": "",
+            "keys": None,
+        }
+        calls.clear()
+        planned = app.tasks[RELABEL].run(kwargs["payload"])  # the plan fans out keyed tasks
+        assert planned == {"planned_tasks": 1 if setting == "pending" else 0}
+        assert [c[1]["payload"]["keys"] for c in calls] == (
+            [["k0.png", "k1.png", "k2.png"]] if setting == "pending" else []
+        )
