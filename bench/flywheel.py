@@ -79,8 +79,9 @@ def _split(seed: int) -> tuple[list[Sample], list[Sample], list[Sample]]:
 
 
 def _label_pool(v1: Any, pool: list[Sample], root: Path) -> list[Any]:
-    """v1's records for the pool (threshold 1.0: all wait for review), written to labels/."""
-    incoming, labels = LocalStore(root / "incoming"), LocalStore(root / "labels")
+    """v1's records for the pool (threshold 1.0: all wait for review); the images go to
+    incoming/, the records to each arm's own labels/ (a decision marks its record reviewed)."""
+    incoming = LocalStore(root / "incoming")
     metadata = ModelMetadata(
         name="digits", version=1, class_names=CLASSES, input_size=INPUT_SIZE, review_threshold=1.0
     )
@@ -91,13 +92,20 @@ def _label_pool(v1: Any, pool: list[Sample], root: Path) -> list[Any]:
         etag = incoming.put(key, sample.data).etag
         record = make_record(key, etag, metadata, probs)
         record.created_at = 1_000_000.0 + n  # the pool's (shuffled) order is its upload order
-        labels.put(label_key(key), record.model_dump_json(exclude_none=True).encode())
         records.append(record)
     return records
 
 
+def _fresh_labels(root: Path, arm: str, records: list[Any]) -> LocalStore:
+    """v1's records, unreviewed, in a labels store of the arm's own."""
+    labels = LocalStore(root / f"labels-{arm}")
+    for record in records:
+        labels.put(label_key(record.source_key), record.model_dump_json(exclude_none=True).encode())
+    return labels
+
+
 def _review(
-    root: Path, queue: ReviewQueue, budget: int, truth: dict[str, str]
+    root: Path, labels: LocalStore, queue: ReviewQueue, budget: int, truth: dict[str, str]
 ) -> tuple[LocalStore, list[dict[str, Any]]]:
     """Answer ``budget`` items through the app's JSON API; returns the training store the app
     copied the answers to, and the items it served."""
@@ -106,7 +114,7 @@ def _review(
     from review import ReviewConfig, Reviewers, create_app
 
     training = LocalStore(root / f"training-{queue.order}-{budget}")
-    desk = ReviewDesk(LocalStore(root / "incoming"), LocalStore(root / "labels"), training, queue)
+    desk = ReviewDesk(LocalStore(root / "incoming"), labels, training, queue)
     app = create_app(desk, ReviewConfig(Reviewers({}), "bench", classes=lambda: list(CLASSES)))
     served: list[dict[str, Any]] = []
     with TestClient(app, base_url="http://127.0.0.1") as http:
@@ -152,7 +160,8 @@ def _one_seed(seed: int, args: Any, root: Path, client: redis.Redis) -> dict[str
                 namespace = f"flywheel:{seed}:{order}:{budget}"
                 queue = ReviewQueue(client, namespace=namespace, order=order)
                 queue.add_many(records)
-                training, served = _review(root, queue, budget, truth)
+                labels = _fresh_labels(root, f"{order}-{budget}", records)
+                training, served = _review(root, labels, queue, budget, truth)
                 answered = _answered(training)
                 model = _fit(first + answered, seed, args.epochs)
                 arm["accuracy"] = _accuracy(model, x_test, y_test)
