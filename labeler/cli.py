@@ -10,6 +10,7 @@ from labeler.cli_common import failures_as_messages, settings_or_exit
 from labeler.commands_dispatch import dispatch
 from labeler.commands_export import export
 from labeler.commands_models import models
+from labeler.commands_relabel import relabel
 from labeler.commands_review import review
 from labeler.commands_run import classify, submit, worker
 from labeler.commands_status import status
@@ -66,6 +67,7 @@ main.add_command(status)
 main.add_command(review)
 main.add_command(export)
 main.add_command(check_labels)
+main.add_command(relabel)
 
 
 @main.command()

@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from labeler.cli_common import settings_or_exit
+from labeler.commands_relabel import after_promotion
 from labeler.settings import Settings
 from labeler.wiring import Stores, int8_bars
 from storage.registry import ModelRegistry
@@ -82,6 +83,7 @@ def import_model(
     if not no_promote:
         registry.promote(metadata.version)
         click.echo(f"promoted {registry.name} v{metadata.version} to production")
+        after_promotion(settings, metadata.version)
 
 
 @models.command("list")
@@ -108,9 +110,11 @@ def list_models(name: str | None) -> None:
 @click.option("--name", help="Registry name (default: LABELER_MODEL_NAME).")
 def promote(version: int, name: str | None) -> None:
     """Serve VERSION: workers switch within LABELER_MODEL_RELOAD_SECONDS."""
-    registry = Stores(settings_or_exit()).registry(name)
+    settings = settings_or_exit()
+    registry = Stores(settings).registry(name)
     registry.promote(version)
     click.echo(f"promoted {registry.name} v{version} to production")
+    after_promotion(settings, version)
 
 
 @models.command("rollback")

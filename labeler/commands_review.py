@@ -161,7 +161,8 @@ def build_review_app(settings: Settings, reviewers: Reviewers) -> Any:
 def review_queue(settings: Settings) -> ReviewQueue:
     from workers.review import ReviewQueue
 
-    return ReviewQueue(_redis(settings), lease_seconds=review_policy(settings).lease_seconds)
+    policy = review_policy(settings)
+    return ReviewQueue(_redis(settings), lease_seconds=policy.lease_seconds, order=policy.order)
 
 
 def quality_ledger(settings: Settings) -> QualityLedger:

@@ -50,7 +50,7 @@ def worker(queues: str, concurrency: int, pool: str, hostname: str | None) -> No
     start_observability(settings, Metrics(None), metrics_dir)
     argv = [
         "worker",
-        f"--queues={','.join(sorted(wanted))}",
+        f"--queues={','.join(q for q in QUEUES if q in wanted)}",  # relabel last: lowest
         f"--concurrency={concurrency}",
         f"--pool={pool}",
         f"--loglevel={settings.log_level}",

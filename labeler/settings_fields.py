@@ -258,6 +258,11 @@ class RetrainFields(BaseModel):
         description="Audits at least this many auto-accepted labels of each class and model "
         "version, so rare classes get a precision too.",
     )
+    relabel_on_promote: Literal["pending", "all", "off"] = Field(
+        "pending",
+        description="On a promotion, re-score the records waiting for review, every record no "
+        "person reviewed, or none.",
+    )
 
 
 class RuntimeFields(BaseModel):
@@ -318,6 +323,11 @@ class ReviewFields(BaseModel):
         description="Keys the review sessions kept in Redis; set it (32+ bytes: `labeler "
         "review gen-secret`) so sign-ins survive a restart and are shared by several app "
         "processes. Unset: a random key per start. Placeholders and short keys are refused.",
+    )
+    review_order: Literal["uncertainty", "oldest", "random"] = Field(
+        "uncertainty",
+        description="Next item: smallest margin first (classes take turns), the oldest, or "
+        "random. After a change: `labeler review reindex`.",
     )
     review_lease_seconds: float = Field(
         120.0, gt=0, le=3600, description="How long a reviewer holds an item before it returns."

@@ -66,7 +66,7 @@ class Component:
 # (name, args, metrics port offset or None, Celery node prefix). Adding a component is one line;
 # offset 3 is `labeler up` itself, so a new one with /healthz takes 4.
 _COMPONENTS: list[tuple[str, tuple[str, ...], int | None, str | None]] = [
-    ("inference-worker", ("worker", "--queues", "inference"), 0, "inference"),
+    ("inference-worker", ("worker", "--queues", "inference,relabel"), 0, "inference+relabel"),
     ("training-worker", ("worker", "--queues", "training"), 1, "training"),
     ("dispatcher", ("dispatch",), 2, None),
     ("beat", ("beat",), None, None),

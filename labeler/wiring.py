@@ -23,7 +23,7 @@ from tasks.contracts import INFERENCE_QUEUE, CeleryConfig
 
 if TYPE_CHECKING:
     from workers.dispatch import DispatchConfig
-    from workers.inference import BatchClassifier, EngineLimits, ModelRuntime
+    from workers.inference import BatchClassifier, EngineLimits, ModelRuntime, Relabeler
     from workers.review import ReviewPolicy
     from workers.training import Int8Bars, RetrainConfig, Retrainer, TrainingConfig
 
@@ -113,7 +113,7 @@ class ProcessEngines:
         from workers.review import ReviewQueue
 
         labels = LabelStore(self.stores.area(Area.LABELS))
-        review_queue = ReviewQueue(self.redis)
+        review_queue = ReviewQueue(self.redis, order=review_policy(self.settings).order)
         return BatchClassifier(
             self.stores.area(Area.INCOMING),
             labels,
@@ -122,6 +122,22 @@ class ProcessEngines:
             engine_limits(self.settings),
             on_needs_review=review_queue.add,
             select_audit=audit_sampler(self.settings, self.redis).select,
+        )
+
+    @cached_property
+    def relabeler(self) -> Relabeler:
+        from workers.inference import Relabeler
+        from workers.review import ReviewQueue
+
+        return Relabeler(
+            self.stores.area(Area.INCOMING),
+            self.stores.area(Area.LABELS),
+            self.runtime,
+            ReviewQueue(self.redis, order=review_policy(self.settings).order),
+            max_object_bytes=self.settings.max_object_bytes,
+            max_image_pixels=self.settings.max_image_pixels,
+            on_relabeled=lambda outcome: self.metrics.relabeled.labels(outcome).inc(),
+            io_threads=self.settings.io_threads,
         )
 
     @property
@@ -150,7 +166,9 @@ class ProcessEngines:
             config,
             labels=self.stores.area(Area.LABELS),
             label_quality=self._label_quality,
-            queue_label_issues=ReviewQueue(self.redis).add_label_issues,
+            queue_label_issues=ReviewQueue(
+                self.redis, order=review_policy(self.settings).order
+            ).add_label_issues,
         )
 
     def _label_quality(self, version: int) -> dict[str, Any]:
@@ -251,11 +269,12 @@ def retrain_config(settings: Settings) -> RetrainConfig:
 
 
 def review_policy(settings: Settings) -> ReviewPolicy:
-    """Reviewers' leases and the share of automatic labels audited blind."""
+    """Reviewers' leases, the review order and the share of automatic labels audited blind."""
     from workers.review import ReviewPolicy
 
     return ReviewPolicy(
         lease_seconds=settings.review_lease_seconds,
+        order=settings.review_order,
         audit_rate=settings.audit_rate,
         audit_min_per_class=settings.audit_min_per_class,
     )
@@ -316,6 +335,7 @@ def celery_config(settings: Settings) -> CeleryConfig:
         result_backend=settings.result_backend_url(),
         retrain_cron=settings.retrain_cron,
         retrain_expires=settings.retrain_expires_seconds,
+        relabel_on_promote=settings.relabel_on_promote,
         visibility_timeout=settings.visibility_timeout_seconds,
         inference_visibility_timeout=settings.inference_visibility_timeout_seconds,
         inference_soft_time_limit=int(settings.inference_time_limit_seconds * 0.8),

@@ -30,6 +30,7 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 # The bounded label values known up front. Each is exported at 0 from the start, so a rate()
 # or an alert sees the series before its first event instead of a gap.
 BATCH_OUTCOMES = ("ok", "retry", "failed")
+RELABEL_OUTCOMES = ("same_label", "changed_label", "left_queue")
 RETRAIN_OUTCOMES = ("promoted", "refused", "failed", "skipped_locked")
 GATE_DECISIONS = ("passed", "refused")
 STAGES = ("fetch", "decode", "infer", "write")
@@ -61,6 +62,13 @@ class Metrics:
         )
         self.batches = Counter(
             "labeler_batches_total", "classify_batch runs, by outcome.", ["outcome"], registry=r
+        )
+        self.relabeled = Counter(
+            "labeler_relabeled_total",
+            "Records a newly promoted version re-scored, by outcome (same_label, changed_label, "
+            "left_queue: it no longer waits for review).",
+            ["outcome"],
+            registry=r,
         )
         self.batch_size = Histogram(
             "labeler_batch_size_images",
@@ -246,6 +254,8 @@ class Metrics:
         self.images.labels("skipped", "")
         for outcome in BATCH_OUTCOMES:
             self.batches.labels(outcome)
+        for outcome in RELABEL_OUTCOMES:
+            self.relabeled.labels(outcome)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
         for operation in STORAGE_OPERATIONS:

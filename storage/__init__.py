@@ -21,6 +21,7 @@ from storage.local import LocalFiles, LocalStore
 from storage.records import (
     ErrorReason,
     LabelRecord,
+    PastLabel,
     Prediction,
     RecordError,
     Review,
@@ -45,6 +46,7 @@ __all__ = [
     "ObjectNotFound",
     "ObjectStore",
     "ObjectTooLarge",
+    "PastLabel",
     "PermanentError",
     "PermanentStorageError",
     "Prediction",

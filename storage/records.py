@@ -71,6 +71,17 @@ class Review(BaseModel):
     at: float
 
 
+class PastLabel(BaseModel):
+    """What a record said before a newer model version re-scored it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str | None = None
+    score: float | None = None
+    model_version: int
+    at: float  # when that label was made
+
+
 class LabelRecord(BaseModel):
     """Exactly one per input object: a label or an error, never both."""
 
@@ -97,6 +108,8 @@ class LabelRecord(BaseModel):
     review: Review | None = None
     # True on an auto-accepted label drawn for a blind audit; omitted (None) on all others.
     audit: bool | None = None
+    # Earlier labels, oldest first, when a promoted version re-scored the record; else omitted.
+    history: list[PastLabel] | None = None
 
     @property
     def ok(self) -> bool:

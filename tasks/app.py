@@ -21,6 +21,7 @@ from storage import TransientError, error_classes
 from tasks.contracts import (
     INFERENCE_QUEUE,
     QUEUES,
+    RELABEL_QUEUE,
     RETRAIN,
     TASK_QUEUES,
     CeleryConfig,
@@ -28,6 +29,7 @@ from tasks.contracts import (
 )
 from tasks.inference import register_inference
 from tasks.queues import own_reservations
+from tasks.relabel import register_relabel
 from tasks.training import register_training
 
 PROCESS_START_TIMEOUT = 120.0  # seconds a new prefork child may take to build its engines
@@ -95,6 +97,7 @@ def create_app(
     )
     register_inference(app)
     register_training(app)
+    register_relabel(app)
     app.conf.beat_schedule = {
         "nightly-retrain": {
             "task": RETRAIN,
@@ -116,11 +119,15 @@ def _broker_transport_options(config: CeleryConfig, queues: frozenset[str]) -> d
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
     }
-    if queues == {INFERENCE_QUEUE}:
+    if INFERENCE_QUEUE in queues and queues <= {INFERENCE_QUEUE, RELABEL_QUEUE}:
         # A vanished batch worker's message comes back in minutes, not after a retrain's hours;
         # its own hash keeps the short timeout away from retrains reserved by other workers.
         options |= own_reservations(INFERENCE_QUEUE)
         options["visibility_timeout"] = config.inference_visibility_timeout
+    if RELABEL_QUEUE in queues:
+        # Queues are read in the order given (`labeler worker` puts relabel last), not in turn:
+        # re-scoring runs only while no upload waits.
+        options["queue_order_strategy"] = "priority"
     return options
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -18,24 +18,30 @@ from storage import InvalidKey, PermanentError, validate_key
 
 if TYPE_CHECKING:
     from monitoring.metrics import Metrics
-    from workers.inference import BatchClassifier
+    from workers.inference import BatchClassifier, Relabeler
     from workers.training import Retrainer
 
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
-QUEUES = (INFERENCE_QUEUE, TRAINING_QUEUE)
+# Re-scoring after a promotion: the inference worker serves it only when `inference` is empty.
+RELABEL_QUEUE = "relabel"
+QUEUES = (INFERENCE_QUEUE, TRAINING_QUEUE, RELABEL_QUEUE)
 
 CLASSIFY_BATCH = "labeler.classify_batch"
 RETRAIN = "labeler.retrain"
 CHECK_LABELS = "labeler.check_labels"  # label issues in training/, by the production model
+RELABEL = "labeler.relabel"
 # Each task's queue: the routes, the task decorators and the beat schedule all read this.
 TASK_QUEUES = {
     CLASSIFY_BATCH: INFERENCE_QUEUE,
     RETRAIN: TRAINING_QUEUE,
     CHECK_LABELS: TRAINING_QUEUE,
+    RELABEL: RELABEL_QUEUE,
 }
 
 MAX_KEYS_PER_BATCH = 4096
+RELABEL_CHUNK = 32  # keys per relabel task: short, so an upload waits at most one of them
+RelabelScope = Literal["pending", "all"]
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -54,12 +60,7 @@ class ClassifyBatchRequest(BaseModel):
     @field_validator("keys")
     @classmethod
     def _valid_keys(cls, keys: list[str]) -> list[str]:
-        for key in keys:
-            try:
-                validate_key(key)
-            except InvalidKey as exc:
-                raise ValueError(str(exc)) from None
-        return keys
+        return _checked_keys(keys)
 
 
 class BatchResult(BaseModel):
@@ -76,6 +77,32 @@ class RetrainRequest(BaseModel):
     reason: str = "manual"
 
 
+class RelabelRequest(BaseModel):
+    """Re-score records with ``model_version``: the given ``keys``, or (without keys) every
+    record in ``scope`` under ``prefix``, which the task splits into keyed tasks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_version: int = Field(ge=1)
+    scope: RelabelScope = "pending"
+    prefix: str = ""
+    keys: list[str] | None = Field(None, min_length=1, max_length=MAX_KEYS_PER_BATCH)
+
+    @field_validator("keys")
+    @classmethod
+    def _valid_keys(cls, keys: list[str] | None) -> list[str] | None:
+        return None if keys is None else _checked_keys(keys)
+
+
+def _checked_keys(keys: list[str]) -> list[str]:
+    for key in keys:
+        try:
+            validate_key(key)
+        except InvalidKey as exc:
+            raise ValueError(str(exc)) from None
+    return keys
+
+
 class Engines(Protocol):
     """What task bodies need from their process; built once per worker process."""
 
@@ -87,6 +114,9 @@ class Engines(Protocol):
 
     @property
     def retrainer(self) -> Retrainer: ...
+
+    @property
+    def relabeler(self) -> Relabeler: ...
 
     @property
     def redis(self) -> Any: ...
@@ -120,6 +150,7 @@ class CeleryConfig:
     inference_retry_backoff_max: int
     retrain_cron: str  # UTC
     retrain_expires: int  # a scheduled run that waited this long is dropped
+    relabel_on_promote: RelabelScope | Literal["off"]  # what to re-score after a promotion
 
 
 class TaskApp(Protocol):
@@ -128,6 +159,8 @@ class TaskApp(Protocol):
     labeler_config: CeleryConfig
 
     def task(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]: ...
+
+    def send_task(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
 
     def engines(self) -> Engines: ...
 

@@ -9,6 +9,7 @@ from redis.exceptions import LockError
 
 from storage import TransientError
 from tasks.contracts import CHECK_LABELS, RETRAIN, RetrainRequest, TaskApp, parse_payload
+from tasks.relabel import request_relabel
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ def register_training(app: TaskApp) -> None:
                 log.warning("retrain lock had already expired")
         metrics.retrains.labels("promoted" if outcome.promoted else "refused").inc()
         metrics.last_retrain_success.set_to_current_time()
+        if outcome.promoted and config.relabel_on_promote != "off":
+            try:
+                request_relabel(app, outcome.version, config.relabel_on_promote)
+            except Exception:  # the promotion stands; `labeler relabel` can catch up
+                log.exception("v%d promoted, but its relabel could not be queued", outcome.version)
         return {"outcome": "promoted" if outcome.promoted else "refused", **outcome.as_dict()}
 
     @app.task(

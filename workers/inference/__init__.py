@@ -24,9 +24,11 @@ from workers.inference.openvino_runtime import (
     quantize_int8,
     read_ir,
 )
+from workers.inference.relabel import RELABEL_OUTCOMES, Relabeler, RelabelOutcome, relabel_keys
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "RELABEL_OUTCOMES",
     "BatchClassifier",
     "BatchOutcome",
     "EngineLimits",
@@ -36,6 +38,8 @@ __all__ = [
     "ModelRuntime",
     "ModelUnavailable",
     "OpenVinoModel",
+    "RelabelOutcome",
+    "Relabeler",
     "check_export",
     "configure_pillow",
     "decode_image",
@@ -46,4 +50,5 @@ __all__ = [
     "model_signature",
     "quantize_int8",
     "read_ir",
+    "relabel_keys",
 ]

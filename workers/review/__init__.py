@@ -25,6 +25,7 @@ from workers.review.decisions import (
     is_class_name,
     validate_item_key,
 )
+from workers.review.ordering import REVIEW_ORDERS, ReviewOrder, margin
 from workers.review.previews import (
     PREVIEW_CONTENT_TYPE,
     PREVIEW_MAX_PIXELS,
@@ -38,6 +39,7 @@ from workers.review.queue import Claim, ReviewQueue
 __all__ = [
     "PREVIEW_CONTENT_TYPE",
     "PREVIEW_MAX_PIXELS",
+    "REVIEW_ORDERS",
     "Action",
     "AuditSampler",
     "Claim",
@@ -50,6 +52,7 @@ __all__ = [
     "ReviewDesk",
     "ReviewError",
     "ReviewItem",
+    "ReviewOrder",
     "ReviewPolicy",
     "ReviewQueue",
     "StaleItem",
@@ -61,6 +64,7 @@ __all__ = [
     "count_reviewed_since",
     "is_class_name",
     "label_quality",
+    "margin",
     "preview_png",
     "reviewed_quality",
     "validate_item_key",

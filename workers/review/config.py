@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workers.review.ordering import ReviewOrder
+
 
 @dataclass(frozen=True)
 class ReviewPolicy:
@@ -11,11 +13,13 @@ class ReviewPolicy:
 
     Attributes:
         lease_seconds: How long a claimed item stays with its reviewer before it returns.
+        order: Which pending item is served next (see :mod:`workers.review.ordering`).
         audit_rate: Share of auto-accepted labels also queued as blind audits.
         audit_min_per_class: Audits at least this many labels of each class and model version.
     """
 
     lease_seconds: float
+    order: ReviewOrder
     audit_rate: float
     audit_min_per_class: int
 

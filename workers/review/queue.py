@@ -1,11 +1,13 @@
 """The review queue: an index in Redis of records that wait for a person, with short leases.
 
-``<ns>:pending`` is a sorted set of source keys scored by when they were labeled (oldest first),
-``<ns>:class:<label>`` the same per predicted class, ``<ns>:items`` a hash of key -> what the
-record said (label, ETag, time). Claiming runs as one Lua script: it walks the set in order and
-takes the first key whose lease (``<ns>:lease:<key>``, ``SET NX PX``) it can set, so two
-reviewers never hold the same item. Nothing here lists ``labels/``: :meth:`ReviewQueue.rebuild`
-does that once, for ``labeler review reindex``.
+``<ns>:pending`` is a sorted set of source keys scored by the review order (see
+:mod:`workers.review.ordering`: the margin under ``uncertainty``, lowest first),
+``<ns>:class:<label>`` the same per predicted class, ``<ns>:audit`` the audit items and
+``<ns>:issue`` the label issues (training images whose folder is doubted), ``<ns>:items``
+a hash of key -> what the record said (label, ETag, time). Claiming runs as one Lua script: it
+walks a set in order and takes the first key whose lease (``<ns>:lease:<key>``, ``SET NX PX``) it
+can set, so two reviewers never hold the same item. Nothing here lists ``labels/``:
+:meth:`ReviewQueue.rebuild` does that once, for ``labeler review reindex``.
 """
 
 from __future__ import annotations
@@ -13,11 +15,18 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from storage import LabelRecord
+from workers.review.ordering import (
+    BALANCED_CLAIM,
+    ReviewOrder,
+    back_score,
+    issue_score,
+    order_score,
+)
 
 DEFAULT_NAMESPACE = "labeler:review"
 # Queue members of training images a label-issue search doubts. A leading '/' is never valid in
@@ -46,7 +55,9 @@ while start < stop do
 end
 return start
 """
-_INDEX = ("pending", "items", "classes")  # the index's keys besides the per-class sets
+# The index's keys besides the per-class sets (the last two: the balanced claim's turn counters).
+_INDEX = ("pending", "items", "classes", "audit", "issue", "turn", "audit-credit", "issue-credit")
+_LANES = ("audit", "issue")  # served at their share of pending, apart from the class turns
 SCAN_PER_CALL = 2000  # members one claim call looks at before handing Redis back
 
 # Delete a lease only if it is still ours (a lease that expired may belong to someone else now).
@@ -87,15 +98,18 @@ class ReviewQueue:
         namespace: str = DEFAULT_NAMESPACE,
         lease_seconds: float = 120.0,
         max_scan: int = 100_000,
+        order: ReviewOrder = "uncertainty",
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
+        self.order = order
         self._redis = redis
         self._ns = namespace
         self.lease_seconds = lease_seconds
         self._max_scan = max_scan
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._balanced = redis.register_script(BALANCED_CLAIM)
 
     @property
     def client(self) -> Any:
@@ -115,9 +129,14 @@ class ReviewQueue:
         for record in records:
             label = record.label or ""
             item = {"label": label, "etag": record.source_etag, "at": record.created_at}
+            score = {record.source_key: order_score(self.order, record)}
             pipe.hset(self._key("items"), record.source_key, json.dumps(item))
-            pipe.zadd(self._key("pending"), {record.source_key: record.created_at})
-            pipe.zadd(self._key("class", label), {record.source_key: record.created_at})
+            pipe.zadd(self._key("pending"), score)
+            pipe.zadd(self._key("class", label), score)
+            if record.audit:
+                pipe.zadd(self._key("audit"), score)
+            else:  # a record re-added after a relabel may have been an audit before
+                pipe.zrem(self._key("audit"), record.source_key)
             pipe.sadd(self._key("classes"), label)
             count += 1
         if count:
@@ -139,9 +158,11 @@ class ReviewQueue:
                 "suggested": issue.suggested,
                 "quality": issue.quality,
             }
+            score = {member: issue_score(self.order, member, float(issue.quality), now)}
             pipe.hset(self._key("items"), member, json.dumps(item))
-            pipe.zadd(self._key("pending"), {member: now})
-            pipe.zadd(self._key("class", issue.given), {member: now})
+            pipe.zadd(self._key("pending"), score)
+            pipe.zadd(self._key("class", issue.given), score)
+            pipe.zadd(self._key("issue"), score)
             pipe.sadd(self._key("classes"), issue.given)
             count += 1
         if count:
@@ -149,11 +170,18 @@ class ReviewQueue:
         return count
 
     def claim(self, *, label: str | None = None, prefix: str = "") -> Claim | None:
-        """Lease the oldest free item (of predicted ``label``, under ``prefix``), or None."""
+        """Lease the next free item (of predicted ``label``, under ``prefix``), or None.
+
+        Under the ``uncertainty`` order without a prefix, classes take turns (audits at their
+        share); otherwise the set is walked in score order."""
         index = self._key("class", label) if label else self._key("pending")
         token = secrets.token_hex(16)
         lease_ms = int(self.lease_seconds * 1000)
         start, found = 0, None
+        if self.order == "uncertainty" and not prefix:
+            args = [self._ns, token, lease_ms, label or "", self._max_scan]
+            found = self._balanced(args=args)
+            start = self._max_scan  # one call: every lane starts at rank 0
         while start < self._max_scan:
             budget = min(SCAN_PER_CALL, self._max_scan - start)
             args = [self._ns, token, lease_ms, prefix, start, budget]
@@ -180,12 +208,14 @@ class ReviewQueue:
         """Release the item and move it to the back of the queue."""
         if not self.holds(key, token):
             return
-        now = time.time()
+        back = {key: back_score(self.order, time.time())}
         raw = self._redis.hget(self._key("items"), key)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(self._key("pending"), {key: now}, xx=True)
+        pipe.zadd(self._key("pending"), back, xx=True)
+        for lane in _LANES:
+            pipe.zadd(self._key(lane), back, xx=True)
         if raw is not None:
-            pipe.zadd(self._key("class", _item(key, raw).label), {key: now}, xx=True)
+            pipe.zadd(self._key("class", _item(key, raw).label), back, xx=True)
         pipe.execute()
         self.release(key, token)
 
@@ -194,11 +224,28 @@ class ReviewQueue:
         raw = self._redis.hget(self._key("items"), key)
         pipe = self._redis.pipeline(transaction=False)
         pipe.zrem(self._key("pending"), key)
+        for lane in _LANES:
+            pipe.zrem(self._key(lane), key)
         if raw is not None:
             pipe.zrem(self._key("class", _item(key, raw).label), key)
         pipe.hdel(self._key("items"), key)
         pipe.delete(self._key("lease", key))
         pipe.execute()
+
+    def update(self, record: LabelRecord) -> None:
+        """Re-index a record a newer model re-scored; a reviewer's lease on it stays."""
+        old = self.get(record.source_key)
+        if old is not None and old.label != (record.label or ""):
+            self._redis.zrem(self._key("class", old.label), record.source_key)
+        self.add(record)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every pending source key (under ``prefix``; label issues are training images, not
+        records), read in slices: for relabeling, not for serving."""
+        match = None if not prefix else _glob_escape(prefix) + "*"
+        for raw, _ in self._redis.hscan_iter(self._key("items"), match=match, count=1000):
+            if not (key := _text(raw)).startswith(LABEL_ISSUE_MEMBER):
+                yield key
 
     def get(self, key: str) -> QueuedItem | None:
         raw = self._redis.hget(self._key("items"), key)
@@ -237,7 +284,9 @@ class ReviewQueue:
 
         The new index is built under a private namespace and swapped in with one transaction,
         so reviewers keep the old queue meanwhile instead of an empty one."""
-        staging = ReviewQueue(self._redis, namespace=f"{self._ns}:rebuild:{secrets.token_hex(8)}")
+        staging = ReviewQueue(
+            self._redis, namespace=f"{self._ns}:rebuild:{secrets.token_hex(8)}", order=self.order
+        )
         try:
             total, batch = 0, []
             for record in records:
@@ -247,20 +296,43 @@ class ReviewQueue:
                     total += staging.add_many(batch)
                     batch = []
             total += staging.add_many(batch)
+            total += staging.add_label_issues(self._queued_label_issues())
         except BaseException:
             staging.clear()
             raise
         old, new = self._labels(), staging._labels()
+        parts_list = [*((name,) for name in _INDEX), *(("class", x) for x in new)]
+        built = self._redis.pipeline(transaction=False)
+        for parts in parts_list:
+            built.exists(staging._key(*parts))
+        exists = built.execute()  # the staging keys are private: nothing changes them meanwhile
         pipe = self._redis.pipeline(transaction=True)
         if old - new:
             pipe.delete(*(self._key("class", label) for label in old - new))
-        for parts in [*((name,) for name in _INDEX), *(("class", x) for x in new)]:
-            if total:  # RENAME replaces what was there
+        for parts, there in zip(parts_list, exists, strict=True):
+            if there:  # RENAME replaces what was there
                 pipe.rename(staging._key(*parts), self._key(*parts))
             else:
                 pipe.delete(self._key(*parts))
         pipe.execute()
         return total
+
+    def _queued_label_issues(self) -> list[_LabelIssue]:
+        """The label issues queued now: they come from a search, not from labels/, so a rebuild
+        carries them over (at most the search's cap, a thousand or so)."""
+        members = [_text(raw) for raw in self._redis.zrange(self._key("issue"), 0, -1)]
+        if not members:
+            return []
+        raws = self._redis.hmget(self._key("items"), members)
+        issues = []
+        for member, raw in zip(members, raws, strict=True):
+            if raw is not None:
+                data = json.loads(raw)
+                key = member[len(LABEL_ISSUE_MEMBER) :]
+                issues.append(
+                    _LabelIssue(key, data["label"], data["suggested"], data.get("quality", 0.0))
+                )
+        return issues
 
     def _labels(self) -> set[str]:
         return {_text(raw) for raw in self._redis.smembers(self._key("classes"))}
@@ -269,8 +341,20 @@ class ReviewQueue:
         return ":".join((self._ns, *parts))
 
 
+@dataclass(frozen=True)
+class _LabelIssue:
+    key: str
+    given: str
+    suggested: str
+    quality: float
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _item(key: str, raw: bytes | str | None) -> QueuedItem:

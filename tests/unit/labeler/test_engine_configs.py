@@ -88,6 +88,7 @@ def test_the_builders_take_every_value_from_settings(
         "RETRAIN_EXPIRES_SECONDS": "600",
         "RETRY_BACKOFF_MAX_SECONDS": "9",
         "REVIEW_LEASE_SECONDS": "45",
+        "REVIEW_ORDER": "oldest",
         "AUDIT_RATE": "0.5",
         "AUDIT_MIN_PER_CLASS": "7",
     }
@@ -113,7 +114,7 @@ def test_the_builders_take_every_value_from_settings(
     assert (retrain.gate.min_accuracy, retrain.target_precision) == (0.6, 0.9)
     assert retrain.gate.max_recall_drop == 0.2
     assert (retrain.int8.calibration_images, retrain.int8.min_agreement) == (11, 0.9)
-    assert review_policy(settings) == ReviewPolicy(45.0, 0.5, 7)
+    assert review_policy(settings) == ReviewPolicy(45.0, "oldest", 0.5, 7)
     celery = celery_config(settings)
     assert (celery.retrain_cron, celery.retrain_expires) == ("5 3 * * *", 600)
     assert celery.inference_retry_backoff_max == 9

@@ -65,7 +65,8 @@ def test_the_floor_then_the_rate_select_audits_independently_of_score(
     client: redis.Redis,
 ) -> None:
     sampler = AuditSampler(
-        QualityLedger(client), ReviewPolicy(lease_seconds=60, audit_rate=0.1, audit_min_per_class=5)
+        QualityLedger(client),
+        ReviewPolicy(lease_seconds=60, order="uncertainty", audit_rate=0.1, audit_min_per_class=5),
     )
     picked = {}
     for i in range(2000):
@@ -92,7 +93,8 @@ def test_the_batch_engine_marks_and_queues_audits(client: redis.Redis) -> None:
         incoming.put(f"{i}.png", png(250 if i < 8 else 150))  # 8 confident, 4 under threshold
     queue = ReviewQueue(client)
     sampler = AuditSampler(
-        QualityLedger(client), ReviewPolicy(lease_seconds=60, audit_rate=0.0, audit_min_per_class=3)
+        QualityLedger(client),
+        ReviewPolicy(lease_seconds=60, order="uncertainty", audit_rate=0.0, audit_min_per_class=3),
     )
     engine = BatchClassifier(
         incoming,

@@ -86,3 +86,42 @@ def test_an_issue_whose_image_is_gone_leaves_the_queue(desk: ReviewDesk) -> None
 
     assert desk.next_item() is None
     assert desk.queue.pending() == 0
+
+
+def test_issues_have_a_lane_of_their_own_and_survive_a_reindex(redis_url: str) -> None:
+    """Under the uncertainty order label issues are served at their share of what is pending
+    (not after every record), and `labeler review reindex`, which reads labels/, keeps them."""
+    from storage import LabelRecord, Prediction
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    queue = ReviewQueue(client, order="uncertainty")
+    records = [
+        LabelRecord(
+            source_key=f"r/{i}.png",
+            source_etag="e",
+            model_name="digits",
+            model_version=1,
+            label=str(i % 3),
+            score=0.6,
+            top_k=[Prediction(label=str(i % 3), score=0.6), Prediction(label="9", score=0.3)],
+            needs_review=True,
+            created_at=float(i),
+        )
+        for i in range(90)
+    ]
+    queue.add_many(records)
+    # Quality 0.9: by score alone every issue would come after every record (margin 0.3).
+    issues = [LabelIssue(f"{i % 3}/{i}.png", str(i % 3), "8", 0.9) for i in range(10)]
+    assert queue.add_label_issues(issues) == 10
+
+    served = [queue.claim() for _ in range(20)]
+    from_lane = sum(1 for claim in served if claim is not None and claim.item.label_issue)
+    assert 1 <= from_lane <= 3, from_lane  # a tenth of what is pending: about 2 in 20
+
+    assert queue.rebuild(records) == 100
+    keys = set(queue.keys())
+    assert len(keys) == 90  # records only: a label issue is no record to relabel
+    assert not any(key.startswith("/") for key in keys)
+    assert sum(1 for _ in range(100) if (c := queue.claim()) and c.item.label_issue) >= 8
+    client.close()

@@ -11,7 +11,7 @@ import redis
 
 from storage import LabelRecord, Review, ReviewOutcome
 from testbed.waiting import wait_until
-from workers.review import ReviewQueue
+from workers.review import ReviewOrder, ReviewQueue
 
 
 def record(key: str, label: str = "cat", at: float = 1.0, **extra: object) -> LabelRecord:
@@ -37,7 +37,7 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def test_oldest_first_with_class_and_prefix_filters(client: redis.Redis) -> None:
-    queue = ReviewQueue(client)
+    queue = ReviewQueue(client, order="oldest")
     queue.add(record("b/2.png", "dog", at=2))
     queue.add(record("a/1.png", "cat", at=1))
     queue.add(record("a/3.png", "dog", at=3))
@@ -92,19 +92,24 @@ def test_a_lease_expires_and_the_item_comes_back(client: redis.Redis) -> None:
     assert queue.holds("x.png", again.token)
 
 
-def test_skip_sends_the_item_to_the_back(client: redis.Redis) -> None:
-    queue = ReviewQueue(client)
+@pytest.mark.parametrize("order", ["oldest", "uncertainty", "random"])
+def test_skip_sends_the_item_to_the_back(client: redis.Redis, order: ReviewOrder) -> None:
+    queue = ReviewQueue(client, order=order)
     queue.add(record("old.png", at=1))
     queue.add(record("new.png", at=time.time()))
     claim = queue.claim()
     assert claim is not None
-    assert claim.item.key == "old.png"
+    first, other = claim.item.key, ({"old.png", "new.png"} - {claim.item.key}).pop()
 
-    queue.skip("old.png", claim.token)
+    queue.skip(first, claim.token)
 
     after = queue.claim()
     assert after is not None
-    assert after.item.key == "new.png"
+    assert after.item.key == other
+    queue.skip(other, after.token)
+    again = queue.claim()
+    assert again is not None
+    assert again.item.key == first  # skipped first, so back in front of the later skip
 
 
 def test_remove_and_rebuild(client: redis.Redis) -> None:

@@ -52,9 +52,9 @@ def test_audit_fraction_is_reproducible_and_spread_evenly() -> None:
 
 def test_policy_refuses_impossible_values() -> None:
     with pytest.raises(ValueError, match="rate"):
-        ReviewPolicy(lease_seconds=60, audit_rate=1.5, audit_min_per_class=30)
+        ReviewPolicy(lease_seconds=60, order="uncertainty", audit_rate=1.5, audit_min_per_class=30)
     with pytest.raises(ValueError, match="min_per_class"):
-        ReviewPolicy(lease_seconds=60, audit_rate=0.02, audit_min_per_class=-1)
+        ReviewPolicy(lease_seconds=60, order="uncertainty", audit_rate=0.02, audit_min_per_class=-1)
 
 
 def counts(auto: dict[str, int], audits: dict[str, dict[str, int]]) -> VersionCounts:
