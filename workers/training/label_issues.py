@@ -134,7 +134,8 @@ def rank_issues(
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    flagged = find_label_issues(labels, probabilities)
+    # n_jobs=1: a Celery prefork child is daemonic and may not start a multiprocessing pool.
+    flagged = find_label_issues(labels, probabilities, n_jobs=1)
     quality = get_label_quality_scores(labels, probabilities)
     chosen = np.flatnonzero(flagged)
     chosen = chosen[np.argsort(quality[chosen], kind="stable")][:limit]
