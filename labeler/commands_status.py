@@ -65,7 +65,14 @@ def _text(s: StackStatus) -> str:
             f"queue      {queue}: {depth['waiting']} waiting, {depth['reserved']} reserved"
         )
     if s.review_pending is not None:
-        lines.append(f"review     {s.review_pending} records waiting for a reviewer")
+        k = s.review_kinds
+        detail = (
+            f" ({k['low_confidence']} low-confidence labels, {k['audits']} blind audits, "
+            f"{k['label_issues']} label issues)"
+            if k
+            else ""
+        )
+        lines.append(f"review     {s.review_pending} records waiting for a reviewer{detail}")
     if s.images:
         shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(s.images.items()))
         lines.append(f"images     {shown} (since the workers started)")

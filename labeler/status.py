@@ -56,6 +56,7 @@ class StackStatus:
     celery_nodes: list[str] = field(default_factory=list)
     queues: dict[str, dict[str, int]] = field(default_factory=dict)
     review_pending: int | None = None  # records waiting for a reviewer (the review index)
+    review_kinds: dict[str, int] = field(default_factory=dict)  # low-confidence, audits, issues
     images: dict[str, int] = field(default_factory=dict)  # since the workers started
     last_minute: dict[str, int] | None = None  # sampled by `labeler up`
     retrains: dict[str, int] = field(default_factory=dict)  # since the workers started
@@ -81,7 +82,7 @@ def probe(settings: Settings, record: StackRecord | None, urls: dict[str, str]) 
         source=f"labeler up, pid {record.pid}" if record else "the given URLs",
     )
     if status.broker == "ok":
-        status.queues, status.review_pending = _queues(settings)
+        status.queues, status.review_pending, status.review_kinds = _queues(settings)
         status.celery_nodes = _celery_nodes(settings)
     for component in components:
         _check(component, status.celery_nodes)
@@ -151,17 +152,18 @@ def _broker(settings: Settings) -> str:
     return "ok" if problem is None else f"does not answer: {problem}"
 
 
-def _queues(settings: Settings) -> tuple[dict[str, dict[str, int]], int]:
+def _queues(settings: Settings) -> tuple[dict[str, dict[str, int]], int, dict[str, int]]:
     """Depth of each task queue, and how many records wait in the review queue."""
     client = redis.Redis.from_url(
         settings.broker_connection_url(), socket_connect_timeout=3, socket_timeout=3
     )
     try:
         depths = queue_depths(client, QUEUES)
-        pending = ReviewQueue(client).pending()
+        queue = ReviewQueue(client)
+        pending, kinds = queue.pending(), queue.kinds()
     finally:
         client.close()
-    return {q: {s: n for (q2, s), n in depths.items() if q2 == q} for q in QUEUES}, pending
+    return {q: {s: n for (q2, s), n in depths.items() if q2 == q} for q in QUEUES}, pending, kinds
 
 
 def _label_quality(settings: Settings, model: dict[str, Any] | None) -> dict[str, Any]:

@@ -254,6 +254,18 @@ class ReviewQueue:
     def pending(self) -> int:
         return int(self._redis.zcard(self._key("pending")))
 
+    def kinds(self) -> dict[str, int]:
+        """Pending items by kind: low-confidence labels, blind audits and label issues."""
+        pipe = self._redis.pipeline(transaction=False)
+        for name in ("pending", *_LANES):
+            pipe.zcard(self._key(name))
+        pending, audits, issues = (int(n) for n in pipe.execute())
+        return {
+            "low_confidence": pending - audits - issues,
+            "audits": audits,
+            "label_issues": issues,
+        }
+
     def counts(self) -> dict[str, int]:
         """Pending items per predicted class (classes with none left are omitted)."""
         labels = sorted(_text(raw) for raw in self._redis.smembers(self._key("classes")))
