@@ -143,7 +143,9 @@ def test_commands_find_the_stack_and_status_shows_it_whole(
         assert document["images"]["labeled"] == 20
         written = list(map(_read, _labels(data_dir, "folder")))
         flagged = [r for r in written if r.waits_for_review]
-        assert document["review_pending"] == len(flagged)  # the worker indexed each one
+        kinds = document["review_kinds"]  # the worker indexed each; the retrain its issues
+        assert kinds["low_confidence"] + kinds["audits"] == len(flagged)
+        assert document["review_pending"] == len(flagged) + kinds["label_issues"]
         auto = [r for r in written if r.ok and not r.needs_review]
         assert document["label_quality"]["auto"]["labels"] == len(auto)  # counted as written
         wait_until(
