@@ -17,17 +17,19 @@ log = logging.getLogger(__name__)
 def register_training(app: TaskApp) -> None:
     config = app.labeler_config
 
-    @app.task(
-        name=RETRAIN,
-        shared=False,  # this app's task only: Celery adds shared tasks to every later app
-        bind=True,
-        autoretry_for=(TransientError,),
-        retry_backoff=30,
-        retry_jitter=True,
-        max_retries=3,
-        soft_time_limit=config.training_soft_time_limit,
-        time_limit=config.training_time_limit,
-    )
+    # Both tasks of the training queue: its time limits, retried on transient errors only.
+    options: dict[str, Any] = {
+        "shared": False,  # this app's task only: Celery adds shared tasks to every later app
+        "bind": True,
+        "autoretry_for": (TransientError,),
+        "retry_backoff": 30,
+        "retry_jitter": True,
+        "max_retries": 3,
+        "soft_time_limit": config.training_soft_time_limit,
+        "time_limit": config.training_time_limit,
+    }
+
+    @app.task(name=RETRAIN, **options)
     def retrain(self: Any, payload: Any = None) -> dict[str, Any]:
         request = parse_payload(RetrainRequest, payload if payload is not None else {})
         engines = app.engines()
@@ -62,17 +64,7 @@ def register_training(app: TaskApp) -> None:
                 log.exception("v%d promoted, but its relabel could not be queued", outcome.version)
         return {"outcome": "promoted" if outcome.promoted else "refused", **outcome.as_dict()}
 
-    @app.task(
-        name=CHECK_LABELS,
-        shared=False,
-        bind=True,
-        autoretry_for=(TransientError,),
-        retry_backoff=30,
-        retry_jitter=True,
-        max_retries=3,
-        soft_time_limit=config.training_soft_time_limit,
-        time_limit=config.training_time_limit,
-    )
+    @app.task(name=CHECK_LABELS, **options)
     def check_labels(self: Any, payload: Any = None) -> dict[str, Any]:
         parse_payload(RetrainRequest, payload if payload is not None else {})
         engines = app.engines()
