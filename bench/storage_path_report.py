@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from bench.header import trusted
+from bench.header import FOREIGN_LOAD_LIMIT, trusted
 
 # Issue 27, item 1: worker CPU per image over the bare model's, 640x480 INT8.
 TARGETS = {"local": 1.8, "s3": 2.5}
@@ -133,6 +133,10 @@ def table(result: dict[str, Any]) -> str:
             f"{r['ratio_worker_tree']:>7}{r['ratio_worker_child']:>7}{ms['moto']:>7}"
             f"{ms['redis']:>7}{r['foreign_cores']:>8}  {flags.strip() or 'yes'}"
         )
+    lines.append(
+        f"untrusted: over {FOREIGN_LOAD_LIMIT} foreign cores in the run or a bare measurement "
+        "around it; RECORDS: a key without exactly one OpenVINO INT8 record"
+    )
     lines += [f"failed: {name}" for name in summary["failed_runs"]]
     lines.append("")
     for tree, targets in summary["targets"].items():
