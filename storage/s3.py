@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ _DENIED = {
 # 409 ConditionalRequestConflict: another conditional write to the key is in flight.
 _CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict"}
 _TRANSIENT = {"SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+_CREDENTIALS_TTL = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,9 @@ class S3Client:
 
     def _credentials(self) -> Boto3CredentialProvider:
         try:
-            return Boto3CredentialProvider(self._session)
+            # obstore keeps each set until the ttl ends; botocore hands out temporary ones with
+            # 10+ minutes left (its mandatory refresh), so 5 minutes never outlives them.
+            return Boto3CredentialProvider(self._session, ttl=_CREDENTIALS_TTL)
         except ValueError as exc:  # the chain found nothing
             raise AccessDenied(f"no S3 credentials configured ({exc})") from exc
 
