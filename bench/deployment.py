@@ -132,9 +132,16 @@ class Services:
             self._moto.start()
         return self._moto
 
-    def start_worker(self, deployment: Deployment, name: str) -> WorkerProcess:
-        """``labeler worker --queues inference`` (prefork, concurrency 1) for ``deployment``."""
-        worker = WorkerProcess(deployment.env, self.root / f"{name}.log", "--queues", "inference")
+    def start_worker(
+        self, deployment: Deployment, name: str, source: Path | None = None
+    ) -> WorkerProcess:
+        """``labeler worker --queues inference`` (prefork, concurrency 1) for ``deployment``;
+        with ``source``, the worker of that checkout (same interpreter), e.g. an older commit's."""
+        env, cwd = deployment.env, None
+        if source is not None:
+            env, cwd = {**env, "PYTHONPATH": str(source)}, source
+        args = ("--queues", "inference")
+        worker = WorkerProcess(env, self.root / f"{name}.log", *args, cwd=cwd)
         self.stack.callback(worker.stop)
         deployment.worker = worker.start()
         return worker
