@@ -141,19 +141,16 @@ class Services:
 
     def start_worker(
         self, deployment: Deployment, name: str, tree: Path | None = None
-    ) -> WorkerProcess | CommandWorker:
+    ) -> WorkerProcess:
         """``labeler worker --queues inference`` (prefork, concurrency 1) for ``deployment``.
 
         With ``tree``, the worker runs that code tree's labeler (``PYTHONPATH=tree``, cwd
         ``tree``, this venv's python), so two versions of the code can be compared in one run.
         """
-        log_path = self.root / f"{name}.log"
-        worker: WorkerProcess | CommandWorker
-        if tree is None:
-            worker = WorkerProcess(deployment.env, log_path, "--queues", "inference")
-        else:
-            argv = [sys.executable, "-m", "labeler", "worker", "--queues", "inference"]
-            worker = CommandWorker(argv, tree_env(deployment.env, tree), log_path, cwd=tree)
+        env, cwd = deployment.env, None
+        if tree is not None:
+            env, cwd = tree_env(env, tree), tree
+        worker = WorkerProcess(env, self.root / f"{name}.log", "--queues", "inference", cwd=cwd)
         self.stack.callback(worker.stop)
         deployment.worker = worker.start()
         return worker

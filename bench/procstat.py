@@ -77,6 +77,12 @@ class CpuWindow:
         self._wall = time.perf_counter()
         return self
 
+    def add_started(self, name: str, pids: list[int]) -> None:
+        """Count ``pids`` as ours too: processes started after :meth:`start`, so all their CPU
+        time falls in the window."""
+        self.pids[name] = pids
+        self._started[name] = 0.0
+
     def stop(self) -> dict[str, Any]:
         """Seconds of CPU per named group, and cores busy on average (machine-wide too)."""
         wall = time.perf_counter() - self._wall

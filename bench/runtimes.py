@@ -91,12 +91,9 @@ def bare_runs(root: Path, model_path: Path, calls: int) -> list[dict[str, Any]]:
 
 def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> list[dict[str, Any]]:
     """Each runtime through a real worker on a ``file://`` store, both image sets."""
-    from bench.deployment import MODEL_NAME, Services, local_deployment
+    from bench.deployment import Services, local_deployment
     from bench.images import keys_for, make_image_set, place_local
     from bench.measure import Run, record_timings, timed_run, warm_up
-    from storage.registry import ModelRegistry
-    from workers.inference import load_keras_file
-    from workers.training import HeldOut, optimize_version
 
     sets = [make_image_set((640, 480), 40), make_image_set((4000, 3000), 8)]
     runs = []
@@ -106,18 +103,8 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
             deployment = local_deployment(
                 services, db, model_path, runtime=runtime, serving_format=precision
             )
-            if precision == "int8":  # the import made FP32 only: add INT8 (bench bars)
-                registry = ModelRegistry(deployment_models(deployment), MODEL_NAME)
-                model = load_keras_file(model_path)
-                calibration = _calibration(sets[0])
-                optimize_version(
-                    registry,
-                    1,
-                    model,
-                    calibration=calibration,
-                    held_out=HeldOut(calibration[:32]),
-                    bars=_bench_bars(),
-                )
+            if precision == "int8":
+                add_int8(deployment, model_path, sets[0])
             worker = services.start_worker(deployment, f"worker-{runtime}-{precision}")
             assert deployment.local_root is not None
             pids = {"worker": deployment.worker_pids(), "redis": services.redis_pid()}
@@ -144,6 +131,25 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
                 print(f"  {name}: {record['images_per_second']} images/s", flush=True)
             worker.stop()
     return runs
+
+
+def add_int8(deployment: Any, model_path: Path, images: Any) -> None:
+    """Give version 1 of ``deployment`` its INT8 artifact (the import made FP32 only),
+    calibrated on ``images`` and approved by the bench's bars."""
+    from bench.deployment import MODEL_NAME
+    from storage.registry import ModelRegistry
+    from workers.inference import load_keras_file
+    from workers.training import HeldOut, optimize_version
+
+    calibration = _calibration(images)
+    optimize_version(
+        ModelRegistry(deployment_models(deployment), MODEL_NAME),
+        1,
+        load_keras_file(model_path),
+        calibration=calibration,
+        held_out=HeldOut(calibration[:32]),
+        bars=_bench_bars(),
+    )
 
 
 def deployment_models(deployment: Any) -> Any:

@@ -30,7 +30,8 @@ def multiprocess_dir_or_reexec() -> Path:
     """The shared metrics directory of this worker.
 
     prometheus_client picks multiprocess mode when it is imported, from the environment, so when
-    the variable is missing we set it and re-execute this same command once.
+    the variable is missing we set it and re-execute this same command once (``python -m
+    labeler worker`` sets it before importing the CLI: only the ``labeler`` script gets here).
     """
     current = os.environ.get(MULTIPROC_ENV)
     if current:

@@ -47,12 +47,19 @@ def run_labeler(
 
 
 class WorkerProcess:
-    """``labeler worker`` in its own process group, with its log in a file."""
+    """``labeler worker`` in its own process group, with its log in a file.
 
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+    ``cwd`` (default: this one) is where ``python -m labeler`` finds the package first: a
+    benchmark runs another checkout's worker from that checkout's root.
+    """
+
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *args: str, cwd: Path | None = None
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.args = args
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -60,6 +67,7 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             [*LABELER, "worker", *self.args],
             env=self.env,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: we can signal the prefork children
@@ -88,6 +96,18 @@ class WorkerProcess:
 
     def _died(self) -> bool:
         return self.process is not None and self.process.poll() is not None
+
+
+def tensorflow_libraries(pid: int) -> list[str]:
+    """TensorFlow's shared libraries mapped into process ``pid``: empty if it never imported
+    TensorFlow (TensorFlow never unloads them). OpenVINO's TensorFlow frontend does not count."""
+    paths = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()}
+    return sorted(
+        p
+        for p in paths
+        if ("/tensorflow/" in p and "/openvino/" not in p)
+        or Path(p).name.startswith("libtensorflow")
+    )
 
 
 @contextmanager

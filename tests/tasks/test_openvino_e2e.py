@@ -15,7 +15,7 @@ from labeler.settings import settings_from_env
 from labeler.wiring import build_app
 from tasks.contracts import CLASSIFY_BATCH
 from testbed.digits import CLASSES
-from testbed.processes import WorkerProcess, run_labeler
+from testbed.processes import WorkerProcess, run_labeler, tensorflow_libraries
 from testbed.services import MotoServer, RedisServer, free_port
 from testbed.waiting import wait_until
 from tests.conftest import DigitsFixture
@@ -81,9 +81,13 @@ def test_hot_swap_between_tensorflow_and_openvino_loses_nothing(
             for rt, p in (("tensorflow", "fp32"), ("openvino", "int8"))
         }
         approved = scrape(port, "labeler_model_int8_approved", model="digits")
+        assert worker.process is not None
+        (child,) = child_pids(worker.process.pid)
+        served_tensorflow = tensorflow_libraries(child)  # v1 had no IR: TensorFlow served it
     finally:
         worker.stop()
 
+    assert served_tensorflow, "a child that served TensorFlow maps its libraries"
     assert info == {("tensorflow", "fp32"): 0, ("openvino", "int8"): 1}
     assert approved == 1
     records = site.records(keys)
@@ -100,6 +104,33 @@ def test_hot_swap_between_tensorflow_and_openvino_loses_nothing(
         for r, s in zip((records[k] for k in keys), digits.held_out[150:], strict=False)
     ) >= 0.95 * len(keys)
     assert "has no OpenVINO artifacts" in worker.log_tail(20000)
+
+
+def test_a_worker_serving_openvino_never_loads_tensorflow(
+    site: S3Deployment, redis_server: RedisServer, digits: DigitsFixture, tmp_path: Path
+) -> None:
+    """TensorFlow is ~0.7 GB and seconds of start-up a CPU worker serving the IR does not need:
+    as `labeler up` runs it (`auto`, inference and relabel), neither its prefork child nor its
+    parent maps any TensorFlow library after labeling."""
+    env = site.env(redis_server.url)  # LABELER_RUNTIME=auto: OpenVINO on a host with no GPU
+    run_labeler(env, "models", "optimize", "digits", "1")
+    keys = list(site.put_images("no-tf/", digits.held_out, 32))
+    app = build_app(settings_from_env(env))
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--queues", "inference,relabel").start()
+    try:
+        payload = {"batch_id": "no-tf", "keys": keys}
+        app.send_task(CLASSIFY_BATCH, kwargs={"payload": payload}).get(timeout=300)
+        assert worker.process is not None
+        parent = worker.process.pid
+        (child,) = child_pids(parent)
+        mapped = {pid: tensorflow_libraries(pid) for pid in (parent, child)}
+    finally:
+        worker.stop()
+
+    assert mapped == {parent: [], child: []}
+    records = site.records(keys)
+    assert {(r.runtime, r.serving_format) for r in records.values()} == {("openvino", "fp32")}
+    assert all(r.label is not None for r in records.values())
 
 
 def test_models_optimize_gives_an_old_version_its_artifacts(

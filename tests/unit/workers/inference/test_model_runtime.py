@@ -4,7 +4,9 @@ version that cannot be served is refused once and never retried."""
 
 from __future__ import annotations
 
+import sys
 import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,8 @@ import pytest
 
 from storage.registry import ModelMetadata, ModelRegistry
 from tests.support.memory_store import MemoryStore
-from workers.inference import ModelRuntime, ModelUnavailable
+from workers.inference import ModelRuntime, ModelUnavailable, model_runtime
+from workers.inference.model_runtime import resolve_runtime
 
 SIZE = (8, 8)
 
@@ -116,3 +119,47 @@ def test_a_pinned_version_is_served_beside_production(model_files: list[bytes]) 
     assert runtime.current().version == 2
     assert runtime.version(1).version == 1
     assert runtime.current().version == 2
+
+
+# --- `auto`: which runtime, and TensorFlow imported only where a GPU could be ---------------
+
+
+def _fake_tensorflow(gpus: list[str]) -> types.ModuleType:
+    tf = types.ModuleType("tensorflow")
+    tf.config = types.SimpleNamespace(list_physical_devices=lambda kind: gpus)  # type: ignore[attr-defined]
+    return tf
+
+
+@pytest.fixture
+def openvino_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", types.ModuleType("openvino"))
+
+
+def test_auto_without_gpu_device_nodes_never_imports_tensorflow(
+    monkeypatch: pytest.MonkeyPatch, openvino_installed: None, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(model_runtime, "_GPU_DEVICE_NODES", (str(tmp_path / "nvidia*"),))
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # any `import tensorflow` would raise
+
+    assert resolve_runtime("auto") == "openvino"
+
+
+@pytest.mark.parametrize(("gpus", "expected"), [(["GPU:0"], "tensorflow"), ([], "openvino")])
+def test_auto_with_a_gpu_device_node_asks_tensorflow(
+    monkeypatch: pytest.MonkeyPatch,
+    openvino_installed: None,
+    tmp_path: Path,
+    gpus: list[str],
+    expected: str,
+) -> None:
+    (tmp_path / "nvidia0").touch()
+    monkeypatch.setattr(model_runtime, "_GPU_DEVICE_NODES", (str(tmp_path / "nvidia*"),))
+    monkeypatch.setitem(sys.modules, "tensorflow", _fake_tensorflow(gpus))
+
+    assert resolve_runtime("auto") == expected
+
+
+def test_auto_without_openvino_is_tensorflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+
+    assert resolve_runtime("auto") == "tensorflow"
