@@ -55,6 +55,7 @@ class ObjectStore(Protocol):
         content_type: str | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> ObjectInfo:
         """Write atomically: readers see the old object or the new one, never a part.
 
@@ -64,6 +65,9 @@ class ObjectStore(Protocol):
             content_type: Stored with the object where the backend keeps it.
             if_match: Write only if the object's current ETag is this one (compare-and-set).
             if_none_match: Write only if no object exists at ``key`` yet.
+            durable: Return only once the object would survive a crash of the machine. With
+                False it may be durable only after the next :meth:`sync`: a caller writing
+                many objects pays for durability once, before it acknowledges them.
 
         Raises:
             WriteConflict: A condition did not hold; nothing was written.
@@ -78,6 +82,10 @@ class ObjectStore(Protocol):
         With ``etags=False`` a backend may leave ``etag`` empty where it costs a read (a local
         file's MD5); callers that only compare keys and times list much more cheaply.
         """
+        ...
+
+    def sync(self) -> None:
+        """Make every write made so far with ``durable=False`` durable."""
         ...
 
     def exists(self, key: str) -> bool: ...

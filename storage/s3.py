@@ -149,6 +149,7 @@ class S3Store:
         content_type: str | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,  # an S3 PUT is durable once answered: nothing to defer
     ) -> ObjectInfo:
         full = self._full(key)
         extra = {"ContentType": content_type} if content_type else {}
@@ -166,6 +167,9 @@ class S3Store:
                 raise
             raise WriteConflict(f"{key!r} was deleted since it was read") from exc
         return ObjectInfo(key, len(data), _etag(response["ETag"]), time.time())
+
+    def sync(self) -> None:
+        """Nothing to do: every PUT was durable when S3 answered it."""
 
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
         """Upload a local file in parts (boto3's managed transfer): memory stays a few parts

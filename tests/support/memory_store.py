@@ -51,6 +51,7 @@ class MemoryStore:
         content_type: str | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> ObjectInfo:
         self.calls["put"] += 1
         validate_key(key)
@@ -76,6 +77,9 @@ class MemoryStore:
         for info in sorted(infos, key=lambda i: i.key):
             if info.key.startswith(prefix) and (start_after is None or info.key > start_after):
                 yield info
+
+    def sync(self) -> None:
+        self.calls["sync"] += 1  # memory is as durable as it gets
 
     def exists(self, key: str) -> bool:
         validate_key(key)

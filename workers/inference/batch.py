@@ -1,11 +1,16 @@
 """The batch engine: keys in, one label record per key out.
 
-Stages overlap: a pool of I/O threads fetches images (and any existing record) and decodes them,
-with at most ``decode_threads`` decoding at once (Pillow releases the GIL); the calling thread
-runs inference whenever a full model batch is ready; records are written back by the same pool
-while the next batch is inferred. One bad image becomes an error record, never a failed batch.
-Transient storage errors abort the batch so the task can retry it; records already written are
-skipped on the retry because they match (ETag, model version).
+Stages overlap: a pool of I/O threads fetches images and decodes them, with at most
+``decode_threads`` decoding at once (Pillow releases the GIL); the calling thread runs inference
+whenever a full model batch is ready; records are written back by the same pool while the next
+batch is inferred. One bad image becomes an error record, never a failed batch. Transient
+storage errors abort the batch so the task can retry it.
+
+A record is written only where none is yet (a conditional create), so a new image costs one read
+and one write, no lookup first. Only when one is there is it read: one that already answers the
+same (ETag, model version) stays, and the key counts as skipped (a retried batch, a repeated
+event); an older one is replaced. Records are written without waiting for the disk each time;
+the batch makes them durable together before it returns, and so before its task is acknowledged.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -33,6 +39,7 @@ from storage import (
     Prediction,
     RecordError,
     Timings,
+    WriteConflict,
 )
 from storage.registry import ModelMetadata
 from workers.inference.decoding import ImageRejected, decode_image
@@ -60,7 +67,13 @@ class RecordSink(Protocol):
 
     def read(self, source_key: str) -> LabelRecord | None: ...
 
-    def write(self, record: LabelRecord) -> None: ...
+    def write(self, record: LabelRecord, *, if_new: bool = False, durable: bool = True) -> None:
+        """Store ``record``; with ``if_new``, ``WriteConflict`` when one is there already."""
+        ...
+
+    def sync(self) -> None:
+        """Make every record written with ``durable=False`` durable."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,6 @@ class _Item:
     etag: str | None = None
     pixels: npt.NDArray[np.uint8] | None = None
     error: RecordError | None = None
-    skipped: bool = False
     uploaded_at: float | None = None
     timings: Timings = field(default_factory=Timings)
 
@@ -121,6 +133,14 @@ class BatchClassifier:
         self.limits = limits
         self._pool = ThreadPoolExecutor(limits.io_threads, thread_name_prefix="labeler-io")
         self._decode_slots = threading.BoundedSemaphore(limits.decode_threads)
+        # Labelled children made once: looking a child up costs a lock and a dict per call.
+        self._stage_seconds = {
+            stage: metrics.stage_seconds.labels(stage)
+            for stage in ("fetch", "decode", "infer", "write")
+        }
+        self._images = {
+            outcome: metrics.images.labels(outcome, "") for outcome in ("labeled", "skipped")
+        }
 
     def classify(
         self, keys: Sequence[str], *, batch_id: str, model_version: int | None = None
@@ -129,40 +149,37 @@ class BatchClassifier:
         model = self.runtime.version(model_version) if model_version else self.runtime.current()
         distinct = list(dict.fromkeys(keys))
         prepared = [self._pool.submit(self._prepare, key, model) for key in distinct]
-        writes: list[Future[None]] = []
+        writes: list[Future[str]] = []
         ready: list[_Item] = []
-        counts = {"labeled": 0, "errored": 0, "skipped": 0}
         try:
             for future in as_completed(prepared):
                 item = future.result()  # a transient storage error propagates: retry the batch
-                if item.skipped:
-                    counts["skipped"] += 1
-                    self.metrics.images.labels("skipped", "").inc()
-                elif item.error is not None:
-                    counts["errored"] += 1
+                if item.error is not None:
                     writes.append(self._pool.submit(self._write, item, model, None, batch_id))
-                else:
-                    ready.append(item)
-                    if len(ready) == model.batch_size:
-                        writes += self._infer_and_write(ready, model, batch_id)
-                        counts["labeled"] += len(ready)
-                        ready = []
+                    continue
+                ready.append(item)
+                if len(ready) == model.batch_size:
+                    writes += self._infer_and_write(ready, model, batch_id)
+                    ready = []
             if ready:
                 writes += self._infer_and_write(ready, model, batch_id)
-                counts["labeled"] += len(ready)
-            for write in writes:
-                write.result()
+            counts = Counter(write.result() for write in writes)
+            self.labels.sync()  # durable before the task is acknowledged
         finally:
             for pending in prepared + writes:
                 pending.cancel()
-        return BatchOutcome(model_version=model.version, **counts)
+        return BatchOutcome(
+            labeled=counts["labeled"],
+            errored=counts["errored"],
+            skipped=counts["skipped"],
+            model_version=model.version,
+        )
 
     def _prepare(self, key: str, model: LoadedModel) -> _Item:
         """Fetch and decode one image; permanent problems become an error on the item."""
         item = _Item(key)
         started = time.perf_counter()
         try:
-            existing = self.labels.read(key)
             blob = self.incoming.get(key, max_bytes=self.limits.max_object_bytes)
         except tuple(_PERMANENT_REASONS) as exc:
             reason = next(r for t, r in _PERMANENT_REASONS.items() if isinstance(exc, t))
@@ -170,12 +187,7 @@ class BatchClassifier:
             return item
         item.etag, item.uploaded_at = blob.info.etag, blob.info.last_modified
         item.timings.fetch = time.perf_counter() - started
-        self.metrics.stage_seconds.labels("fetch").observe(item.timings.fetch)
-        if existing is not None and existing.same_work(item.etag, model.version):
-            item.skipped = True
-            if self._on_needs_review is not None and existing.waits_for_review:
-                self._on_needs_review(existing)  # a retried batch heals an index add it missed
-            return item
+        self._stage_seconds["fetch"].observe(item.timings.fetch)
         with self._decode_slots:
             started = time.perf_counter()  # after the wait for a slot: decoding time only
             try:
@@ -185,17 +197,17 @@ class BatchClassifier:
             except ImageRejected as exc:
                 item.error = RecordError(reason=exc.reason, detail=exc.detail)
             item.timings.decode = time.perf_counter() - started
-        self.metrics.stage_seconds.labels("decode").observe(item.timings.decode)
+        self._stage_seconds["decode"].observe(item.timings.decode)
         return item
 
     def _infer_and_write(
         self, items: list[_Item], model: LoadedModel, batch_id: str
-    ) -> list[Future[None]]:
+    ) -> list[Future[str]]:
         started = time.perf_counter()
         pixels = np.stack([item.pixels for item in items if item.pixels is not None])
         probabilities = model.predict(pixels)
         elapsed = time.perf_counter() - started
-        self.metrics.stage_seconds.labels("infer").observe(elapsed)
+        self._stage_seconds["infer"].observe(elapsed)
         writes = []
         for item, probs in zip(items, probabilities, strict=True):
             item.timings.infer = elapsed / len(items)
@@ -209,7 +221,9 @@ class BatchClassifier:
         model: LoadedModel,
         probabilities: npt.NDArray[np.float32] | None,
         batch_id: str,
-    ) -> None:
+    ) -> str:
+        """Write the item's record; returns what became of the key: labeled, errored or
+        skipped (a record answering the same work was there already)."""
         started = time.perf_counter()
         record = make_record(
             item.key,
@@ -224,17 +238,35 @@ class BatchClassifier:
         record.timings = item.timings
         if self._select_audit is not None and self._select_audit(record):
             record.audit = True
-        self.labels.write(record)
+        if not self._store(record):
+            self._images["skipped"].inc()
+            return "skipped"
         if record.waits_for_review and self._on_needs_review is not None:
             self._on_needs_review(record)
-        self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - started)
+        self._stage_seconds["write"].observe(time.perf_counter() - started)
         if record.error is not None:
             self.metrics.images.labels("error", record.error.reason.value).inc()
         else:
-            self.metrics.images.labels("labeled", "").inc()
+            self._images["labeled"].inc()
             self.metrics.confidence.observe(record.score or 0.0)
         if item.uploaded_at is not None:
             self.metrics.upload_to_label_seconds.observe(max(0.0, time.time() - item.uploaded_at))
+        return "errored" if record.error is not None else "labeled"
+
+    def _store(self, record: LabelRecord) -> bool:
+        """Write ``record`` where no record is yet, or over one made for other work; False
+        when the record there already answers the same (ETag, model version)."""
+        try:
+            self.labels.write(record, if_new=True, durable=False)
+            return True
+        except WriteConflict:
+            existing = self.labels.read(record.source_key)
+        if existing is not None and existing.same_work(record.source_etag, record.model_version):
+            if self._on_needs_review is not None and existing.waits_for_review:
+                self._on_needs_review(existing)  # a retried batch heals an index add it missed
+            return False
+        self.labels.write(record, durable=False)  # an older image or model version: replaced
+        return True
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
