@@ -55,7 +55,7 @@ class Deployment:
     incoming: ObjectStore
     labels: LabelStore
     local_root: Path | None = None  # the store's directory, for a file:// deployment
-    worker: WorkerProcess | None = None
+    worker: WorkerProcess | CommandWorker | None = None
     extra_pids: dict[str, list[int]] = field(default_factory=dict)
 
     def worker_pids(self) -> list[int]:
@@ -68,10 +68,13 @@ class Deployment:
 class CommandWorker:
     """Any Celery worker command in its own process group, ready once its log says so."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO_ROOT
+    ) -> None:
         self.argv = argv
         self.env = env
         self.log_path = log_path
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CommandWorker:
@@ -79,7 +82,7 @@ class CommandWorker:
             self.process = subprocess.Popen(
                 self.argv,
                 env=self.env,
-                cwd=REPO_ROOT,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -132,9 +135,25 @@ class Services:
             self._moto.start()
         return self._moto
 
-    def start_worker(self, deployment: Deployment, name: str) -> WorkerProcess:
-        """``labeler worker --queues inference`` (prefork, concurrency 1) for ``deployment``."""
-        worker = WorkerProcess(deployment.env, self.root / f"{name}.log", "--queues", "inference")
+    def moto_pids(self) -> list[int]:
+        """moto's server process, if it was started."""
+        return [self._moto.process.pid] if self._moto and self._moto.process else []
+
+    def start_worker(
+        self, deployment: Deployment, name: str, tree: Path | None = None
+    ) -> WorkerProcess | CommandWorker:
+        """``labeler worker --queues inference`` (prefork, concurrency 1) for ``deployment``.
+
+        With ``tree``, the worker runs that code tree's labeler (``PYTHONPATH=tree``, cwd
+        ``tree``, this venv's python), so two versions of the code can be compared in one run.
+        """
+        log_path = self.root / f"{name}.log"
+        worker: WorkerProcess | CommandWorker
+        if tree is None:
+            worker = WorkerProcess(deployment.env, log_path, "--queues", "inference")
+        else:
+            argv = [sys.executable, "-m", "labeler", "worker", "--queues", "inference"]
+            worker = CommandWorker(argv, tree_env(deployment.env, tree), log_path, cwd=tree)
         self.stack.callback(worker.stop)
         deployment.worker = worker.start()
         return worker
@@ -170,17 +189,44 @@ class Services:
         return worker.start()
 
 
-def local_deployment(services: Services, db: int, model_path: Path, **settings: Any) -> Deployment:
-    """A ``file://`` deployment with the model imported and promoted (no worker yet)."""
+def tree_env(env: dict[str, str], tree: Path) -> dict[str, str]:
+    """``env`` for a process that must import the labeler of code tree ``tree`` (run it with
+    cwd ``tree`` too: ``python -m`` puts the cwd first on ``sys.path``)."""
+    return {**env, "PYTHONPATH": str(tree)}
+
+
+def local_deployment(
+    services: Services,
+    db: int,
+    model_path: Path | None,
+    *,
+    calibration_dir: Path | None = None,
+    **settings: Any,
+) -> Deployment:
+    """A ``file://`` deployment with the model imported and promoted (no worker yet).
+
+    ``calibration_dir`` makes INT8 too (``labeler models import --calibration-dir``); without
+    ``model_path`` nothing is imported.
+    """
     root = services.root / f"store-{db}"
     env = _worker_env(services, db, storage_uri=root.as_uri(), **settings)
-    deployment = _deployment(env, model_path)
+    deployment = _deployment(env, model_path, calibration_dir)
     deployment.local_root = root
     return deployment
 
 
-def s3_deployment(services: Services, db: int, model_path: Path, **settings: Any) -> Deployment:
-    """An ``s3://`` deployment on the moto server, bucket created, model promoted (no worker)."""
+def s3_deployment(
+    services: Services,
+    db: int,
+    model_path: Path | None,
+    *,
+    calibration_dir: Path | None = None,
+    **settings: Any,
+) -> Deployment:
+    """An ``s3://`` deployment on the moto server, bucket created, model promoted (no worker).
+
+    ``model_path`` and ``calibration_dir`` as for :func:`local_deployment`.
+    """
     moto = services.moto()
     bucket = f"bench-{int(time.time())}"
     env = _worker_env(
@@ -197,7 +243,7 @@ def s3_deployment(services: Services, db: int, model_path: Path, **settings: Any
         secret_access_key=S3_TEST_CREDENTIALS["s3_secret_access_key"],
     )
     make_s3_client(options).create_bucket(Bucket=bucket)
-    deployment = _deployment(env, model_path)
+    deployment = _deployment(env, model_path, calibration_dir)
     if moto.process is not None:
         deployment.extra_pids["moto"] = [moto.process.pid]
     return deployment
@@ -217,11 +263,16 @@ def _worker_env(services: Services, db: int, **settings: Any) -> dict[str, str]:
     )
 
 
-def _deployment(env: dict[str, str], model_path: Path) -> Deployment:
+def _deployment(
+    env: dict[str, str], model_path: Path | None, calibration_dir: Path | None
+) -> Deployment:
     settings = load_settings(
         **{k.removeprefix("LABELER_").lower(): v for k, v in env.items() if k[:8] == "LABELER_"}
     )
-    run_labeler(env, "models", "import", str(model_path), "--classes", ",".join(CLASS_NAMES))
+    if model_path is not None:
+        calibration = ["--calibration-dir", str(calibration_dir)] if calibration_dir else []
+        classes = ",".join(CLASS_NAMES)
+        run_labeler(env, "models", "import", str(model_path), "--classes", classes, *calibration)
     stores = Stores(settings)
     return Deployment(
         env=env,

@@ -13,7 +13,7 @@ import click
 from labeler.cli_common import find_broker, settings_or_exit
 from labeler.observability import start_observability
 from labeler.settings import Settings, env_name
-from labeler.wiring import Stores, backlog_marks, build_app, dispatch_config
+from labeler.wiring import Stores, backlog_marks, build_app, dispatch_config, sqs_client
 from monitoring.metrics import Metrics
 from storage import Area, LocalStore, ObjectStore
 from tasks.app import LabelerCelery
@@ -107,19 +107,12 @@ def sqs_inbox(settings: Settings) -> SqsInbox | None:
     """The SQS intake when LABELER_EVENTS_SQS_URL is set: its own client, standard retries."""
     if settings.events_sqs_url is None:
         return None
-    import boto3
-    from botocore.config import Config
-
-    options = settings.s3_options()
-    client = boto3.session.Session(
-        aws_access_key_id=options.access_key_id,
-        aws_secret_access_key=options.secret_access_key,
-        region_name=options.region,
-    ).client(
-        "sqs",
-        endpoint_url=settings.events_sqs_endpoint_url,
-        # A long poll lasts up to 1 s here (see Dispatcher.step); reads get room beyond it.
-        config=Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=30),
+    client = sqs_client(settings)
+    log.info(
+        "long-polling SQS queue %s at %s (region %s)",
+        settings.events_sqs_url,
+        client.meta.endpoint_url,
+        client.meta.region_name,
     )
     return SqsInbox(
         client, settings.events_sqs_url, visibility=settings.events_sqs_visibility_seconds

@@ -57,6 +57,10 @@ def _text(s: StackStatus) -> str:
         f"{'OK' if s.ok else 'DEGRADED'}  ({s.source})",
         f"broker     {s.broker_url}: {s.broker}",
     ]
+    if s.event_source is not None:
+        e = s.event_source
+        backlog = f": {e.waiting} waiting, {e.in_flight} in flight" if e.reachable else ""
+        lines.append(f"events     SQS {e.queue_url} at {e.endpoint_url}: {e.detail}{backlog}")
     for c in s.components:
         extra = f", {c.restarts} restarts (last {c.last_exit})" if c.restarts else ""
         lines.append(f"  {'up  ' if c.up else 'DOWN'} {c.name:<17} {c.detail}{extra}")

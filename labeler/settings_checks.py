@@ -50,6 +50,12 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _sqs_queue_url(value: str) -> str:
+    from workers.dispatch import check_queue_url
+
+    return check_queue_url(value)  # its ValueError says what a queue URL looks like
+
+
 def _augmentation(value: str) -> str:
     from workers.training import parse_augmentation
 
@@ -73,6 +79,7 @@ def _cron(value: str) -> str:
 StoreUri = Annotated[str, AfterValidator(_store_uri)]
 RedisUrl = Annotated[str, AfterValidator(_redis_url)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+SqsQueueUrl = Annotated[str, AfterValidator(_sqs_queue_url)]
 Augmentation = Annotated[str, AfterValidator(_augmentation)]
 Cron = Annotated[str, AfterValidator(_cron)]
 

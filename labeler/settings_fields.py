@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-from labeler.settings_checks import Augmentation, Cron, HttpUrl, RedisUrl, StoreUri
+from labeler.settings_checks import Augmentation, Cron, HttpUrl, RedisUrl, SqsQueueUrl, StoreUri
 
 
 class BrokerFields(BaseModel):
@@ -159,14 +159,18 @@ class DispatchFields(BaseModel):
         description="How long the dispatcher remembers a sent (key, ETag) so a repeated event "
         "is not sent again: the in-flight window. Later repeats are no-ops at the worker.",
     )
-    events_sqs_url: str | None = Field(
+    events_sqs_url: SqsQueueUrl | None = Field(
         None,
-        description="An SQS queue the dispatcher long-polls for S3 notifications (direct, "
-        "SNS-wrapped or EventBridge). Give the queue a redrive policy: unparseable messages "
-        "are left for it to dead-letter. Uses the S3 credentials and region.",
+        description="The URL of an SQS queue the dispatcher long-polls for S3 notifications "
+        "(direct, SNS-wrapped or EventBridge). Give the queue a redrive policy: unparseable "
+        "messages are left for it to dead-letter. Uses the S3 credentials, and the S3 region "
+        "unless an AWS queue URL names another.",
     )
-    events_sqs_endpoint_url: str | None = Field(
-        None, description="SQS endpoint (a local emulator); default: AWS's for the region."
+    events_sqs_endpoint_url: HttpUrl | None = Field(
+        None,
+        description="SQS endpoint, if not the queue URL's own: by default an AWS queue URL "
+        "uses AWS's endpoint for its region, any other (a local emulator's) its "
+        "scheme://host:port.",
     )
     events_sqs_visibility_seconds: int = Field(
         60,

@@ -22,11 +22,12 @@ from labeler.activity import SAMPLE_SECONDS, counter_totals, images_finished
 from labeler.cli_common import broker_problem
 from labeler.settings import Settings
 from labeler.stack_record import StackRecord, pid_alive
-from labeler.wiring import Stores, build_app
+from labeler.wiring import Stores, build_app, sqs_client
 from storage import Area, ObjectNotFound
 from storage.keys import report_key
 from tasks.contracts import QUEUES
 from tasks.queues import queue_depths
+from workers.dispatch import SqsUnavailable, queue_backlog
 from workers.review import QualityLedger, ReviewQueue, label_quality
 
 HTTP_TIMEOUT = 3.0
@@ -48,6 +49,19 @@ class ComponentStatus:
 
 
 @dataclass
+class EventSourceStatus:
+    """The SQS queue the dispatcher reads, as this process reaches it with the same client."""
+
+    queue_url: str
+    endpoint_url: str  # what the client connects to
+    region: str
+    reachable: bool
+    detail: str  # "answers" or what is wrong
+    waiting: int | None = None
+    in_flight: int | None = None
+
+
+@dataclass
 class StackStatus:
     broker_url: str
     broker: str  # "ok" or what is wrong
@@ -64,10 +78,12 @@ class StackStatus:
     last_retrain: dict[str, Any] | None = None
     next_retrain: dict[str, Any] | None = None
     label_quality: dict[str, Any] | None = None  # audited precision, reviewed agreement
+    event_source: EventSourceStatus | None = None  # LABELER_EVENTS_SQS_URL, when set
 
     @property
     def ok(self) -> bool:
-        return self.broker == "ok" and all(c.up for c in self.components)
+        source_ok = self.event_source is None or self.event_source.reachable
+        return self.broker == "ok" and all(c.up for c in self.components) and source_ok
 
     def to_json(self) -> str:
         return json.dumps({"ok": self.ok, **asdict(self)}, indent=2)
@@ -89,6 +105,7 @@ def probe(settings: Settings, record: StackRecord | None, urls: dict[str, str]) 
         if component.name == REDIS and status.broker != "ok":  # the stack's private broker
             component.up, component.detail = False, f"broker {status.broker}"
     status.components = components
+    status.event_source = _event_source(settings)
     bases = [c.url for c in components if c.url]
     status.images = images_finished(bases)
     status.retrains = counter_totals(bases, "labeler_retrains", "outcome")
@@ -145,6 +162,25 @@ def _healthz(base: str) -> str | None:
         return f"/healthz: HTTP {exc.code} {exc.read().decode(errors='replace').strip()}"
     except (OSError, ValueError) as exc:
         return f"/healthz does not answer ({getattr(exc, 'reason', exc)})"
+
+
+def _event_source(settings: Settings) -> EventSourceStatus | None:
+    """One GetQueueAttributes, one try, short timeouts: quick even when the endpoint is down."""
+    if settings.events_sqs_url is None:
+        return None
+    client = sqs_client(settings, probe=True)
+    found = EventSourceStatus(
+        settings.events_sqs_url, client.meta.endpoint_url, client.meta.region_name, False, ""
+    )
+    try:
+        found.waiting, found.in_flight = queue_backlog(client, settings.events_sqs_url)
+    except SqsUnavailable as exc:
+        found.detail = f"unreachable: {exc}"
+    else:
+        found.reachable, found.detail = True, "answers"
+    finally:
+        client.close()
+    return found
 
 
 def _broker(settings: Settings) -> str:

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labeler.settings import Settings
+from labeler.settings import Settings, env_name
 from monitoring.metrics import Metrics
 from storage import Area, ObjectStore, make_s3_client, open_store
 from storage.registry import ModelRegistry
@@ -231,6 +231,41 @@ def reconcile_interval(settings: Settings) -> float:
         return settings.scan_interval_seconds
     events = settings.area_uri(Area.INCOMING).startswith("s3://") or settings.watch_incoming
     return 3600.0 if events else 30.0
+
+
+def sqs_client(settings: Settings, *, probe: bool = False) -> Any:
+    """The client for LABELER_EVENTS_SQS_URL's queue, at the endpoint and region its URL names
+    (:func:`workers.dispatch.sqs_endpoint`). The dispatcher and `labeler status` both use it.
+
+    Args:
+        probe: one try with short timeouts, for a check that must stay quick when the endpoint
+            is down; else the dispatcher's standard retries.
+    """
+    import boto3
+    from botocore.config import Config
+
+    from workers.dispatch import sqs_endpoint
+
+    if settings.events_sqs_url is None:
+        raise ValueError(f"{env_name('events_sqs_url')} is not set")
+    endpoint = sqs_endpoint(
+        settings.events_sqs_url, settings.events_sqs_endpoint_url, settings.s3_region
+    )
+    if probe:
+        config = Config(
+            retries={"mode": "standard", "total_max_attempts": 1},
+            connect_timeout=2,
+            read_timeout=2,
+        )
+    else:
+        # A long poll lasts up to 1 s here (see Dispatcher.step); reads get room beyond it.
+        config = Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=30)
+    options = settings.s3_options()
+    return boto3.session.Session(
+        aws_access_key_id=options.access_key_id,
+        aws_secret_access_key=options.secret_access_key,
+        region_name=endpoint.region,
+    ).client("sqs", endpoint_url=endpoint.url, config=config)
 
 
 def training_config(settings: Settings) -> TrainingConfig:

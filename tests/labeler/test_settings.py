@@ -56,6 +56,21 @@ def test_areas_follow_storage_uri_unless_overridden(monkeypatch: pytest.MonkeyPa
         ("LABELER_RETRAIN_CRON", "0 25 * * *", "LABELER_RETRAIN_CRON: is not a valid cron"),
         ("LABELER_MODEL_NAME", "Bad Name", "LABELER_MODEL_NAME: String should match"),
         ("LABELER_S3_ENDPOINT_URL", "minio:9000", "LABELER_S3_ENDPOINT_URL: must be an http"),
+        (
+            "LABELER_EVENTS_SQS_URL",
+            "arn:aws:sqs:eu-west-1:1:q",
+            "LABELER_EVENTS_SQS_URL: must be the queue's URL",
+        ),
+        (
+            "LABELER_EVENTS_SQS_URL",
+            "http://127.0.0.1:5000",
+            "LABELER_EVENTS_SQS_URL: names an endpoint, not a queue",
+        ),
+        (
+            "LABELER_EVENTS_SQS_ENDPOINT_URL",
+            "localhost:9324",
+            "LABELER_EVENTS_SQS_ENDPOINT_URL: must be an http",
+        ),
     ],
 )
 def test_bad_values_name_the_variable_and_what_is_allowed(

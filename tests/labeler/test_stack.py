@@ -9,17 +9,26 @@ import signal
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from labeler.sample_data import digit_samples
 from labeler.stack_record import StackRecord, read_record
 from storage import LabelRecord
 from testbed.digits import CLASSES
-from testbed.processes import LABELER, DispatcherProcess, labeler_env, run_labeler, running_worker
-from testbed.services import free_port, free_ports
+from testbed.processes import (
+    LABELER,
+    TEST_CREDENTIALS,
+    DispatcherProcess,
+    labeler_env,
+    run_labeler,
+    running_worker,
+)
+from testbed.services import MotoServer, free_port, free_ports
 from testbed.waiting import wait_until
 from tests.conftest import DigitsFixture
 
@@ -302,3 +311,74 @@ def test_status_checks_a_stack_it_did_not_start_given_its_urls(
     assert not dispatcher_status["up"]
     assert "/healthz does not answer" in dispatcher_status["detail"]
     assert _component(json.loads(broken.stdout), "inference-worker")["up"]
+
+
+def test_status_shows_whether_the_sqs_queue_answers(
+    tmp_path: Path, redis_url: str, s3_server: MotoServer
+) -> None:
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=s3_server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=TEST_CREDENTIALS["access_key_id"],
+        aws_secret_access_key=TEST_CREDENTIALS["secret_access_key"],
+    )
+    queue_url = sqs.create_queue(QueueName=f"status-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    sqs.send_message(QueueUrl=queue_url, MessageBody="not an event")  # stays: no dispatcher reads
+    closed = f"http://127.0.0.1:{free_port()}/123456789012/images"  # nothing listens there
+    missing = f"{s3_server.endpoint_url}/123456789012/no-such-queue"
+    port = free_port()
+    common = {
+        "data_dir": tmp_path / "data",
+        "broker_url": redis_url,
+        "s3_access_key_id": TEST_CREDENTIALS["access_key_id"],
+        "s3_secret_access_key": TEST_CREDENTIALS["secret_access_key"],
+        "scan_interval_seconds": 0,
+    }
+    args = ["status", "--component", f"dispatcher=http://127.0.0.1:{port}"]
+
+    def status(queue: str, *more: str) -> subprocess.CompletedProcess[str]:
+        env = labeler_env(**common, events_sqs_url=queue)
+        return subprocess.run([*LABELER, *args, *more], env=env, capture_output=True, text=True)
+
+    # The case: a dispatcher at a queue it cannot reach answers its /healthz.
+    env = labeler_env(**common, metrics_port=port, events_sqs_url=closed)
+    dispatcher = DispatcherProcess(env, tmp_path / "dispatcher.log").start()
+    try:
+        wait_until(lambda: "does not answer" in dispatcher.log(), 60, "the dispatcher saying so")
+        started = time.monotonic()
+        unreachable = status(closed, "--json")
+        took = time.monotonic() - started
+        text = status(closed)
+    finally:
+        assert dispatcher.stop() == 0, dispatcher.log()
+    assert dispatcher.log().count(f"SQS queue {closed} (endpoint http://127.0.0.1:") == 1
+    assert unreachable.returncode == 1, unreachable.stdout + unreachable.stderr
+    document = json.loads(unreachable.stdout)
+    assert _component(document, "dispatcher")["up"]
+    source = document["event_source"]
+    assert not document["ok"]
+    assert not source["reachable"]
+    assert (source["queue_url"], source["endpoint_url"]) == (closed, closed.rsplit("/", 2)[0])
+    assert "Could not connect to the endpoint URL" in source["detail"]
+    assert text.returncode == 1
+    assert text.stdout.startswith("DEGRADED")
+    assert f"events     SQS {closed} at {closed.rsplit('/', 2)[0]}: unreachable" in text.stdout
+    print(f"labeler status with the SQS endpoint down: {took:.1f} s")
+
+    dispatcher = DispatcherProcess(
+        {**env, "LABELER_EVENTS_SQS_URL": queue_url}, tmp_path / "d2.log"
+    )
+    dispatcher.start()
+    try:
+        reachable = status(queue_url, "--json")
+        gone = status(missing, "--json")
+    finally:
+        assert dispatcher.stop() == 0, dispatcher.log()
+    assert reachable.returncode == 0, reachable.stdout + reachable.stderr
+    source = json.loads(reachable.stdout)["event_source"]
+    assert source["reachable"]
+    assert source["endpoint_url"] == s3_server.endpoint_url
+    assert source["waiting"] + source["in_flight"] == 1
+    assert gone.returncode == 1
+    assert "queue does not exist" in json.loads(gone.stdout)["event_source"]["detail"]

@@ -404,8 +404,9 @@ class SqsSource:
     url: str
     dlq_url: str
 
-    def settings(self, endpoint_url: str) -> dict[str, object]:
-        return {"events_sqs_url": self.url, "events_sqs_endpoint_url": endpoint_url}
+    def settings(self, endpoint_url: str | None = None) -> dict[str, object]:
+        endpoint = {"events_sqs_endpoint_url": endpoint_url} if endpoint_url else {}
+        return {"events_sqs_url": self.url, **endpoint}
 
     def attribute(self, name: str) -> str:
         reply = self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=[name])
@@ -479,6 +480,31 @@ def test_sqs_bucket_notifications_label_awkward_keys_and_garbage_is_dead_lettere
         "every message deleted",
     )
     assert sqs.attribute("ApproximateNumberOfMessages") == "0"
+    assert dispatcher.stop() == 0
+
+
+def test_sqs_queue_url_of_an_emulator_is_its_own_endpoint(
+    deployment: Deployment, digits: DigitsFixture, s3_server: MotoServer, sqs_source: SqsSource
+) -> None:
+    d, sqs = deployment, sqs_source
+    assert sqs.url.startswith(f"{s3_server.endpoint_url}/")  # moto's own host, no AWS in it
+    assert not any(k.startswith("LABELER_EVENTS_SQS") for k in d.env)
+    dispatcher = d.dispatcher(**sqs.settings())  # the queue URL alone, no endpoint URL
+    keys = {f"sqs/own-endpoint/{n}.png" for n in range(3)}
+    for i, key in enumerate(sorted(keys)):
+        d.site.put(key, digits.held_out[130 + i].data)  # S3 notifies the queue itself
+
+    _wait_labeled(d, "sqs/own-endpoint/", keys, 90)
+    assert f"long-polling SQS queue {sqs.url} at {s3_server.endpoint_url} " in dispatcher.log()
+    assert "does not answer" not in dispatcher.log()
+    wait_until(
+        lambda: (
+            sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0"
+            and sqs.attribute("ApproximateNumberOfMessages") == "0"
+        ),
+        30,
+        "every message deleted",
+    )
     assert dispatcher.stop() == 0
 
 

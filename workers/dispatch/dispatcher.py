@@ -46,7 +46,7 @@ from workers.dispatch.events import (
 )
 from workers.dispatch.inbox import EventInbox, Held, Inbox
 from workers.dispatch.reconcile import Reconciler
-from workers.dispatch.sqs import SqsInbox
+from workers.dispatch.sqs import SqsInbox, SqsUnavailable
 from workers.dispatch.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,11 @@ class Dispatcher:
                 delay = 0.0
             except TransientError as exc:
                 delay = min(max(2 * delay, 0.25), 10.0)
-                log.warning("dispatcher: %s: %s; retrying in %.2fs", type(exc).__name__, exc, delay)
+                # The SQS inbox logs its own outages, once and then now and then.
+                level = logging.DEBUG if isinstance(exc, SqsUnavailable) else logging.WARNING
+                log.log(
+                    level, "dispatcher: %s: %s; retrying in %.2fs", type(exc).__name__, exc, delay
+                )
                 recovered = False  # a lost reply may have moved events we do not know about
                 self._sleep(delay)
         if self._watcher is not None:
