@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from storage.errors import InvalidKey
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")  # NUL and the other C0 controls, and DEL
 _MAX_KEY_BYTES = 1024  # S3's limit; the local store keeps the same rule so keys stay portable
 
 
@@ -103,7 +105,7 @@ def validate_key(key: str) -> str:
     """
     if not isinstance(key, str) or not key:
         raise InvalidKey("object key must be a non-empty string")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+    if _CONTROL_CHARACTER.search(key):
         raise InvalidKey(f"object key {key!r} contains NUL or a control character")
     if key.startswith("/") or key.startswith("\\"):
         raise InvalidKey(f"object key {key!r} is absolute; keys are relative to the store root")
