@@ -28,6 +28,7 @@ class MemoryStore:
         self.clock = clock  # stamps ``last_modified`` on every put
         self.calls: Counter[str] = Counter()
         self.keys_read: list[str] = []  # every get, in order
+        self.not_synced: set[str] = set()  # written with durable=False since the last sync
         self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
         self._lock = threading.Lock()
 
@@ -64,6 +65,8 @@ class MemoryStore:
             if if_match is not None and (current is None or current[1].etag != if_match):
                 raise WriteConflict(f"{key!r} changed since it was read")
             self._objects[key] = (bytes(data), info)
+            if not durable:
+                self.not_synced.add(key)
         return info
 
     def list(
@@ -79,7 +82,9 @@ class MemoryStore:
                 yield info
 
     def sync(self) -> None:
-        self.calls["sync"] += 1  # memory is as durable as it gets
+        self.calls["sync"] += 1
+        with self._lock:
+            self.not_synced.clear()
 
     def exists(self, key: str) -> bool:
         validate_key(key)
