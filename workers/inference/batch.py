@@ -98,6 +98,9 @@ class _Item:
     timings: Timings = field(default_factory=Timings)
 
 
+_Written = tuple[str, LabelRecord | None]  # (labeled | errored | skipped, record to index)
+
+
 @dataclass(frozen=True)
 class EngineLimits:
     """How many GETs, writes and decodes run at once, and the largest object and image.
@@ -121,12 +124,13 @@ class BatchClassifier:
         runtime: ModelRuntime,
         metrics: Metrics,
         limits: EngineLimits,
-        on_needs_review: Callable[[LabelRecord], None] | None = None,
-        select_audit: Callable[[LabelRecord], bool] | None = None,
+        on_needs_review: Callable[[Sequence[LabelRecord]], object] | None = None,
+        select_audits: Callable[[Sequence[LabelRecord]], list[bool]] | None = None,
     ) -> None:
         self.incoming = incoming
-        self._on_needs_review = on_needs_review  # the review queue's index, after the write
-        self._select_audit = select_audit  # counts auto-accepted labels, draws audits: pre-write
+        # Both take a whole batch's records: one Redis round trip per batch, not per image.
+        self._on_needs_review = on_needs_review  # the review queue's index, once durable
+        self._select_audits = select_audits  # counts auto-accepted labels, draws audits
         self.labels = labels
         self.runtime = runtime
         self.metrics = metrics
@@ -154,13 +158,14 @@ class BatchClassifier:
         model = self.runtime.version(model_version) if model_version else self.runtime.current()
         distinct = list(dict.fromkeys(keys))
         prepared = [self._pool.submit(self._prepare, key, model) for key in distinct]
-        writes: list[Future[str]] = []
+        writes: list[Future[_Written]] = []
         ready: list[_Item] = []
         try:
             for future in as_completed(prepared):
                 item = future.result()  # a transient storage error propagates: retry the batch
                 if item.error is not None:
-                    writes.append(self._pool.submit(self._write, item, model, None, batch_id))
+                    record = self._record(item, model, None, batch_id)
+                    writes.append(self._pool.submit(self._write, record, item))
                     continue
                 ready.append(item)
                 if len(ready) == model.batch_size:
@@ -168,11 +173,15 @@ class BatchClassifier:
                     ready = []
             if ready:
                 writes += self._infer_and_write(ready, model, batch_id)
-            counts = Counter(write.result() for write in writes)
-            self.labels.sync()  # durable before the task is acknowledged
+            written = [write.result() for write in writes]
+            self.labels.sync()  # durable before the review index points at them, and before ack
+            waiting = [record for _, record in written if record is not None]
+            if waiting and self._on_needs_review is not None:
+                self._on_needs_review(waiting)
         finally:
             for pending in prepared + writes:
                 pending.cancel()
+        counts = Counter(outcome for outcome, _ in written)
         return BatchOutcome(
             labeled=counts["labeled"],
             errored=counts["errored"],
@@ -210,29 +219,32 @@ class BatchClassifier:
 
     def _infer_and_write(
         self, items: list[_Item], model: LoadedModel, batch_id: str
-    ) -> list[Future[str]]:
+    ) -> list[Future[_Written]]:
         started = time.perf_counter()
         pixels = np.stack([item.pixels for item in items if item.pixels is not None])
         probabilities = model.predict(pixels)
         elapsed = time.perf_counter() - started
         self._stage_seconds["infer"].observe(elapsed)
-        writes = []
+        records = []
         for item, probs in zip(items, probabilities, strict=True):
             item.timings.infer = elapsed / len(items)
             item.pixels = None  # free the array as soon as it is consumed
-            writes.append(self._pool.submit(self._write, item, model, probs, batch_id))
-        return writes
+            records.append(self._record(item, model, probs, batch_id))
+        if self._select_audits is not None:
+            for record, audit in zip(records, self._select_audits(records), strict=True):
+                record.audit = audit or None  # written only where True
+        return [
+            self._pool.submit(self._write, record, item)
+            for record, item in zip(records, items, strict=True)
+        ]
 
-    def _write(
+    def _record(
         self,
         item: _Item,
         model: LoadedModel,
         probabilities: npt.NDArray[np.float32] | None,
         batch_id: str,
-    ) -> str:
-        """Write the item's record; returns what became of the key: labeled, errored or
-        skipped (a record answering the same work was there already)."""
-        started = time.perf_counter()
+    ) -> LabelRecord:
         record = make_record(
             item.key,
             item.etag,
@@ -244,13 +256,17 @@ class BatchClassifier:
             serving_format=model.serving_format,
         )
         record.timings = item.timings
-        if self._select_audit is not None and self._select_audit(record):
-            record.audit = True
-        if not self._store(record):
+        return record
+
+    def _write(self, record: LabelRecord, item: _Item) -> _Written:
+        """Write one record. Returns what became of its key (labeled, errored, or skipped: a
+        record answering the same work was there already) and the record to index for review,
+        if one waits for a reviewer."""
+        started = time.perf_counter()
+        stored = self._store(record)
+        if stored is not record:
             self._images["skipped"].inc()
-            return "skipped"
-        if record.waits_for_review and self._on_needs_review is not None:
-            self._on_needs_review(record)
+            return "skipped", stored if stored is not None and stored.waits_for_review else None
         self._stage_seconds["write"].observe(time.perf_counter() - started)
         if record.error is not None:
             self.metrics.images.labels("error", record.error.reason.value).inc()
@@ -259,22 +275,22 @@ class BatchClassifier:
             self.metrics.confidence.observe(record.score or 0.0)
         if item.uploaded_at is not None:
             self.metrics.upload_to_label_seconds.observe(max(0.0, time.time() - item.uploaded_at))
-        return "errored" if record.error is not None else "labeled"
+        outcome = "errored" if record.error is not None else "labeled"
+        return outcome, record if record.waits_for_review else None
 
-    def _store(self, record: LabelRecord) -> bool:
-        """Write ``record`` where no record is yet, or over one made for other work; False
-        when the record there already answers the same (ETag, model version)."""
+    def _store(self, record: LabelRecord) -> LabelRecord | None:
+        """Write ``record`` where no record is yet, or over one made for other work, and
+        return it; or return the record already there when it answers the same (ETag, model
+        version): a retried batch re-indexes it, healing an index add that it missed."""
         try:
             self.labels.write(record, if_new=True, durable=False)
-            return True
+            return record
         except WriteConflict:
             existing = self.labels.read(record.source_key)
         if existing is not None and existing.same_work(record.source_etag, record.model_version):
-            if self._on_needs_review is not None and existing.waits_for_review:
-                self._on_needs_review(existing)  # a retried batch heals an index add it missed
-            return False
+            return existing
         self.labels.write(record, durable=False)  # an older image or model version: replaced
-        return True
+        return record
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
