@@ -245,7 +245,7 @@ class BatchClassifier:
         probabilities: npt.NDArray[np.float32] | None,
         batch_id: str,
     ) -> LabelRecord:
-        record = make_record(
+        return make_record(
             item.key,
             item.etag,
             model.metadata,
@@ -254,9 +254,8 @@ class BatchClassifier:
             batch_id=batch_id,
             runtime=model.runtime,
             serving_format=model.serving_format,
+            timings=item.timings,
         )
-        record.timings = item.timings
-        return record
 
     def _write(self, record: LabelRecord, item: _Item) -> _Written:
         """Write one record. Returns what became of its key (labeled, errored, or skipped: a
@@ -306,9 +305,26 @@ def make_record(
     batch_id: str | None = None,
     runtime: str | None = None,
     serving_format: str | None = None,
+    timings: Timings | None = None,
 ) -> LabelRecord:
-    """The record for one image: top-k labels from ``probabilities``, or the ``error``."""
-    record = LabelRecord(
+    """The record for one image: top-k labels from ``probabilities``, or the ``error``.
+
+    Built without pydantic's validation (``model_construct``): every value is made here, of
+    the right type and range (scores clamped to [0, 1]), and validating each of them cost more
+    than the rest of the record. Records are validated when they are read back.
+    """
+    top_k: list[Prediction] = []
+    label, score, needs_review = None, None, False
+    if error is None and probabilities is not None:
+        order = np.argsort(probabilities)[::-1][:TOP_K]
+        names = metadata.class_names
+        top_k = [
+            Prediction.model_construct(label=names[i], score=_score(probabilities[i]))
+            for i in order
+        ]
+        label, score = top_k[0].label, top_k[0].score
+        needs_review = score < metadata.threshold_for(label)
+    return LabelRecord.model_construct(
         source_key=key,
         source_etag=etag,
         model_name=metadata.name,
@@ -318,15 +334,12 @@ def make_record(
         created_at=time.time(),
         runtime=runtime,
         serving_format=serving_format,
+        timings=timings if timings is not None else Timings(),
+        label=label,
+        score=score,
+        top_k=top_k,
+        needs_review=needs_review,
     )
-    if error is not None or probabilities is None:
-        return record
-    order = np.argsort(probabilities)[::-1][:TOP_K]
-    names = metadata.class_names
-    record.top_k = [Prediction(label=names[i], score=_score(probabilities[i])) for i in order]
-    record.label, record.score = record.top_k[0].label, record.top_k[0].score
-    record.needs_review = record.score < metadata.threshold_for(record.label)
-    return record
 
 
 def _score(value: np.floating | float) -> float:
