@@ -242,7 +242,7 @@ def s3_deployment(
         access_key_id=S3_TEST_CREDENTIALS["s3_access_key_id"],
         secret_access_key=S3_TEST_CREDENTIALS["s3_secret_access_key"],
     )
-    make_s3_client(options).create_bucket(Bucket=bucket)
+    make_s3_client(options).boto3.create_bucket(Bucket=bucket)
     deployment = _deployment(env, model_path, calibration_dir)
     if moto.process is not None:
         deployment.extra_pids["moto"] = [moto.process.pid]

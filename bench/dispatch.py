@@ -87,7 +87,7 @@ class Bench:
         self.settings = load_settings(
             **{k[8:].lower(): v for k, v in self.env.items() if k.startswith("LABELER_")}
         )
-        make_s3_client(self.settings.s3_options()).create_bucket(Bucket=self.bucket)
+        make_s3_client(self.settings.s3_options()).boto3.create_bucket(Bucket=self.bucket)
         stores = Stores(self.settings)
         self.incoming: ObjectStore = stores.area(Area.INCOMING)
         self.labels: ObjectStore = stores.area(Area.LABELS)

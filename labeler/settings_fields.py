@@ -61,7 +61,7 @@ class StorageFields(BaseModel):
     s3_connect_timeout: float = Field(5.0, gt=0, le=120, description="S3 connect timeout (s).")
     s3_read_timeout: float = Field(30.0, gt=0, le=600, description="S3 read timeout (s).")
     s3_max_pool_connections: int = Field(
-        32, ge=1, le=512, description="S3 connection pool size (>= concurrent GETs)."
+        32, ge=1, le=512, description="boto3's S3 connection pool (lists, heads, file uploads)."
     )
 
 

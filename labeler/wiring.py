@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from labeler.settings import Settings, env_name
 from monitoring.metrics import Metrics
-from storage import Area, ObjectStore, make_s3_client, open_store
+from storage import Area, ObjectStore, S3Client, make_s3_client, open_store
 from storage.registry import ModelRegistry
 from storage.results import LabelStore
 from tasks.app import LabelerCelery, create_app
@@ -38,7 +38,7 @@ class Stores:
         self.metrics = metrics
 
     @cached_property
-    def _s3_client(self) -> Any:
+    def _s3_client(self) -> S3Client | None:
         return make_s3_client(self.settings.s3_options()) if self.settings.uses_s3() else None
 
     def area(self, area: Area) -> ObjectStore:

@@ -28,7 +28,7 @@ from storage.records import (
     ReviewOutcome,
     Timings,
 )
-from storage.s3 import S3Options, S3Store, make_s3_client
+from storage.s3 import S3Client, S3Options, S3Store, make_s3_client
 from storage.uri import check_store_uri, join_uri, open_store
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "RecordError",
     "Review",
     "ReviewOutcome",
+    "S3Client",
     "S3Options",
     "S3Store",
     "StorageError",

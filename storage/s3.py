@@ -1,42 +1,48 @@
-"""``s3://bucket/prefix``: any S3-compatible endpoint through boto3 (AWS, MinIO, moto).
+"""``s3://bucket/prefix``: any S3-compatible endpoint (AWS, MinIO, moto).
 
-One client per process (build it after fork with :func:`make_s3_client`, share it between stores
-and threads: boto3 clients are thread-safe). botocore's ``standard`` retry mode already retries
-throttling, 5xx and connection errors with jittered backoff; what still fails after that surfaces
-as :class:`~storage.errors.TransientStorageError` for the task layer to retry later.
+One :class:`S3Client` per process (build it after fork with :func:`make_s3_client`, share it
+between stores and threads). GETs and PUTs, the hot path, go through obstore
+(:mod:`storage.s3_obstore`); listings, heads, deletes and multipart uploads through boto3. Both
+retry throttling, 5xx and connection errors as botocore's ``standard`` mode does; what still
+fails after that surfaces as :class:`~storage.errors.TransientStorageError` for the task layer
+to retry later.
 """
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.session
 from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
+from obstore.auth.boto3 import Boto3CredentialProvider
 
 from storage.base import Blob, ObjectInfo, validate_key, validate_prefix
 from storage.errors import (
     AccessDenied,
     InvalidKey,
     ObjectNotFound,
-    ObjectTooLarge,
     PermanentStorageError,
     TransientStorageError,
     WriteConflict,
 )
+from storage.s3_obstore import ObstoreBucket, ObstoreSettings
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client as S3Client
+    from mypy_boto3_s3 import S3Client as BotoS3Client
 else:
-    S3Client = Any
+    BotoS3Client = Any
 
-RetryObserver = Callable[[str, int], None]  # (operation, retries botocore made) -> None
+RetryObserver = Callable[[str, int], None]  # (operation, retries the client made) -> None
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _DENIED = {
@@ -49,6 +55,7 @@ _DENIED = {
 # 409 ConditionalRequestConflict: another conditional write to the key is in flight.
 _CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict"}
 _TRANSIENT = {"SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+_CREDENTIALS_TTL = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -72,8 +79,53 @@ class S3Options:
         )
 
 
+class S3Client:
+    """The process's S3 clients over one endpoint, region and credential chain: ``boto3`` (also
+    for what the stores do not cover: buckets, versioning, notifications) and, per bucket, an
+    obstore client for GETs and PUTs, built on first use."""
+
+    def __init__(
+        self, boto3_client: BotoS3Client, session: botocore.session.Session, options: S3Options
+    ) -> None:
+        self.boto3 = boto3_client
+        self._session = session  # boto3's: its credential chain and configuration
+        self._options = options
+        self._buckets: dict[str, ObstoreBucket] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"S3Client({self._options!r})"
+
+    def objects(self, bucket: str) -> ObstoreBucket:
+        """GET and PUT in ``bucket``, with the endpoint, region and credentials boto3 resolved."""
+        with self._lock:
+            if bucket not in self._buckets:
+                self._buckets[bucket] = ObstoreBucket(bucket, self._settings(), self._credentials())
+            return self._buckets[bucket]
+
+    def _settings(self) -> ObstoreSettings:
+        meta = self.boto3.meta
+        ca_bundle = self._session.get_config_variable("ca_bundle")  # AWS_CA_BUNDLE, config
+        return ObstoreSettings(
+            endpoint_url=meta.endpoint_url,
+            region=meta.region_name,
+            max_attempts=self._options.max_attempts,
+            connect_timeout=self._options.connect_timeout,
+            read_timeout=self._options.read_timeout,
+            ca_bundle=ca_bundle if isinstance(ca_bundle, str) else None,
+        )
+
+    def _credentials(self) -> Boto3CredentialProvider:
+        try:
+            # obstore keeps each set until the ttl ends; botocore hands out temporary ones with
+            # 10+ minutes left (its mandatory refresh), so 5 minutes never outlives them.
+            return Boto3CredentialProvider(self._session, ttl=_CREDENTIALS_TTL)
+        except ValueError as exc:  # the chain found nothing
+            raise AccessDenied(f"no S3 credentials configured ({exc})") from exc
+
+
 def make_s3_client(options: S3Options) -> S3Client:
-    """Build the process's S3 client: path-style, standard retries, explicit timeouts."""
+    """Build the process's S3 clients: path-style, standard retries, explicit timeouts."""
     config = Config(
         region_name=options.region,
         retries={"mode": "standard", "total_max_attempts": options.max_attempts},
@@ -84,13 +136,15 @@ def make_s3_client(options: S3Options) -> S3Client:
         s3={"addressing_style": "path"},
         signature_version="s3v4",
     )
+    core = botocore.session.get_session()
     session = boto3.session.Session(
         aws_access_key_id=options.access_key_id,
         aws_secret_access_key=options.secret_access_key,
         region_name=options.region,
+        botocore_session=core,
     )
-    client: S3Client = session.client("s3", endpoint_url=options.endpoint_url, config=config)
-    return client
+    client: BotoS3Client = session.client("s3", endpoint_url=options.endpoint_url, config=config)
+    return S3Client(client, core, options)
 
 
 class S3Store:
@@ -109,30 +163,23 @@ class S3Store:
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._client = client
+        self._boto3 = client.boto3
+
+    @cached_property
+    def _objects(self) -> ObstoreBucket:
+        return self._client.objects(self.bucket)  # on first use: after fork, in a worker
 
     def __repr__(self) -> str:
         return f"S3Store({self.uri!r})"
 
     def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
         full = self._full(key)
-        with _s3_errors(key, self._retried("get")):
-            response = self._client.get_object(Bucket=self.bucket, Key=full)
-            self._retried("get")(response)
-            body = response["Body"]
-            size = int(response["ContentLength"])
-            if max_bytes is not None and size > max_bytes:
-                body.close()  # never read the body of an oversized object
-                raise ObjectTooLarge(key, size, max_bytes)
-            data = body.read()
-        info = ObjectInfo(
-            key, len(data), _etag(response["ETag"]), response["LastModified"].timestamp()
-        )
-        return Blob(info, data)
+        return self._objects.get(full, key, max_bytes, self._counted("get"))
 
     def head(self, key: str) -> ObjectInfo:
         full = self._full(key)
         with _s3_errors(key, self._retried("head")):
-            response = self._client.head_object(Bucket=self.bucket, Key=full)
+            response = self._boto3.head_object(Bucket=self.bucket, Key=full)
             self._retried("head")(response)
         return ObjectInfo(
             key,
@@ -152,21 +199,15 @@ class S3Store:
         durable: bool = True,  # an S3 PUT is durable once answered: nothing to defer
     ) -> ObjectInfo:
         full = self._full(key)
-        extra = {"ContentType": content_type} if content_type else {}
-        # S3 conditional writes: the server compares and writes in one step (412 when it lost).
-        if if_match is not None:
-            extra["IfMatch"] = f'"{if_match}"'
-        if if_none_match:
-            extra["IfNoneMatch"] = "*"
-        try:
-            with _s3_errors(key, self._retried("put")):
-                response = self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)  # type: ignore[arg-type]
-                self._retried("put")(response)
-        except ObjectNotFound as exc:
-            if if_match is None:
-                raise
-            raise WriteConflict(f"{key!r} was deleted since it was read") from exc
-        return ObjectInfo(key, len(data), _etag(response["ETag"]), time.time())
+        return self._objects.put(
+            full,
+            key,
+            data,
+            content_type=content_type,
+            if_match=if_match,
+            if_none_match=if_none_match,
+            retried=self._counted("put"),
+        )
 
     def sync(self) -> None:
         """Nothing to do: every PUT was durable when S3 answered it."""
@@ -178,7 +219,7 @@ class S3Store:
         extra = {"ContentType": content_type} if content_type else {}
         try:
             with _s3_errors(key, self._retried("put")):
-                self._client.upload_file(str(path), self.bucket, full, ExtraArgs=extra)
+                self._boto3.upload_file(str(path), self.bucket, full, ExtraArgs=extra)
         except S3UploadFailedError as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, ClientError):
@@ -193,7 +234,7 @@ class S3Store:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
         if start_after is not None:
             kwargs["StartAfter"] = self.prefix + start_after
-        paginator = self._client.get_paginator("list_objects_v2")
+        paginator = self._boto3.get_paginator("list_objects_v2")
         with _s3_errors(prefix or "/", self._retried("list")):
             for page in paginator.paginate(**kwargs):
                 self._retried("list")(page)
@@ -218,7 +259,16 @@ class S3Store:
     def delete(self, key: str) -> None:
         full = self._full(key)
         with _s3_errors(key, self._retried("delete")):
-            self._retried("delete")(self._client.delete_object(Bucket=self.bucket, Key=full))
+            self._retried("delete")(self._boto3.delete_object(Bucket=self.bucket, Key=full))
+
+    def _counted(self, operation: str) -> Callable[[int], None]:
+        """Report the retries obstore calls made (see :mod:`storage.s3_obstore`)."""
+
+        def note(retries: int) -> None:
+            if self._on_retry is not None:
+                self._on_retry(operation, retries)
+
+        return note
 
     def _retried(self, operation: str) -> Callable[[Any], None]:
         """Report botocore's retries of one call (``ResponseMetadata.RetryAttempts``)."""

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from storage.s3 import S3Client
 from testbed.waiting import wait_until
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client as BotoS3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 
@@ -104,7 +104,7 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def remove_bucket(s3: S3Client, bucket: str) -> None:
+def remove_bucket(s3: BotoS3Client, bucket: str) -> None:
     """Delete every object version and delete marker in ``bucket``, then the bucket."""
     while True:  # list afresh each time: paging on past deleted markers skips versions
         page = s3.list_object_versions(Bucket=bucket, MaxKeys=1000)

@@ -79,9 +79,9 @@ def s3_client(s3_server: MotoServer) -> S3Client:
 def bucket(s3_client: S3Client) -> Iterator[str]:
     """A fresh bucket per test, emptied and removed afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
-    s3_client.create_bucket(Bucket=name)
+    s3_client.boto3.create_bucket(Bucket=name)
     yield name
-    remove_bucket(s3_client, name)
+    remove_bucket(s3_client.boto3, name)
 
 
 @pytest.fixture

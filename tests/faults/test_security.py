@@ -127,7 +127,7 @@ def secure(
         model_name="digits",
         metrics_port=free_port(),
     )
-    make_s3_client(settings_from_env(env).s3_options()).create_bucket(Bucket=bucket)
+    make_s3_client(settings_from_env(env).s3_options()).boto3.create_bucket(Bucket=bucket)
     deployment = _deployment(env, tmp_path_factory.mktemp("secure") / "worker.log", digits)
     try:
         yield deployment

@@ -25,7 +25,7 @@ from labeler.settings import Settings, settings_from_env
 from labeler.wiring import Stores
 from storage import Area, LabelRecord, ObjectNotFound, ObjectStore, make_s3_client
 from storage.keys import label_key, source_key
-from storage.s3 import S3Client
+from storage.s3 import BotoS3Client
 from testbed.digits import register_digits
 from testbed.processes import TEST_CREDENTIALS, labeler_env
 from testbed.services import remove_bucket
@@ -58,8 +58,8 @@ class S3Deployment:
         return settings_from_env(self.env("redis://127.0.0.1:1/0"))  # storage only: no broker used
 
     @cached_property
-    def s3(self) -> S3Client:
-        return make_s3_client(self.storage_settings.s3_options())
+    def s3(self) -> BotoS3Client:
+        return make_s3_client(self.storage_settings.s3_options()).boto3
 
     def area(self, area: Area) -> ObjectStore:
         return Stores(self.storage_settings).area(area)
