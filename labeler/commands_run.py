@@ -161,9 +161,12 @@ class _PrintedRecords:
     def read(self, source_key: str) -> LabelRecord | None:
         return None
 
-    def write(self, record: LabelRecord) -> None:
+    def write(self, record: LabelRecord, *, if_new: bool = False, durable: bool = True) -> None:
         with self._lock:  # written from the engine's I/O threads
             self._records[record.source_key] = record
+
+    def sync(self) -> None:
+        """Nothing to make durable: records are printed, in order, by :meth:`flush`."""
 
     def flush(self, keys: tuple[str, ...]) -> None:
         for key in dict.fromkeys(keys):

@@ -120,8 +120,8 @@ class ProcessEngines:
             self.runtime,
             self.metrics,
             engine_limits(self.settings),
-            on_needs_review=review_queue.add,
-            select_audit=audit_sampler(self.settings, self.redis).select,
+            on_needs_review=review_queue.add_many,
+            select_audits=audit_sampler(self.settings, self.redis).select_many,
         )
 
     @cached_property

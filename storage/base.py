@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from storage.errors import InvalidKey
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")  # NUL and the other C0 controls, and DEL
 _MAX_KEY_BYTES = 1024  # S3's limit; the local store keeps the same rule so keys stay portable
 
 
@@ -55,6 +57,7 @@ class ObjectStore(Protocol):
         content_type: str | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> ObjectInfo:
         """Write atomically: readers see the old object or the new one, never a part.
 
@@ -64,6 +67,9 @@ class ObjectStore(Protocol):
             content_type: Stored with the object where the backend keeps it.
             if_match: Write only if the object's current ETag is this one (compare-and-set).
             if_none_match: Write only if no object exists at ``key`` yet.
+            durable: Return only once the object would survive a crash of the machine. With
+                False it may be durable only after the next :meth:`sync`: a caller writing
+                many objects pays for durability once, before it acknowledges them.
 
         Raises:
             WriteConflict: A condition did not hold; nothing was written.
@@ -78,6 +84,10 @@ class ObjectStore(Protocol):
         With ``etags=False`` a backend may leave ``etag`` empty where it costs a read (a local
         file's MD5); callers that only compare keys and times list much more cheaply.
         """
+        ...
+
+    def sync(self) -> None:
+        """Make every write made so far with ``durable=False`` durable."""
         ...
 
     def exists(self, key: str) -> bool: ...
@@ -95,7 +105,7 @@ def validate_key(key: str) -> str:
     """
     if not isinstance(key, str) or not key:
         raise InvalidKey("object key must be a non-empty string")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+    if _CONTROL_CHARACTER.search(key):
         raise InvalidKey(f"object key {key!r} contains NUL or a control character")
     if key.startswith("/") or key.startswith("\\"):
         raise InvalidKey(f"object key {key!r} is absolute; keys are relative to the store root")

@@ -7,6 +7,8 @@ are the MD5 of the content, as S3 computes them for single-part uploads, cached 
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import hashlib
 import os
@@ -14,10 +16,9 @@ import stat
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
 
 from storage.base import Blob, ObjectInfo, validate_key, validate_prefix
 from storage.errors import (
@@ -33,6 +34,13 @@ TEMP_DIR_NAME = ".labeler-tmp"  # reserved top-level folder for in-flight writes
 _LOCK_STRIPES = 256  # lock files, reused by every key that hashes to them
 ETAG_CACHE_ENTRIES = 100_000  # ~10 MB; a bigger tree re-hashes only what falls out
 _MAX_NAME_BYTES = 255  # NAME_MAX of ext4 and most filesystems: longer is ENAMETOOLONG
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO must not block the reader
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+# What opening a link with O_NOFOLLOW raises: ELOOP, or ENOTDIR with O_DIRECTORY (also raised for
+# a file where a folder should be: the slow path then tells the two apart).
+_LINK_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR})
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class LocalStore:
@@ -44,12 +52,18 @@ class LocalStore:
         self.uri = self.root.as_uri()
         self._tmp = self.root / TEMP_DIR_NAME
         self._etags = _EtagCache(ETAG_CACHE_ENTRIES)
+        self._locks = _StripeLocks(self._tmp / "locks")
 
     def __repr__(self) -> str:
         return f"LocalStore({self.uri!r})"
 
     def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
-        return _read_file(self._path(key), key, max_bytes, self._etags)
+        parts = self._parts(key)
+        with _os_errors(key):
+            fd = self._open_beneath(parts, _READ_FLAGS)
+        if fd is None:  # a link on the way: follow it only once it is known to stay inside
+            return _read_file(self._path(key), key, max_bytes, self._etags)
+        return _read_fd(fd, key, max_bytes, self._etags)
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -64,31 +78,58 @@ class LocalStore:
         content_type: str | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> ObjectInfo:
-        path = self._path(key)
-        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        parts = self._parts(key)
+        path = self.root / key
         with _os_errors(key):
-            self._tmp.mkdir(exist_ok=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Every write takes the key's lock, so a conditional write's compare and its rename
-            # are one step for every process on this host (flock), as S3 does server-side.
-            with self._key_lock(key):
-                self._check_condition(key, path, if_match, if_none_match)
-                st = self._write_file(path, tmp, data)
+            folder = self._open_beneath(parts[:-1], _FOLDER_FLAGS, make=True)
+            if folder is None:  # a linked folder: resolve it, and write through the old path
+                self._path(key)
+                folder = os.open(path.parent, _FOLDER_FLAGS)
+            try:
+                # Every write takes the key's lock, so a conditional write's compare and its
+                # rename are one step for every process on this host (flock), as S3 does
+                # server-side.
+                with self._locks.hold(key):
+                    self._check_condition(key, path, if_match, if_none_match)
+                    st = self._write_file(folder, parts[-1], data, durable)
+            finally:
+                os.close(folder)
         etag = hashlib.md5(data).hexdigest()  # noqa: S324 - MD5 is S3's ETag, not a security hash
         self._etags.put(_signature(st), etag)
         return ObjectInfo(key, len(data), etag, st.st_mtime)
 
-    def _write_file(self, path: Path, tmp: Path, data: bytes) -> os.stat_result:
+    def sync(self) -> None:
+        """Make every write so far durable (those made with ``durable=False``): one flush of the
+        store's filesystem (syncfs), instead of one fsync per object."""
+        with _os_errors(""):
+            _sync_filesystem(self.root)
+
+    def _write_file(self, folder: int, name: str, data: bytes, durable: bool) -> os.stat_result:
+        """Write ``data`` to a temp file, then rename it to ``name`` in ``folder`` (atomic)."""
+        tmp = f"{self._tmp}/{uuid.uuid4().hex}.part"
         try:
-            with tmp.open("wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path.stat()
+            fd = os.open(tmp, _NEW_FILE_FLAGS, 0o666)
+        except FileNotFoundError:  # first write, or the temp folder was removed
+            self._tmp.mkdir(exist_ok=True)
+            fd = os.open(tmp, _NEW_FILE_FLAGS, 0o666)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if durable:
+                    os.fsync(fd)
+                st = os.fstat(fd)  # the same inode after the rename: no stat of the new path
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, dst_dir_fd=folder)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return st
 
     def _check_condition(
         self, key: str, path: Path, if_match: str | None, if_none_match: bool
@@ -103,19 +144,6 @@ class LocalStore:
             raise WriteConflict(f"{key!r} already exists")
         if if_match is not None and current != if_match:
             raise WriteConflict(f"{key!r} changed since it was read (ETag {current})")
-
-    @contextmanager
-    def _key_lock(self, key: str) -> Iterator[None]:
-        """An exclusive lock shared by every key in one of ``_LOCK_STRIPES`` stripes."""
-        stripe = int(hashlib.md5(key.encode()).hexdigest()[:4], 16) % _LOCK_STRIPES  # noqa: S324
-        locks = self._tmp / "locks"
-        locks.mkdir(exist_ok=True)
-        fd = os.open(locks / f"{stripe:03d}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def list(
         self, prefix: str = "", *, start_after: str | None = None, etags: bool = True
@@ -153,18 +181,57 @@ class LocalStore:
         with _os_errors(key):
             path.unlink(missing_ok=True)
 
-    def _path(self, key: str) -> Path:
+    def _parts(self, key: str) -> Sequence[str]:
+        """The key's path segments, after the checks that need no file system."""
         validate_key(key)
-        if any(len(segment.encode()) > _MAX_NAME_BYTES for segment in key.split("/")):
+        parts = key.split("/")
+        if any(len(segment.encode()) > _MAX_NAME_BYTES for segment in parts):
             raise InvalidKey(f"object key {key[:40]!r}... has a name over {_MAX_NAME_BYTES} bytes")
-        if key.split("/", 1)[0] == TEMP_DIR_NAME:
+        if parts[0] == TEMP_DIR_NAME:
             raise InvalidKey(f"object key {key!r} uses the reserved folder {TEMP_DIR_NAME}/")
+        return parts
+
+    def _path(self, key: str) -> Path:
+        """The key's path, once resolving every link on it shows that it stays in the root."""
+        self._parts(key)
         path = self.root / key
-        # A symlink inside the root must not lead outside it either.
         resolved = path.resolve()
         if not resolved.is_relative_to(self.root):
             raise InvalidKey(f"object key {key!r} resolves outside the store root")
         return path
+
+    def _open_beneath(self, parts: Sequence[str], flags: int, *, make: bool = False) -> int | None:
+        """Open ``parts`` under the root one segment at a time, following no link: None when a
+        segment is a link, for the caller to resolve it (links are rare; a walk is cheap).
+
+        Nothing outside the root is ever opened this way, not even a device behind a link, and
+        no segment is resolved twice. With ``make``, missing folders are made on the way.
+        """
+        fd = os.open(self.root, _FOLDER_FLAGS)
+        try:
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                try:
+                    child = os.open(
+                        part, (flags if last else _FOLDER_FLAGS) | os.O_NOFOLLOW, dir_fd=fd
+                    )
+                except FileNotFoundError:
+                    if not make:
+                        raise
+                    with suppress(FileExistsError):
+                        os.mkdir(part, dir_fd=fd)
+                    child = os.open(part, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in _LINK_ERRNOS:
+                        return None
+                    raise
+                os.close(fd)
+                fd = child
+            opened, fd = fd, -1
+            return opened
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     def _info(self, key: str, path: Path, st: os.stat_result) -> ObjectInfo:
         if not stat.S_ISREG(st.st_mode):
@@ -197,12 +264,28 @@ class LocalFiles:
 
 def _read_file(path: Path, key: str, max_bytes: int | None, etags: _EtagCache) -> Blob:
     """The file's bytes and info; ``ObjectTooLarge`` before reading when over ``max_bytes``."""
-    with _os_errors(key), _open_regular_file(path, key) as f:
-        before = os.fstat(f.fileno())
-        if max_bytes is not None and before.st_size > max_bytes:
-            raise ObjectTooLarge(key, before.st_size, max_bytes)
-        data = f.read()
-        after = os.fstat(f.fileno())
+    with _os_errors(key):
+        fd = os.open(path, _READ_FLAGS)
+    return _read_fd(fd, key, max_bytes, etags)
+
+
+def _read_fd(fd: int, key: str, max_bytes: int | None, etags: _EtagCache) -> Blob:
+    """Read an open file to its end and close it. A FIFO or a device is not an object: the file
+    was opened non-blocking, so it is refused here instead of hanging the reader."""
+    try:
+        with _os_errors(key):
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise ObjectNotFound(f"no object at {key!r}: not a regular file")
+            if max_bytes is not None and before.st_size > max_bytes:
+                raise ObjectTooLarge(key, before.st_size, max_bytes)
+            chunks = []  # O_NONBLOCK changes nothing for a regular file: read to its end
+            while chunk := os.read(fd, max(before.st_size, 1 << 16)):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+            after = os.fstat(fd)
+    finally:
+        os.close(fd)
     # Unchanged while we read (same inode, size, mtime): a cached hash still describes it.
     etag = etags.get(_signature(after)) if _signature(before) == _signature(after) else None
     if etag is None or len(data) != after.st_size:
@@ -239,6 +322,58 @@ class _EtagCache:
                 self._entries.popitem(last=False)
 
 
+class _StripeLocks:
+    """Exclusive per-key locks, shared by every key in one of ``_LOCK_STRIPES`` stripes, that
+    hold between the threads of a process (a mutex) and between processes (``flock`` on the
+    stripe's lock file, kept open: opening it for every write cost more than the write)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._guard = threading.Lock()
+        self._pid = -1
+        self._stripes: dict[int, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        stripe = int(hashlib.md5(key.encode()).hexdigest()[:4], 16) % _LOCK_STRIPES  # noqa: S324
+        mutex, fd = self._stripe(stripe)
+        with mutex:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _stripe(self, stripe: int) -> tuple[threading.Lock, int]:
+        with self._guard:
+            if self._pid != os.getpid():
+                # A forked child shares its parent's open lock files, and flock is held per
+                # open file: it would not exclude the parent. Start afresh in each process.
+                self._pid, self._stripes = os.getpid(), {}
+            if stripe not in self._stripes:
+                self._folder.mkdir(parents=True, exist_ok=True)
+                path = self._folder / f"{stripe:03d}.lock"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._stripes[stripe] = (threading.Lock(), fd)
+            return self._stripes[stripe]
+
+
+def _sync_filesystem(path: Path) -> None:
+    """Flush every write on the file system holding ``path`` to disk: Linux's ``syncfs`` (one
+    call, data and renames alike), or a whole-system ``sync`` where it is missing."""
+    syncfs = getattr(_LIBC, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, _FOLDER_FLAGS)
+    try:
+        if syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs: {os.strerror(code)}")
+    finally:
+        os.close(fd)
+
+
 def _sorted_files(
     directory: Path, base: str, prefix: str, start_after: str | None
 ) -> Iterator[tuple[str, Path]]:
@@ -273,19 +408,6 @@ def _sorted_files(
             yield from _sorted_files(directory / key[len(base) : -1], key, prefix, start_after)
         elif key.startswith(prefix) and (start_after is None or key > start_after):
             yield key, directory / key[len(base) :]
-
-
-def _open_regular_file(path: Path, key: str) -> BinaryIO:
-    """Open ``path`` for reading; a FIFO or device is not an object (and must not block us)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ObjectNotFound(f"no object at {key!r}: not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _md5_file(path: Path) -> str:

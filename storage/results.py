@@ -27,9 +27,17 @@ class LabelStore:
         except ValidationError:
             return None  # a damaged record is rewritten rather than trusted
 
-    def write(self, record: LabelRecord) -> None:
+    def write(self, record: LabelRecord, *, if_new: bool = False, durable: bool = True) -> None:
+        """Store ``record``; with ``if_new`` only where none is yet (``WriteConflict`` if one
+        is). With ``durable=False`` it is durable after the next :meth:`sync`."""
         self.store.put(
             label_key(record.source_key),
             record.model_dump_json(exclude_none=True).encode(),
             content_type="application/json",
+            if_none_match=if_new,
+            durable=durable,
         )
+
+    def sync(self) -> None:
+        """Make the records written with ``durable=False`` durable."""
+        self.store.sync()

@@ -196,6 +196,7 @@ class S3Store:
         content_type: str | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,  # an S3 PUT is durable once answered: nothing to defer
     ) -> ObjectInfo:
         full = self._full(key)
         return self._objects.put(
@@ -207,6 +208,9 @@ class S3Store:
             if_none_match=if_none_match,
             retried=self._counted("put"),
         )
+
+    def sync(self) -> None:
+        """Nothing to do: every PUT was durable when S3 answered it."""
 
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
         """Upload a local file in parts (boto3's managed transfer): memory stays a few parts

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from monitoring.metrics import Metrics
+from monitoring.metrics import STORAGE_OPERATIONS, Metrics
 from storage import Blob, ObjectInfo, ObjectNotFound, ObjectStore, StorageError, WriteConflict
 
 
@@ -17,7 +17,7 @@ class MeteredStore:
         self.inner = store
         self.uri = store.uri
         self._metrics = metrics
-        for operation in ("get", "head", "put", "list", "delete"):
+        for operation in STORAGE_OPERATIONS:
             for error in ("TransientStorageError", "AccessDenied", "PermanentStorageError"):
                 metrics.storage_errors.labels(operation, error)  # exported at 0 from the start
 
@@ -40,6 +40,7 @@ class MeteredStore:
         content_type: str | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> ObjectInfo:
         with self._timed("put"):
             return self.inner.put(
@@ -48,7 +49,12 @@ class MeteredStore:
                 content_type=content_type,
                 if_match=if_match,
                 if_none_match=if_none_match,
+                durable=durable,
             )
+
+    def sync(self) -> None:
+        with self._timed("sync"):
+            self.inner.sync()
 
     def list(
         self, prefix: str = "", *, start_after: str | None = None, etags: bool = True

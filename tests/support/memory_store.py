@@ -28,6 +28,7 @@ class MemoryStore:
         self.clock = clock  # stamps ``last_modified`` on every put
         self.calls: Counter[str] = Counter()
         self.keys_read: list[str] = []  # every get, in order
+        self.not_synced: set[str] = set()  # written with durable=False since the last sync
         self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
         self._lock = threading.Lock()
 
@@ -51,6 +52,7 @@ class MemoryStore:
         content_type: str | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> ObjectInfo:
         self.calls["put"] += 1
         validate_key(key)
@@ -63,6 +65,8 @@ class MemoryStore:
             if if_match is not None and (current is None or current[1].etag != if_match):
                 raise WriteConflict(f"{key!r} changed since it was read")
             self._objects[key] = (bytes(data), info)
+            if not durable:
+                self.not_synced.add(key)
         return info
 
     def list(
@@ -76,6 +80,11 @@ class MemoryStore:
         for info in sorted(infos, key=lambda i: i.key):
             if info.key.startswith(prefix) and (start_after is None or info.key > start_after):
                 yield info
+
+    def sync(self) -> None:
+        self.calls["sync"] += 1
+        with self._lock:
+            self.not_synced.clear()
 
     def exists(self, key: str) -> bool:
         validate_key(key)

@@ -1,18 +1,24 @@
 """The batch engine: keys in, one label record per key out.
 
-Stages overlap: a pool of I/O threads fetches images (and any existing record) and decodes them,
-with at most ``decode_threads`` decoding at once (Pillow releases the GIL); the calling thread
-runs inference whenever a full model batch is ready; records are written back by the same pool
-while the next batch is inferred. One bad image becomes an error record, never a failed batch.
-Transient storage errors abort the batch so the task can retry it; records already written are
-skipped on the retry because they match (ETag, model version).
+Stages overlap: a pool of I/O threads fetches images and decodes them, with at most
+``decode_threads`` decoding at once (Pillow releases the GIL); the calling thread runs inference
+whenever a full model batch is ready; records are written back by the same pool while the next
+batch is inferred. One bad image becomes an error record, never a failed batch. Transient
+storage errors abort the batch so the task can retry it.
+
+A record is written only where none is yet (a conditional create), so a new image costs one read
+and one write, no lookup first. Only when one is there is it read: one that already answers the
+same (ETag, model version) stays, and the key counts as skipped (a retried batch, a repeated
+event); an older one is replaced. Records are written without waiting for the disk each time;
+the batch makes them durable together before it returns, and so before its task is acknowledged.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import queue
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -33,6 +39,7 @@ from storage import (
     Prediction,
     RecordError,
     Timings,
+    WriteConflict,
 )
 from storage.registry import ModelMetadata
 from workers.inference.decoding import ImageRejected, decode_image
@@ -60,7 +67,13 @@ class RecordSink(Protocol):
 
     def read(self, source_key: str) -> LabelRecord | None: ...
 
-    def write(self, record: LabelRecord) -> None: ...
+    def write(self, record: LabelRecord, *, if_new: bool = False, durable: bool = True) -> None:
+        """Store ``record``; with ``if_new``, ``WriteConflict`` when one is there already."""
+        ...
+
+    def sync(self) -> None:
+        """Make every record written with ``durable=False`` durable."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -81,9 +94,11 @@ class _Item:
     etag: str | None = None
     pixels: npt.NDArray[np.uint8] | None = None
     error: RecordError | None = None
-    skipped: bool = False
     uploaded_at: float | None = None
     timings: Timings = field(default_factory=Timings)
+
+
+_Written = tuple[str, LabelRecord | None]  # (labeled | errored | skipped, record to index)
 
 
 @dataclass(frozen=True)
@@ -109,18 +124,32 @@ class BatchClassifier:
         runtime: ModelRuntime,
         metrics: Metrics,
         limits: EngineLimits,
-        on_needs_review: Callable[[LabelRecord], None] | None = None,
-        select_audit: Callable[[LabelRecord], bool] | None = None,
+        on_needs_review: Callable[[Sequence[LabelRecord]], object] | None = None,
+        select_audits: Callable[[Sequence[LabelRecord]], list[bool]] | None = None,
     ) -> None:
         self.incoming = incoming
-        self._on_needs_review = on_needs_review  # the review queue's index, after the write
-        self._select_audit = select_audit  # counts auto-accepted labels, draws audits: pre-write
+        # Both take a whole batch's records: one Redis round trip per batch, not per image.
+        self._on_needs_review = on_needs_review  # the review queue's index, once durable
+        self._select_audits = select_audits  # counts auto-accepted labels, draws audits
         self.labels = labels
         self.runtime = runtime
         self.metrics = metrics
         self.limits = limits
         self._pool = ThreadPoolExecutor(limits.io_threads, thread_name_prefix="labeler-io")
-        self._decode_slots = threading.BoundedSemaphore(limits.decode_threads)
+        # Decode slots as tokens in a C-level queue: a threading.Semaphore is Python code whose
+        # release wakes a waiter through a Condition, and with every I/O thread queueing for two
+        # slots that was a third of the engine's time holding the GIL.
+        self._decode_slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(limits.decode_threads):
+            self._decode_slots.put(None)
+        # Labelled children made once: looking a child up costs a lock and a dict per call.
+        self._stage_seconds = {
+            stage: metrics.stage_seconds.labels(stage)
+            for stage in ("fetch", "decode", "infer", "write")
+        }
+        self._images = {
+            outcome: metrics.images.labels(outcome, "") for outcome in ("labeled", "skipped")
+        }
 
     def classify(
         self, keys: Sequence[str], *, batch_id: str, model_version: int | None = None
@@ -129,40 +158,42 @@ class BatchClassifier:
         model = self.runtime.version(model_version) if model_version else self.runtime.current()
         distinct = list(dict.fromkeys(keys))
         prepared = [self._pool.submit(self._prepare, key, model) for key in distinct]
-        writes: list[Future[None]] = []
+        writes: list[Future[_Written]] = []
         ready: list[_Item] = []
-        counts = {"labeled": 0, "errored": 0, "skipped": 0}
         try:
             for future in as_completed(prepared):
                 item = future.result()  # a transient storage error propagates: retry the batch
-                if item.skipped:
-                    counts["skipped"] += 1
-                    self.metrics.images.labels("skipped", "").inc()
-                elif item.error is not None:
-                    counts["errored"] += 1
-                    writes.append(self._pool.submit(self._write, item, model, None, batch_id))
-                else:
-                    ready.append(item)
-                    if len(ready) == model.batch_size:
-                        writes += self._infer_and_write(ready, model, batch_id)
-                        counts["labeled"] += len(ready)
-                        ready = []
+                if item.error is not None:
+                    record = self._record(item, model, None, batch_id)
+                    writes.append(self._pool.submit(self._write, record, item))
+                    continue
+                ready.append(item)
+                if len(ready) == model.batch_size:
+                    writes += self._infer_and_write(ready, model, batch_id)
+                    ready = []
             if ready:
                 writes += self._infer_and_write(ready, model, batch_id)
-                counts["labeled"] += len(ready)
-            for write in writes:
-                write.result()
+            written = [write.result() for write in writes]
+            self.labels.sync()  # durable before the review index points at them, and before ack
+            waiting = [record for _, record in written if record is not None]
+            if waiting and self._on_needs_review is not None:
+                self._on_needs_review(waiting)
         finally:
             for pending in prepared + writes:
                 pending.cancel()
-        return BatchOutcome(model_version=model.version, **counts)
+        counts = Counter(outcome for outcome, _ in written)
+        return BatchOutcome(
+            labeled=counts["labeled"],
+            errored=counts["errored"],
+            skipped=counts["skipped"],
+            model_version=model.version,
+        )
 
     def _prepare(self, key: str, model: LoadedModel) -> _Item:
         """Fetch and decode one image; permanent problems become an error on the item."""
         item = _Item(key)
         started = time.perf_counter()
         try:
-            existing = self.labels.read(key)
             blob = self.incoming.get(key, max_bytes=self.limits.max_object_bytes)
         except tuple(_PERMANENT_REASONS) as exc:
             reason = next(r for t, r in _PERMANENT_REASONS.items() if isinstance(exc, t))
@@ -170,13 +201,9 @@ class BatchClassifier:
             return item
         item.etag, item.uploaded_at = blob.info.etag, blob.info.last_modified
         item.timings.fetch = time.perf_counter() - started
-        self.metrics.stage_seconds.labels("fetch").observe(item.timings.fetch)
-        if existing is not None and existing.same_work(item.etag, model.version):
-            item.skipped = True
-            if self._on_needs_review is not None and existing.waits_for_review:
-                self._on_needs_review(existing)  # a retried batch heals an index add it missed
-            return item
-        with self._decode_slots:
+        self._stage_seconds["fetch"].observe(item.timings.fetch)
+        self._decode_slots.get()
+        try:
             started = time.perf_counter()  # after the wait for a slot: decoding time only
             try:
                 item.pixels = decode_image(
@@ -185,33 +212,40 @@ class BatchClassifier:
             except ImageRejected as exc:
                 item.error = RecordError(reason=exc.reason, detail=exc.detail)
             item.timings.decode = time.perf_counter() - started
-        self.metrics.stage_seconds.labels("decode").observe(item.timings.decode)
+        finally:
+            self._decode_slots.put(None)
+        self._stage_seconds["decode"].observe(item.timings.decode)
         return item
 
     def _infer_and_write(
         self, items: list[_Item], model: LoadedModel, batch_id: str
-    ) -> list[Future[None]]:
+    ) -> list[Future[_Written]]:
         started = time.perf_counter()
         pixels = np.stack([item.pixels for item in items if item.pixels is not None])
         probabilities = model.predict(pixels)
         elapsed = time.perf_counter() - started
-        self.metrics.stage_seconds.labels("infer").observe(elapsed)
-        writes = []
+        self._stage_seconds["infer"].observe(elapsed)
+        records = []
         for item, probs in zip(items, probabilities, strict=True):
             item.timings.infer = elapsed / len(items)
             item.pixels = None  # free the array as soon as it is consumed
-            writes.append(self._pool.submit(self._write, item, model, probs, batch_id))
-        return writes
+            records.append(self._record(item, model, probs, batch_id))
+        if self._select_audits is not None:
+            for record, audit in zip(records, self._select_audits(records), strict=True):
+                record.audit = audit or None  # written only where True
+        return [
+            self._pool.submit(self._write, record, item)
+            for record, item in zip(records, items, strict=True)
+        ]
 
-    def _write(
+    def _record(
         self,
         item: _Item,
         model: LoadedModel,
         probabilities: npt.NDArray[np.float32] | None,
         batch_id: str,
-    ) -> None:
-        started = time.perf_counter()
-        record = make_record(
+    ) -> LabelRecord:
+        return make_record(
             item.key,
             item.etag,
             model.metadata,
@@ -220,21 +254,42 @@ class BatchClassifier:
             batch_id=batch_id,
             runtime=model.runtime,
             serving_format=model.serving_format,
+            timings=item.timings,
         )
-        record.timings = item.timings
-        if self._select_audit is not None and self._select_audit(record):
-            record.audit = True
-        self.labels.write(record)
-        if record.waits_for_review and self._on_needs_review is not None:
-            self._on_needs_review(record)
-        self.metrics.stage_seconds.labels("write").observe(time.perf_counter() - started)
+
+    def _write(self, record: LabelRecord, item: _Item) -> _Written:
+        """Write one record. Returns what became of its key (labeled, errored, or skipped: a
+        record answering the same work was there already) and the record to index for review,
+        if one waits for a reviewer."""
+        started = time.perf_counter()
+        stored = self._store(record)
+        if stored is not record:
+            self._images["skipped"].inc()
+            return "skipped", stored if stored is not None and stored.waits_for_review else None
+        self._stage_seconds["write"].observe(time.perf_counter() - started)
         if record.error is not None:
             self.metrics.images.labels("error", record.error.reason.value).inc()
         else:
-            self.metrics.images.labels("labeled", "").inc()
+            self._images["labeled"].inc()
             self.metrics.confidence.observe(record.score or 0.0)
         if item.uploaded_at is not None:
             self.metrics.upload_to_label_seconds.observe(max(0.0, time.time() - item.uploaded_at))
+        outcome = "errored" if record.error is not None else "labeled"
+        return outcome, record if record.waits_for_review else None
+
+    def _store(self, record: LabelRecord) -> LabelRecord | None:
+        """Write ``record`` where no record is yet, or over one made for other work, and
+        return it; or return the record already there when it answers the same (ETag, model
+        version): a retried batch re-indexes it, healing an index add that it missed."""
+        try:
+            self.labels.write(record, if_new=True, durable=False)
+            return record
+        except WriteConflict:
+            existing = self.labels.read(record.source_key)
+        if existing is not None and existing.same_work(record.source_etag, record.model_version):
+            return existing
+        self.labels.write(record, durable=False)  # an older image or model version: replaced
+        return record
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -250,9 +305,26 @@ def make_record(
     batch_id: str | None = None,
     runtime: str | None = None,
     serving_format: str | None = None,
+    timings: Timings | None = None,
 ) -> LabelRecord:
-    """The record for one image: top-k labels from ``probabilities``, or the ``error``."""
-    record = LabelRecord(
+    """The record for one image: top-k labels from ``probabilities``, or the ``error``.
+
+    Built without pydantic's validation (``model_construct``): every value is made here, of
+    the right type and range (scores clamped to [0, 1]), and validating each of them cost more
+    than the rest of the record. Records are validated when they are read back.
+    """
+    top_k: list[Prediction] = []
+    label, score, needs_review = None, None, False
+    if error is None and probabilities is not None:
+        order = np.argsort(probabilities)[::-1][:TOP_K]
+        names = metadata.class_names
+        top_k = [
+            Prediction.model_construct(label=names[i], score=_score(probabilities[i]))
+            for i in order
+        ]
+        label, score = top_k[0].label, top_k[0].score
+        needs_review = score < metadata.threshold_for(label)
+    return LabelRecord.model_construct(
         source_key=key,
         source_etag=etag,
         model_name=metadata.name,
@@ -262,15 +334,12 @@ def make_record(
         created_at=time.time(),
         runtime=runtime,
         serving_format=serving_format,
+        timings=timings if timings is not None else Timings(),
+        label=label,
+        score=score,
+        top_k=top_k,
+        needs_review=needs_review,
     )
-    if error is not None or probabilities is None:
-        return record
-    order = np.argsort(probabilities)[::-1][:TOP_K]
-    names = metadata.class_names
-    record.top_k = [Prediction(label=names[i], score=_score(probabilities[i])) for i in order]
-    record.label, record.score = record.top_k[0].label, record.top_k[0].score
-    record.needs_review = record.score < metadata.threshold_for(record.label)
-    return record
 
 
 def _score(value: np.floating | float) -> float:

@@ -16,6 +16,7 @@ Counts live in Redis, one hash per model version (``<ns>:v<version>``), fields
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,12 +105,19 @@ class QualityLedger:
 
     def count_label(self, record: LabelRecord) -> int:
         """Count an auto-accepted label once; returns its ordinal within its class and version."""
-        if record.label is None:
-            raise ValueError(f"record of {record.source_key!r} has no label to count")
-        v = record.model_version
-        keys = [self._key(f"v{v}"), self._key(f"v{v}", "seen"), self._key("versions")]
-        args = [_digest(record), f"auto\t{record.label}", v, GUARD_TTL_SECONDS]
-        return int(self._count_label(keys=keys, args=args))
+        return self.count_labels([record])[0]
+
+    def count_labels(self, records: Sequence[LabelRecord]) -> list[int]:
+        """:meth:`count_label` for several records, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for record in records:
+            if record.label is None:
+                raise ValueError(f"record of {record.source_key!r} has no label to count")
+            v = record.model_version
+            keys = [self._key(f"v{v}"), self._key(f"v{v}", "seen"), self._key("versions")]
+            args = [_digest(record), f"auto\t{record.label}", v, GUARD_TTL_SECONDS]
+            self._count_label(keys=keys, args=args, client=pipe)
+        return [int(ordinal) for ordinal in pipe.execute()] if records else []
 
     def count_decision(self, record: LabelRecord, outcome: ReviewOutcome) -> bool:
         """Count a first decision on ``record`` (an audit or a reviewed low-confidence item).
@@ -152,13 +160,22 @@ class AuditSampler:
     def select(self, record: LabelRecord) -> bool:
         """Count ``record`` if it is auto-accepted and say whether to audit it (same answer on a
         repeat). Records that need review or carry an error are neither counted nor audited."""
-        if record.needs_review or not record.ok or record.label is None:
-            return False
-        ordinal = self.ledger.count_label(record)
-        if ordinal <= self.policy.audit_min_per_class:
-            return True
-        key, etag, version = record.source_key, record.source_etag, record.model_version
-        return audit_fraction(key, etag, version) < self.policy.audit_rate
+        return self.select_many([record])[0]
+
+    def select_many(self, records: Sequence[LabelRecord]) -> list[bool]:
+        """:meth:`select` for several records (a model batch), counted in one round trip."""
+        auto = [
+            i for i, r in enumerate(records) if r.ok and r.label is not None and not r.needs_review
+        ]
+        ordinals = self.ledger.count_labels([records[i] for i in auto])
+        chosen = [False] * len(records)
+        for i, ordinal in zip(auto, ordinals, strict=True):
+            record = records[i]
+            ticket = audit_fraction(record.source_key, record.source_etag, record.model_version)
+            chosen[i] = (
+                ordinal <= self.policy.audit_min_per_class or ticket < self.policy.audit_rate
+            )
+        return chosen
 
 
 def _digest(record: LabelRecord) -> bytes:

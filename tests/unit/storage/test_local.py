@@ -58,3 +58,44 @@ def test_a_link_out_of_the_root_is_listed_but_never_read(tmp_path: Path) -> None
     assert info.etag != hashlib.md5(b"private bytes").hexdigest()  # noqa: S324 - not read
     with pytest.raises(InvalidKey):
         store.get("link.jpg")
+
+
+def test_links_that_stay_inside_the_root_are_followed(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    (store.root / "real").mkdir()
+    os.symlink("real", store.root / "relative")
+    os.symlink(store.root / "real", store.root / "absolute")
+    os.symlink("real/a.jpg", store.root / "file-link.jpg")
+
+    store.put("relative/a.jpg", b"through a relative link")
+    assert (store.root / "real" / "a.jpg").read_bytes() == b"through a relative link"
+    assert store.get("absolute/a.jpg").data == b"through a relative link"
+    assert store.get("file-link.jpg").data == b"through a relative link"
+
+
+def test_a_linked_folder_out_of_the_root_gets_nothing_made_in_it(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store = LocalStore(tmp_path / "root")
+    os.symlink(outside, store.root / "link")
+
+    with pytest.raises(InvalidKey, match="outside the store root"):
+        store.put("link/deeper/new.json", b"x")
+    assert list(outside.iterdir()) == []
+
+
+def test_a_deferred_write_is_readable_at_once_and_only_a_durable_one_waits_for_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path)
+    flushed: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(fd), real_fsync(fd)))
+
+    store.put("deferred.json", b"1", durable=False)
+    assert store.get("deferred.json").data == b"1"
+    assert flushed == []
+    store.sync()  # one flush of the file system for everything deferred
+
+    store.put("durable.json", b"2")
+    assert len(flushed) == 1

@@ -102,8 +102,8 @@ def test_the_batch_engine_marks_and_queues_audits(client: redis.Redis) -> None:
         FakeRuntime(model := FakeModel()),  # type: ignore[arg-type]
         Metrics(CollectorRegistry()),
         replace(inference_limits(Settings()), io_threads=4, decode_threads=2),
-        on_needs_review=queue.add,
-        select_audit=sampler.select,
+        on_needs_review=queue.add_many,
+        select_audits=sampler.select_many,
     )
     model.metadata = model.metadata.model_copy(update={"review_threshold": 0.7})
     keys = [f"{i}.png" for i in range(12)]

@@ -148,11 +148,11 @@ def test_same_etag_and_version_is_skipped_a_change_of_either_is_not(
     incoming, labels = stores
     keys = put_pngs(incoming, 6, red=30)
     classifier(incoming, labels, FakeModel(version=1)).classify(keys, batch_id="first")
-    puts = labels.calls["put"]
+    written = {info.key: info.etag for info in labels.list()}
 
     again = classifier(incoming, labels, FakeModel(version=1)).classify(keys, batch_id="again")
     assert (again.labeled, again.skipped) == (0, 6)
-    assert labels.calls["put"] == puts  # nothing rewritten
+    assert {info.key: info.etag for info in labels.list()} == written  # nothing rewritten
 
     incoming.put("002.png", png(240))  # re-uploaded: a new ETag
     changed = classifier(incoming, labels, FakeModel(version=1)).classify(keys, batch_id="c")
@@ -162,6 +162,25 @@ def test_same_etag_and_version_is_skipped_a_change_of_either_is_not(
     newer = classifier(incoming, labels, FakeModel(version=2)).classify(keys, batch_id="v2")
     assert (newer.labeled, newer.skipped) == (6, 0)
     assert {r.model_version for r in records(labels, keys).values()} == {2}
+
+
+def test_records_are_written_without_waiting_and_made_durable_once_before_the_batch_returns(
+    stores: tuple[MemoryStore, MemoryStore],
+) -> None:
+    incoming, labels = stores
+    keys = put_pngs(incoming, 6, red=30)
+    deferred: list[set[str]] = []
+    sync = labels.sync
+
+    def sync_and_note() -> None:
+        deferred.append(set(labels.not_synced))  # what the one sync made durable
+        sync()
+
+    labels.sync = sync_and_note  # type: ignore[method-assign]
+    classifier(incoming, labels, FakeModel()).classify(keys, batch_id="b")
+
+    assert deferred == [{f"{key}.json" for key in keys}]
+    assert labels.not_synced == set()
 
 
 def test_a_transient_error_fails_the_batch_and_the_retry_redoes_only_what_is_missing(
