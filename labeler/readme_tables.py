@@ -28,6 +28,8 @@ _ERROR_MODULES = (
     "workers.dispatch.sqs",
     "workers.review.previews",
     "workers.review.decisions",
+    "workers.export.writing",
+    "labeler.settings_checks",
     "review.auth",
 )
 
