@@ -100,6 +100,18 @@ def deployment(
             client.close()
 
 
+def _wait_queue_empty(sqs: SqsSource, timeout: float) -> None:
+    """Every message deleted: none waiting, none in flight."""
+    wait_until(
+        lambda: (
+            sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0"
+            and sqs.attribute("ApproximateNumberOfMessages") == "0"
+        ),
+        timeout,
+        "every message deleted",
+    )
+
+
 def _wait_labeled(d: Deployment, prefix: str, keys: set[str], timeout: float) -> None:
     # Each poll lists the labels: poll gently, moto serves the worker on the same 2 cores.
     wait_until(
@@ -497,14 +509,7 @@ def test_sqs_queue_url_of_an_emulator_is_its_own_endpoint(
     _wait_labeled(d, "sqs/own-endpoint/", keys, 90)
     assert f"long-polling SQS queue {sqs.url} at {s3_server.endpoint_url} " in dispatcher.log()
     assert "does not answer" not in dispatcher.log()
-    wait_until(
-        lambda: (
-            sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0"
-            and sqs.attribute("ApproximateNumberOfMessages") == "0"
-        ),
-        30,
-        "every message deleted",
-    )
+    _wait_queue_empty(sqs, 30)
     assert dispatcher.stop() == 0
 
 
@@ -527,12 +532,5 @@ def test_sqs_dispatcher_sigkilled_with_messages_in_flight_labels_every_object_on
     _wait_labeled(d, "sqs/killed/", set(etags), 150)
     assert set(d.site.label_writes("sqs/killed/").values()) == {1}
     assert len(d.site.label_writes("sqs/killed/")) == 120
-    wait_until(
-        lambda: (
-            sqs.attribute("ApproximateNumberOfMessagesNotVisible") == "0"
-            and sqs.attribute("ApproximateNumberOfMessages") == "0"
-        ),
-        60,
-        "every message deleted",
-    )
+    _wait_queue_empty(sqs, 60)
     assert second.stop() == 0
