@@ -7,9 +7,7 @@ are the MD5 of the content, as S3 computes them for single-part uploads, cached 
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
 import hashlib
 import os
 import stat
@@ -21,6 +19,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from storage.base import Blob, ObjectInfo, validate_key, validate_prefix
+from storage.durability import StripeLocks, sync_filesystem
 from storage.errors import (
     AccessDenied,
     InvalidKey,
@@ -31,7 +30,6 @@ from storage.errors import (
 )
 
 TEMP_DIR_NAME = ".labeler-tmp"  # reserved top-level folder for in-flight writes; never listed
-_LOCK_STRIPES = 256  # lock files, reused by every key that hashes to them
 ETAG_CACHE_ENTRIES = 100_000  # ~10 MB; a bigger tree re-hashes only what falls out
 _MAX_NAME_BYTES = 255  # NAME_MAX of ext4 and most filesystems: longer is ENAMETOOLONG
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -40,7 +38,6 @@ _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 # What opening a link with O_NOFOLLOW raises: ELOOP, or ENOTDIR with O_DIRECTORY (also raised for
 # a file where a folder should be: the slow path then tells the two apart).
 _LINK_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR})
-_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class LocalStore:
@@ -52,7 +49,7 @@ class LocalStore:
         self.uri = self.root.as_uri()
         self._tmp = self.root / TEMP_DIR_NAME
         self._etags = _EtagCache(ETAG_CACHE_ENTRIES)
-        self._locks = _StripeLocks(self._tmp / "locks")
+        self._locks = StripeLocks(self._tmp / "locks")
 
     def __repr__(self) -> str:
         return f"LocalStore({self.uri!r})"
@@ -104,7 +101,7 @@ class LocalStore:
         """Make every write so far durable (those made with ``durable=False``): one flush of the
         store's filesystem (syncfs), instead of one fsync per object."""
         with _os_errors(""):
-            _sync_filesystem(self.root)
+            sync_filesystem(self.root)
 
     def _write_file(self, folder: int, name: str, data: bytes, durable: bool) -> os.stat_result:
         """Write ``data`` to a temp file, then rename it to ``name`` in ``folder`` (atomic)."""
@@ -320,58 +317,6 @@ class _EtagCache:
             self._entries.move_to_end(signature)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
-
-
-class _StripeLocks:
-    """Exclusive per-key locks, shared by every key in one of ``_LOCK_STRIPES`` stripes, that
-    hold between the threads of a process (a mutex) and between processes (``flock`` on the
-    stripe's lock file, kept open: opening it for every write cost more than the write)."""
-
-    def __init__(self, folder: Path) -> None:
-        self._folder = folder
-        self._guard = threading.Lock()
-        self._pid = -1
-        self._stripes: dict[int, tuple[threading.Lock, int]] = {}
-
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        stripe = int(hashlib.md5(key.encode()).hexdigest()[:4], 16) % _LOCK_STRIPES  # noqa: S324
-        mutex, fd = self._stripe(stripe)
-        with mutex:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _stripe(self, stripe: int) -> tuple[threading.Lock, int]:
-        with self._guard:
-            if self._pid != os.getpid():
-                # A forked child shares its parent's open lock files, and flock is held per
-                # open file: it would not exclude the parent. Start afresh in each process.
-                self._pid, self._stripes = os.getpid(), {}
-            if stripe not in self._stripes:
-                self._folder.mkdir(parents=True, exist_ok=True)
-                path = self._folder / f"{stripe:03d}.lock"
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                self._stripes[stripe] = (threading.Lock(), fd)
-            return self._stripes[stripe]
-
-
-def _sync_filesystem(path: Path) -> None:
-    """Flush every write on the file system holding ``path`` to disk: Linux's ``syncfs`` (one
-    call, data and renames alike), or a whole-system ``sync`` where it is missing."""
-    syncfs = getattr(_LIBC, "syncfs", None)
-    if syncfs is None:
-        os.sync()
-        return
-    fd = os.open(path, _FOLDER_FLAGS)
-    try:
-        if syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"syncfs: {os.strerror(code)}")
-    finally:
-        os.close(fd)
 
 
 def _sorted_files(
