@@ -109,6 +109,16 @@ def test_stretches_without_cropping() -> None:
     _assert_colour(out[:, -1], BLUE)
 
 
+def test_fine_detail_is_averaged_when_shrinking_far() -> None:
+    # Two white columns in every ten, shrunk 10x: each output pixel must carry the average (51),
+    # not whichever two source columns a bilinear sample lands on (black, here).
+    height, width = SIZE
+    columns = np.where(np.arange(width * 10) % 10 < 2, 255, 0).astype(np.uint8)
+    stripes = np.broadcast_to(columns[None, :, None], (height * 10, width * 10, 3))
+    out = _decode(_encode(Image.fromarray(np.ascontiguousarray(stripes)), "PNG"))
+    _assert_colour(out, (51, 51, 51), tolerance=1)
+
+
 def test_empty() -> None:
     assert _rejection(b"").reason == ErrorReason.EMPTY
 
