@@ -1,6 +1,7 @@
 """``file:///dir``: a local directory as an object store (the embedded default).
 
-Writes go through a temp file and ``os.replace`` so a reader never sees half an object. ETags
+Writes go through a temp file and ``os.replace`` so a reader never sees half an object; a write
+only where no object is yet links the temp file instead, which fails where the name exists. ETags
 are the MD5 of the content, as S3 computes them for single-part uploads, cached per
 (inode, size, mtime) so a rescan does not re-hash unchanged files.
 """
@@ -38,6 +39,8 @@ _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 # What opening a link with O_NOFOLLOW raises: ELOOP, or ENOTDIR with O_DIRECTORY (also raised for
 # a file where a folder should be: the slow path then tells the two apart).
 _LINK_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR})
+# What link() raises on a file system without hard links (FAT, some network and FUSE mounts).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 class LocalStore:
@@ -50,6 +53,7 @@ class LocalStore:
         self._tmp = self.root / TEMP_DIR_NAME
         self._etags = _EtagCache(ETAG_CACHE_ENTRIES)
         self._locks = StripeLocks(self._tmp / "locks")
+        self._links = True  # create-if-absent by link(); False once the file system refuses
 
     def __repr__(self) -> str:
         return f"LocalStore({self.uri!r})"
@@ -85,12 +89,15 @@ class LocalStore:
                 self._path(key)
                 folder = os.open(path.parent, _FOLDER_FLAGS)
             try:
-                # Every write takes the key's lock, so a conditional write's compare and its
-                # rename are one step for every process on this host (flock), as S3 does
-                # server-side.
-                with self._locks.hold(key):
-                    self._check_condition(key, path, if_match, if_none_match)
-                    st = self._write_file(folder, parts[-1], data, durable)
+                if if_none_match and if_match is None and self._links:
+                    st = self._create_file(folder, parts[-1], data, durable, key)
+                else:
+                    # Every other write takes the key's lock, so a conditional write's compare
+                    # and its rename are one step for every process on this host (flock), as S3
+                    # does server-side.
+                    with self._locks.hold(key):
+                        self._check_condition(key, path, if_match, if_none_match)
+                        st = self._write_file(folder, parts[-1], data, durable)
             finally:
                 os.close(folder)
         etag = hashlib.md5(data).hexdigest()  # noqa: S324 - MD5 is S3's ETag, not a security hash
@@ -105,6 +112,41 @@ class LocalStore:
 
     def _write_file(self, folder: int, name: str, data: bytes, durable: bool) -> os.stat_result:
         """Write ``data`` to a temp file, then rename it to ``name`` in ``folder`` (atomic)."""
+        tmp, st = self._write_temp(data, durable)
+        try:
+            os.replace(tmp, name, dst_dir_fd=folder)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return st
+
+    def _create_file(
+        self, folder: int, name: str, data: bytes, durable: bool, key: str
+    ) -> os.stat_result:
+        """Write ``data`` to a temp file, then link it as ``name`` in ``folder`` only where no
+        file is: the kernel makes that compare and the write one step, for every process on this
+        host, with no lock to take. ``WriteConflict`` when a file is there."""
+        tmp, st = self._write_temp(data, durable)
+        try:
+            os.link(tmp, name, dst_dir_fd=folder)
+        except FileExistsError:
+            raise WriteConflict(f"{key!r} already exists") from None
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            self._links = False  # a file system without hard links: the locked path from now on
+            with self._locks.hold(key):
+                self._check_condition(key, self.root / key, None, True)
+                os.replace(tmp, name, dst_dir_fd=folder)
+            return st
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)  # the record keeps its name; only the temp name goes
+        return st
+
+    def _write_temp(self, data: bytes, durable: bool) -> tuple[str, os.stat_result]:
+        """A new temp file holding ``data`` (flushed to disk with ``durable``), and its stat."""
         tmp = f"{self._tmp}/{uuid.uuid4().hex}.part"
         try:
             fd = os.open(tmp, _NEW_FILE_FLAGS, 0o666)
@@ -118,15 +160,14 @@ class LocalStore:
                     view = view[os.write(fd, view) :]
                 if durable:
                     os.fsync(fd)
-                st = os.fstat(fd)  # the same inode after the rename: no stat of the new path
+                st = os.fstat(fd)  # the same inode under its final name: no stat of that path
             finally:
                 os.close(fd)
-            os.replace(tmp, name, dst_dir_fd=folder)
         except BaseException:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return st
+        return tmp, st
 
     def _check_condition(
         self, key: str, path: Path, if_match: str | None, if_none_match: bool

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import multiprocessing
 import os
+from collections import Counter
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 import pytest
 
-from storage import InvalidKey, LocalStore
+from storage import InvalidKey, LocalStore, WriteConflict
 from storage.local import TEMP_DIR_NAME
 
 
@@ -99,3 +103,55 @@ def test_a_deferred_write_is_readable_at_once_and_only_a_durable_one_waits_for_t
 
     store.put("durable.json", b"2")
     assert len(flushed) == 1
+
+
+def _create_once(root: str, keys: list[str], results: Queue[tuple[str, bool]]) -> None:
+    """In another process: try to create each key, report whether this process won it."""
+    store = LocalStore(root)
+    for key in keys:
+        try:
+            store.put(key, f"{os.getpid()}".encode(), if_none_match=True, durable=False)
+            results.put((key, True))
+        except WriteConflict:
+            results.put((key, False))
+
+
+def test_create_if_absent_has_one_winner_across_processes(tmp_path: Path) -> None:
+    keys = [f"labels/{i:03d}.json" for i in range(200)]
+    results: Queue[tuple[str, bool]] = multiprocessing.get_context("spawn").Queue()
+    racers = [
+        multiprocessing.get_context("spawn").Process(
+            target=_create_once, args=(str(tmp_path), keys, results)
+        )
+        for _ in range(4)
+    ]
+    for racer in racers:
+        racer.start()
+    outcomes = [results.get(timeout=120) for _ in range(len(keys) * len(racers))]
+    for racer in racers:
+        racer.join(timeout=60)
+
+    winners = Counter(key for key, won in outcomes if won)
+    assert winners == Counter(keys)  # every key created exactly once
+    store = LocalStore(tmp_path)
+    assert {info.key for info in store.list("labels/")} == set(keys)
+    assert not list((tmp_path / TEMP_DIR_NAME).rglob("*.part"))
+
+
+def test_create_if_absent_without_hard_links_falls_back_to_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(*_: object, **__: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # as FAT and some network mounts answer
+    store = LocalStore(tmp_path)
+
+    store.put("r.json", b"first", if_none_match=True)
+    with pytest.raises(WriteConflict):
+        store.put("r.json", b"second", if_none_match=True)
+    store.put("s.json", b"third", if_none_match=True)
+
+    assert store.get("r.json").data == b"first"
+    assert store.get("s.json").data == b"third"
+    assert not list((tmp_path / TEMP_DIR_NAME).rglob("*.part"))
