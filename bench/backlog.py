@@ -192,7 +192,7 @@ def run_backlog(root: Path, total: int) -> dict[str, Any]:
         assert deployment.local_root is not None
         warm = Run("warm", keys_for("warm", WARM_UP_IMAGES), 64)
         keys = keys_for("backlog", total)
-        place_local(images, deployment.local_root / "incoming", warm.keys + keys, root / "orig")
+        place_local(images, deployment.local_root / "incoming", warm.keys + keys)
         services.start_worker(deployment, "worker-backlog")
         print("warming up the worker...", flush=True)
         warm_seconds = warm_up(deployment, warm)

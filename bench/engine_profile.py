@@ -69,7 +69,6 @@ def profile_engine(
     per_task: int,
     root: Path,
     *,
-    originals: Path,
     decode_threads: int = 2,
 ) -> dict[str, Any]:
     """Classify ``count`` keys in tasks of ``per_task`` in-process; split each task's time."""
@@ -77,7 +76,7 @@ def profile_engine(
     name = f"{images.name}-b{per_task}-d{decode_threads}"
     store_root = root / name
     keys = keys_for("run", count)
-    place_local(images, store_root / "incoming", keys, originals)
+    place_local(images, store_root / "incoming", keys)
     timed = _TimedModel(model)
     limits = replace(
         inference_limits(Settings()), decode_threads=decode_threads, max_image_pixels=MAX_PIXELS

@@ -7,7 +7,6 @@ own: nothing in the worker caches by content.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,18 +47,17 @@ def keys_for(run: str, count: int) -> list[str]:
     return [f"{run}/{i:05d}.jpg" for i in range(count)]
 
 
-def place_local(images: ImageSet, root: Path, keys: list[str], originals: Path) -> None:
-    """Drop ``images`` under ``keys`` into a local store rooted at ``root``, as hard links.
+def place_local(images: ImageSet, root: Path, keys: list[str]) -> None:
+    """Drop ``images`` under ``keys`` into a local store rooted at ``root``, a new file each.
 
-    For a ``file://`` store, dropping an image is putting a file in the directory. Hard links
-    to one copy of each distinct JPEG make 5,000 keys (or 600 x 1.3 MB) cost nothing to set up,
-    while the worker still opens, reads and hashes each key's file.
+    For a ``file://`` store, dropping an image is putting a file in the directory. Each key gets
+    its own file (not a hard link to a shared one: the store caches an ETag per inode, so links
+    would let the worker skip the MD5 that every real drop costs it).
     """
-    sources = _write_originals(images, originals)
     for n, key in enumerate(keys):
         target = root / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(sources[n % len(sources)], target)
+        target.write_bytes(images.blobs[n % len(images.blobs)])
 
 
 def place_in_store(images: ImageSet, store: ObjectStore, keys: list[str]) -> None:
@@ -73,14 +71,3 @@ def place_in_store(images: ImageSet, store: ObjectStore, keys: list[str]) -> Non
                 range(len(keys)),
             )
         )
-
-
-def _write_originals(images: ImageSet, folder: Path) -> list[Path]:
-    """One file per distinct image (written once per set; later calls reuse them)."""
-    folder = folder / images.name
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{n:03d}.jpg" for n in range(len(images.blobs))]
-    for path, blob in zip(paths, images.blobs, strict=True):
-        if not path.exists():
-            path.write_bytes(blob)
-    return paths

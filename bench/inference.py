@@ -95,10 +95,6 @@ class Context:
     small: ImageSet
     big: ImageSet
 
-    @property
-    def originals(self) -> Path:
-        return self.root / "originals"
-
 
 def run_settings(deployment: Deployment, per_task: int) -> dict[str, Any]:
     s = deployment.settings
@@ -124,7 +120,6 @@ def engine_runs(ctx: Context, model: LoadedModel) -> list[dict[str, Any]]:
                 count,
                 per_task,
                 ctx.root / "engine",
-                originals=ctx.originals,
                 decode_threads=decode_threads,
             )
             runs.append(run)
@@ -171,7 +166,7 @@ def _warm_local(ctx: Context, deployment: Deployment, images: ImageSet, run: Run
     warm = Run(
         f"warm-{run.name}", keys_for(f"warm-{run.name}", ctx.plan.warmup_images), run.per_task
     )
-    place_local(images, deployment.local_root / "incoming", warm.keys + run.keys, ctx.originals)
+    place_local(images, deployment.local_root / "incoming", warm.keys + run.keys)
     return warm_up(deployment, warm)
 
 
@@ -201,7 +196,7 @@ def memory_run(ctx: Context, services: Services, deployment: Deployment) -> dict
     per_task = 64
     warm = Run("warm-memory", keys_for("warm-memory", ctx.plan.warmup_images), per_task)
     run = Run("memory", keys_for("memory", ctx.plan.memory_images), per_task)
-    place_local(ctx.small, deployment.local_root / "incoming", warm.keys + run.keys, ctx.originals)
+    place_local(ctx.small, deployment.local_root / "incoming", warm.keys + run.keys)
     warm_up(deployment, warm)
     pids = deployment.worker_pids()
     start = {pid: rss_bytes([pid]) for pid in pids}
@@ -234,7 +229,7 @@ def naive_run(ctx: Context, services: Services, deployment: Deployment) -> dict[
     assert deployment.local_root is not None
     incoming = deployment.local_root / "incoming"
     warm, keys = keys_for("warm-naive", 3), keys_for("naive", ctx.plan.naive_images)
-    place_local(ctx.small, incoming, warm + keys, ctx.originals)
+    place_local(ctx.small, incoming, warm + keys)
     db = 2
     worker = services.start_naive_worker(db, incoming, ctx.model_path)
     app = naive_worker.make_app(services.redis_url(db))

@@ -112,9 +112,8 @@ def end_to_end_runs(root: Path, model_path: Path, counts: dict[str, int]) -> lis
                 name = f"{runtime}-{precision}-{images.name}"
                 run = Run(name, keys_for(name, counts[images.name]), 32)
                 warm = Run(f"warm-{name}", keys_for(f"warm-{name}", 32), 32)
-                originals = root / "originals"
                 incoming = deployment.local_root / "incoming"
-                place_local(images, incoming, warm.keys + run.keys, originals)
+                place_local(images, incoming, warm.keys + run.keys)
                 warm_up(deployment, warm)
                 with phase(
                     {

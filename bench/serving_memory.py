@@ -145,7 +145,7 @@ def measure(
                 for tree, source in sources.items():
                     name = f"{runtime}-{tree}-{n}"
                     keys = keys_for(name, images_per_run if n == 0 else 32)
-                    place_local(images, deployment.local_root / "incoming", keys, root / "jpegs")
+                    place_local(images, deployment.local_root / "incoming", keys)
                     run = launch(services, deployment, name, source, keys)
                     run |= {"runtime": runtime, "tree": tree, "launch": n}
                     runs.setdefault(runtime, []).append(run)

@@ -44,11 +44,20 @@ from bench.deployment import (
 )
 from bench.header import REPO_ROOT, phase, run_header, write_result
 from bench.images import ImageSet, keys_for, make_image_set, place_in_store, place_local
-from bench.measure import BATCH_SIZE, Run, decoded_batches, measure_bare, timed_run, warm_up
+from bench.measure import (
+    BATCH_SIZE,
+    Run,
+    decoded_batches,
+    file_create_cpu_us,
+    measure_bare,
+    timed_run,
+    warm_up,
+)
 from bench.procstat import busy_cores, process_tree
 from bench.storage_path_report import summarize, table
 from labeler.wiring import Stores
 from storage import Area
+from storage.local import TEMP_DIR_NAME
 from testbed.processes import WorkerProcess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
@@ -192,6 +201,9 @@ def tree_block(ctx: Context, deployment: Deployment, store: str, tree: CodeTree)
         try:
             _place(ctx, deployment, images, warm.keys + run.keys)
             record["warm_up_seconds"] = warm_up(deployment, warm)
+            if deployment.local_root is not None:  # where the worker's records will be made
+                probe = deployment.local_root / TEMP_DIR_NAME / f"probe-{name}"
+                record["file_create_cpu_us"] = file_create_cpu_us(probe)
             ctx.measure_bare()
             record["bare_before"] = len(ctx.bares) - 1
             record |= measured_run(ctx, deployment, worker, run)
@@ -204,7 +216,7 @@ def tree_block(ctx: Context, deployment: Deployment, store: str, tree: CodeTree)
 
 def _place(ctx: Context, deployment: Deployment, images: ImageSet, keys: list[str]) -> None:
     if deployment.local_root is not None:
-        place_local(images, deployment.local_root / "incoming", keys, ctx.root / "originals")
+        place_local(images, deployment.local_root / "incoming", keys)
     else:
         place_in_store(images, deployment.incoming, keys)
 

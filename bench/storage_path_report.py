@@ -73,6 +73,7 @@ def _run_row(run: dict[str, Any], bares: list[dict[str, Any]], start_end: float)
         "ratio_worker_child": round(child / bare, 2),
         "ratio_worker_tree_to_start_end_bare": round(tree / start_end, 2),
         "foreign_cores": cpu["foreign_cores"],
+        "file_create_cpu_us": run.get("file_create_cpu_us"),  # local store only
         "trusted": trusted(run, *around) and not run["child_replaced"],
         "records_ok": run["records"]["exactly_one_each"] and run["records"]["all_openvino_int8"],
     }
@@ -121,8 +122,10 @@ def table(result: dict[str, Any]) -> str:
         f"(all: {bare['all']})",
         "",
         f"{'tree':7}{'store':6}{'set':10}{'images/s':>9}{'worker':>8}{'child':>7}"
-        f"{'bare':>6}{'ratio':>7}{'child':>7}{'moto':>7}{'redis':>7}{'foreign':>8}  ok",
-        f"{'':23}{'':9}{'CPU ms per image':^28}{'x bare':^14}{'ms/img':^14}{'cores':>8}",
+        f"{'bare':>6}{'ratio':>7}{'child':>7}{'moto':>7}{'redis':>7}{'foreign':>8}"
+        f"{'create':>8}  ok",
+        f"{'':23}{'':9}{'CPU ms per image':^28}{'x bare':^14}{'ms/img':^14}{'cores':>8}"
+        f"{'us/file':>8}",
     ]
     for r in summary["runs"]:
         ms = r["cpu_ms_per_image"]
@@ -131,11 +134,13 @@ def table(result: dict[str, Any]) -> str:
             f"{r['tree']:7}{r['store']:6}{r['image_set']:10}{r['images_per_second']:>9}"
             f"{ms['worker_tree']:>8}{ms['worker_child']:>7}{r['bare_cpu_ms_per_image_around']:>6.2f}"
             f"{r['ratio_worker_tree']:>7}{r['ratio_worker_child']:>7}{ms['moto']:>7}"
-            f"{ms['redis']:>7}{r['foreign_cores']:>8}  {flags.strip() or 'yes'}"
+            f"{ms['redis']:>7}{r['foreign_cores']:>8}{r['file_create_cpu_us'] or '':>8}"
+            f"  {flags.strip() or 'yes'}"
         )
     lines.append(
         f"untrusted: over {FOREIGN_LOAD_LIMIT} foreign cores in the run or a bare measurement "
-        "around it; RECORDS: a key without exactly one OpenVINO INT8 record"
+        "around it; RECORDS: a key without exactly one OpenVINO INT8 record; create: CPU to "
+        "create one file where the local store's records go, just before the run"
     )
     lines += [f"failed: {name}" for name in summary["failed_runs"]]
     lines.append("")

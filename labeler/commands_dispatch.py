@@ -18,7 +18,7 @@ from monitoring.metrics import Metrics
 from storage import Area, LocalStore, ObjectStore
 from tasks.app import LabelerCelery
 from tasks.contracts import CLASSIFY_BATCH, INFERENCE_QUEUE, ClassifyBatchRequest
-from tasks.queues import waiting_images
+from tasks.queues import messages_in_flight, waiting_images
 from workers.dispatch import DirectoryWatcher, DispatchConfig, Dispatcher, SqsInbox, s3_root
 from workers.metered_store import MeteredStore
 
@@ -98,6 +98,7 @@ def build_dispatcher(settings: Settings, metrics: Metrics) -> Dispatcher:
         metrics,
         config,
         labels=stores.area(Area.LABELS),
+        in_flight=messages_in_flight(client, INFERENCE_QUEUE),
         watcher=watcher,
         sqs=sqs_inbox(settings),
     )

@@ -69,6 +69,17 @@ def queue_depths(client: Any, queues: Iterable[str]) -> dict[tuple[str, str], in
     return depths
 
 
+def messages_in_flight(client: Any, queue: str) -> Callable[[], int]:
+    """``in_flight()``: messages of ``queue`` waiting or reserved by a worker (one round trip
+    for the lists, one for the reservations)."""
+
+    def in_flight() -> int:
+        depths = queue_depths(client, [queue])
+        return depths[(queue, "waiting")] + depths[(queue, "reserved")]
+
+    return in_flight
+
+
 def waiting_images(client: Any, queue: str, batch_max_images: int) -> Callable[[], int]:
     """``backlog()``: images in messages waiting on ``queue`` (reserved ones are not waiting).
 

@@ -75,6 +75,7 @@ class Dispatcher:
         config: DispatchConfig,
         *,
         labels: ObjectStore,
+        in_flight: Callable[[], int] | None = None,
         watcher: DirectoryWatcher | None = None,
         sqs: SqsInbox | None = None,
         clock: Clock = time.monotonic,
@@ -86,6 +87,7 @@ class Dispatcher:
         self._clock = clock
         self._watcher = watcher
         self._sqs = sqs
+        self._in_flight = in_flight  # inference messages waiting or reserved; None: unknown
         self._root = s3_root(incoming)
         self._inbox = EventInbox(redis, config.events_list, config.take_max)
         self._inboxes: list[Inbox] = [self._inbox] if sqs is None else [self._inbox, sqs]
@@ -244,10 +246,13 @@ class Dispatcher:
             else:
                 self._batcher.release(held)
 
-    def _offer(self, found: list[Found], now: float) -> list[tuple[list[CreatedObject], int]]:
+    def _offer(
+        self, found: list[Found], now: float, *, nothing_in_flight: bool = False
+    ) -> list[tuple[list[CreatedObject], int]]:
         """HEAD the objects whose ETag is unknown, read the ledger, and buffer each (key, ETag)
         not buffered or sent inside the window. Nothing is buffered unless every HEAD and the
-        ledger read succeeded.
+        ledger read succeeded. With ``nothing_in_flight`` (no message waiting or reserved), a
+        marker stands for no message any more, and what it names is sent again.
 
         Returns:
             For each of ``found``: its objects with ETags, and how many were gone.
@@ -256,6 +261,13 @@ class Dispatcher:
         sent = self._ledger_sent(
             obj.key for objects, _ in resolved for obj in objects if obj.key not in self._batcher
         )
+        if nothing_in_flight and sent:
+            log.warning(
+                "%d objects were sent and have no record, but no message is waiting or reserved: "
+                "their messages were lost (a broker killed as a worker took them); sending again",
+                len(sent),
+            )
+            sent = {}
         for (holder, source, _), (objects, _) in zip(found, resolved, strict=True):
             for obj in objects:
                 self._batcher.offer(obj.key, obj.etag or "", source, holder, sent, now)
@@ -335,7 +347,22 @@ class Dispatcher:
             except InvalidKey:
                 log.warning("cannot label %r: %s", info.key, "not a valid object key")
                 self._batcher.count(SOURCE_SCAN, INVALID)
-        self._offer([(None, SOURCE_SCAN, valid)], now)  # HEADs only what is unlabeled
+        if not valid:
+            return
+        # The ledger's markers keep what is in flight from being sent twice. A message can still
+        # vanish after it was sent: the Redis transport pops it, then records the reservation in
+        # a second command, and a broker killed in between keeps neither. With nothing waiting,
+        # reserved or buffered, no marker stands for a message, so nothing stays unlabeled for
+        # the whole window.
+        idle = not self._batcher and self._queue_idle()
+        self._offer([(None, SOURCE_SCAN, valid)], now, nothing_in_flight=idle)  # HEADs unlabeled
+
+    def _queue_idle(self) -> bool:
+        """Whether no inference message is waiting or reserved (False when that is unknown)."""
+        if self._in_flight is None:
+            return False
+        with redis_errors("read the inference queue"):
+            return self._in_flight() == 0
 
     # --- helpers ------------------------------------------------------------------------------
 

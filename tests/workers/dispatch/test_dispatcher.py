@@ -108,6 +108,7 @@ def make_harness(
     *,
     labels: ObjectStore | None = None,
     clock: Any = time.monotonic,
+    in_flight: list[int] | None = None,
     **overrides: Any,
 ) -> Harness:
     values: dict[str, Any] = {
@@ -141,6 +142,7 @@ def make_harness(
         Metrics(registry),
         config,
         labels=labels,
+        in_flight=None if in_flight is None else lambda: in_flight[0],
         clock=clock,
     )
     raw_client = client._client if isinstance(client, CountingRedis) else client
@@ -368,6 +370,25 @@ def test_an_unlabeled_object_still_in_flight_is_not_sent_twice(
     again.turn_until(lambda: again.events("scan", "duplicate") == 1)
 
     assert again.batches == []
+
+
+def test_a_sent_object_whose_message_was_lost_is_sent_again_once_the_queue_is_idle(
+    client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = LocalStore(tmp_path / "incoming")
+    store.put("lost.png", b"image")
+    first = make_harness(client, store, batch_max_wait=0.0, scan_interval=0.1)
+    first.turn_until(lambda: first.batches)  # sent and marked; then the message is lost
+
+    in_flight = [1]  # another batch waits in the queue: the marker may still mean this one
+    again = make_harness(client, store, batch_max_wait=0.0, scan_interval=0.1, in_flight=in_flight)
+    again.turn_until(lambda: again.events("scan", "duplicate") == 1)
+    assert again.batches == []
+    in_flight[0] = 0  # nothing waiting or reserved: no message stands behind the marker
+    again.turn_until(lambda: again.batches)
+
+    assert again.batches == [["lost.png"]]
+    assert "their messages were lost" in caplog.text
 
 
 class DeniedListing(S3Store):
