@@ -1,9 +1,10 @@
 """The summary of ``bench/storage_path.py``: per-image figures, ratios to the bare model, targets.
 
-The ratio of a run is the worker's CPU per image over the bare model's, measured just before
-and just after that run (their mean): the machine's speed drifts within minutes, and both sides
-of a ratio should see the same machine. The ratio to the mean of the first and the last bare
-measurement is kept beside it.
+The ratio of a run is the worker's CPU per image over the bare model's. The targets are judged
+on the median of every bare measurement of the run: one measurement of a few seconds jitters by
+a third on this shared machine (2.71, 4.46, 2.76 ms in a row), more than the machine drifts in a
+run. The ratios to the two bare measurements just before and after the run, and to the first and
+the last, are kept beside it.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """Derived figures of ``result`` (its ``bare`` and ``runs``)."""
     bares = result["bare"]
     start_end = statistics.mean([bares[0]["cpu_ms_per_image"], bares[-1]["cpu_ms_per_image"]])
-    runs = [_run_row(run, bares, start_end) for run in result["runs"] if "error" not in run]
+    median = statistics.median(b["cpu_ms_per_image"] for b in bares)
+    runs = [_run_row(run, bares, start_end, median) for run in result["runs"] if "error" not in run]
     return {
         "bare_cpu_ms_per_image": {
             "start": bares[0]["cpu_ms_per_image"],
             "end": bares[-1]["cpu_ms_per_image"],
+            "median": median,
             "all": [b["cpu_ms_per_image"] for b in bares],
             "foreign_cores_max": max(b["cpu"]["foreign_cores"] for b in bares),
         },
@@ -41,7 +44,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run_row(run: dict[str, Any], bares: list[dict[str, Any]], start_end: float) -> dict[str, Any]:
+def _run_row(
+    run: dict[str, Any], bares: list[dict[str, Any]], start_end: float, median: float
+) -> dict[str, Any]:
     cpu: dict[str, float] = run["cpu"]
     images: int = run["images"]
 
@@ -69,8 +74,9 @@ def _run_row(run: dict[str, Any], bares: list[dict[str, Any]], start_end: float)
             "bench": ms("bench"),
         },
         "bare_cpu_ms_per_image_around": round(bare, 3),
-        "ratio_worker_tree": round(tree / bare, 2),
-        "ratio_worker_child": round(child / bare, 2),
+        "ratio_worker_tree": round(tree / median, 2),
+        "ratio_worker_child": round(child / median, 2),
+        "ratio_worker_tree_to_bare_around": round(tree / bare, 2),
         "ratio_worker_tree_to_start_end_bare": round(tree / start_end, 2),
         "foreign_cores": cpu["foreign_cores"],
         "file_create_cpu_us": run.get("file_create_cpu_us"),  # local store only
@@ -91,6 +97,7 @@ def _targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "met_worker_tree": row["ratio_worker_tree"] <= limit,
             "ratio_worker_child": row["ratio_worker_child"],
             "met_worker_child": row["ratio_worker_child"] <= limit,
+            "ratio_worker_tree_to_bare_around": row["ratio_worker_tree_to_bare_around"],
             "trusted": row["trusted"],
         }
     return out
@@ -118,22 +125,23 @@ def table(result: dict[str, Any]) -> str:
     summary = result["summary"]
     bare = summary["bare_cpu_ms_per_image"]
     lines = [
-        f"bare OpenVINO INT8, CPU ms/image: start {bare['start']}, end {bare['end']} "
-        f"(all: {bare['all']})",
+        f"bare OpenVINO INT8, CPU ms/image: median {bare['median']}, start {bare['start']}, "
+        f"end {bare['end']} (all: {bare['all']})",
         "",
         f"{'tree':7}{'store':6}{'set':10}{'images/s':>9}{'worker':>8}{'child':>7}"
-        f"{'bare':>6}{'ratio':>7}{'child':>7}{'moto':>7}{'redis':>7}{'foreign':>8}"
-        f"{'create':>8}  ok",
-        f"{'':23}{'':9}{'CPU ms per image':^28}{'x bare':^14}{'ms/img':^14}{'cores':>8}"
-        f"{'us/file':>8}",
+        f"{'around':>7}{'ratio':>7}{'child':>7}{'around':>7}{'moto':>7}{'redis':>7}"
+        f"{'foreign':>8}{'create':>8}  ok",
+        f"{'':23}{'':9}{'CPU ms/image (bare around)':^29}{'x median bare':^21}{'ms/img':^14}"
+        f"{'cores':>8}{'us/file':>8}",
     ]
     for r in summary["runs"]:
         ms = r["cpu_ms_per_image"]
         flags = ("" if r["trusted"] else " untrusted") + ("" if r["records_ok"] else " RECORDS")
         lines.append(
             f"{r['tree']:7}{r['store']:6}{r['image_set']:10}{r['images_per_second']:>9}"
-            f"{ms['worker_tree']:>8}{ms['worker_child']:>7}{r['bare_cpu_ms_per_image_around']:>6.2f}"
-            f"{r['ratio_worker_tree']:>7}{r['ratio_worker_child']:>7}{ms['moto']:>7}"
+            f"{ms['worker_tree']:>8}{ms['worker_child']:>7}{r['bare_cpu_ms_per_image_around']:>7.2f}"
+            f"{r['ratio_worker_tree']:>7}{r['ratio_worker_child']:>7}"
+            f"{r['ratio_worker_tree_to_bare_around']:>7}{ms['moto']:>7}"
             f"{ms['redis']:>7}{r['foreign_cores']:>8}{r['file_create_cpu_us'] or '':>8}"
             f"  {flags.strip() or 'yes'}"
         )
@@ -149,7 +157,8 @@ def table(result: dict[str, Any]) -> str:
             lines.append(
                 f"target {tree:6} {name}: worker tree {t['ratio_worker_tree']}x "
                 f"{'met' if t['met_worker_tree'] else 'NOT met'}, child alone "
-                f"{t['ratio_worker_child']}x {'met' if t['met_worker_child'] else 'NOT met'}"
+                f"{t['ratio_worker_child']}x {'met' if t['met_worker_child'] else 'NOT met'} "
+                f"(to the bare measured around the run: {t['ratio_worker_tree_to_bare_around']}x)"
                 f"{'' if t['trusted'] else ' (untrusted: foreign load)'}"
             )
     for name, c in summary["after_vs_before"].items():
