@@ -123,24 +123,42 @@ class ReviewQueue:
         self.add_many([record])
 
     def add_many(self, records: Iterable[LabelRecord]) -> int:
-        """Index several records in one round trip; returns how many were given."""
-        pipe = self._redis.pipeline(transaction=False)
+        """Index several records in one round trip, a few commands for all of them (a command
+        per record cost the worker more than the rest of the review path); returns how many
+        were given."""
+        items: dict[str, str] = {}
+        pending: dict[str, float] = {}
+        by_class: dict[str, dict[str, float]] = {}
+        audits: dict[str, float] = {}
+        not_audits: set[str] = set()  # re-added after a relabel, it may have been an audit
         count = 0
         for record in records:
-            label = record.label or ""
+            key, label = record.source_key, record.label or ""
+            score = order_score(self.order, record)
             item = {"label": label, "etag": record.source_etag, "at": record.created_at}
-            score = {record.source_key: order_score(self.order, record)}
-            pipe.hset(self._key("items"), record.source_key, json.dumps(item))
-            pipe.zadd(self._key("pending"), score)
-            pipe.zadd(self._key("class", label), score)
-            if record.audit:
-                pipe.zadd(self._key("audit"), score)
-            else:  # a record re-added after a relabel may have been an audit before
-                pipe.zrem(self._key("audit"), record.source_key)
-            pipe.sadd(self._key("classes"), label)
+            items[key] = json.dumps(item)
+            pending[key] = score
+            by_class.setdefault(label, {})[key] = score
+            if record.audit:  # the last record given for a key decides, as one by one would
+                audits[key] = score
+                not_audits.discard(key)
+            else:
+                not_audits.add(key)
+                audits.pop(key, None)
             count += 1
-        if count:
-            pipe.execute()
+        if not count:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(self._key("items"), mapping=items)
+        pipe.zadd(self._key("pending"), pending)
+        for label, scores in by_class.items():
+            pipe.zadd(self._key("class", label), scores)
+        if audits:
+            pipe.zadd(self._key("audit"), audits)
+        if not_audits:
+            pipe.zrem(self._key("audit"), *not_audits)
+        pipe.sadd(self._key("classes"), *by_class)
+        pipe.execute()
         return count
 
     def add_label_issues(self, issues: Iterable[Any], at: float | None = None) -> int:
