@@ -6,6 +6,9 @@ import logging
 import time
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from storage import TransientError
 from tasks.contracts import (
     CLASSIFY_BATCH,
@@ -18,6 +21,10 @@ from tasks.contracts import (
 
 log = logging.getLogger(__name__)
 
+# Retried, not failed: storage that is down, and Redis (the review index, the audit counts) that
+# is down or restarting mid-batch. A failed batch is acknowledged and gone for good.
+RETRIED = (TransientError, RedisConnectionError, RedisTimeoutError)
+
 
 def register_inference(app: TaskApp) -> None:
     config = app.labeler_config
@@ -27,7 +34,7 @@ def register_inference(app: TaskApp) -> None:
         shared=False,  # this app's task only: Celery adds shared tasks to every later app
         # Transient: storage hiccups and "no model yet". A bad image is a record, not an error,
         # and a bad payload can never succeed: neither is retried.
-        autoretry_for=(TransientError,),
+        autoretry_for=RETRIED,
         retry_backoff=2,
         retry_backoff_max=config.inference_retry_backoff_max,
         retry_jitter=True,
@@ -57,7 +64,7 @@ def register_inference(app: TaskApp) -> None:
                 outcome = engines.classifier.classify(
                     request.keys, batch_id=request.batch_id, model_version=request.model_version
                 )
-            except TransientError:
+            except RETRIED:
                 metrics.batches.labels("retry").inc()
                 raise
             except Exception:
