@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -74,7 +74,7 @@ def configure_pillow(max_image_pixels: int) -> None:
     Image.init()
     # Images are decoded in parallel already, one per thread: OpenCV's own pool would only add
     # threads that spin for the same cores.
-    cv2.setNumThreads(0)
+    _cv2().setNumThreads(0)
 
 
 def decode_image(data: bytes, size: tuple[int, int], *, max_pixels: int) -> npt.NDArray[np.uint8]:
@@ -218,8 +218,19 @@ def _stretch(rgb: Image.Image, width: int, height: int) -> npt.NDArray[np.uint8]
     x_factor, y_factor = rgb.width // width, rgb.height // height
     if x_factor > 1 or y_factor > 1:
         rgb = rgb.reduce((max(x_factor, 1), max(y_factor, 1)))
-    pixels = cv2.resize(np.asarray(rgb), (width, height), interpolation=cv2.INTER_LINEAR)
-    return pixels.astype(np.uint8, copy=False)  # uint8 in, uint8 out: no copy, a type for mypy
+    cv2 = _cv2()
+    pixels: npt.NDArray[np.uint8] = cv2.resize(  # uint8 in, uint8 out
+        np.asarray(rgb), (width, height), interpolation=cv2.INTER_LINEAR
+    )
+    return pixels
+
+
+def _cv2() -> Any:
+    """OpenCV, imported by the processes that decode, not by every ``labeler`` command that
+    imports this module on the way (it costs 30 MB and 20 ms)."""
+    import cv2
+
+    return cv2
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
