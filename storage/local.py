@@ -89,9 +89,10 @@ class LocalStore:
                 self._path(key)
                 folder = os.open(path.parent, _FOLDER_FLAGS)
             try:
+                st = None
                 if if_none_match and if_match is None and self._links:
                     st = self._create_file(folder, parts[-1], data, durable, key)
-                else:
+                if st is None:
                     # Every other write takes the key's lock, so a conditional write's compare
                     # and its rename are one step for every process on this host (flock), as S3
                     # does server-side.
@@ -123,10 +124,11 @@ class LocalStore:
 
     def _create_file(
         self, folder: int, name: str, data: bytes, durable: bool, key: str
-    ) -> os.stat_result:
+    ) -> os.stat_result | None:
         """Write ``data`` to a temp file, then link it as ``name`` in ``folder`` only where no
         file is: the kernel makes that compare and the write one step, for every process on this
-        host, with no lock to take. ``WriteConflict`` when a file is there."""
+        host, with no lock to take. ``WriteConflict`` when a file is there; None, and nothing
+        written, where the file system has no hard links (the caller takes the locked path)."""
         tmp, st = self._write_temp(data, durable)
         try:
             os.link(tmp, name, dst_dir_fd=folder)
@@ -135,11 +137,8 @@ class LocalStore:
         except OSError as exc:
             if exc.errno not in _NO_HARD_LINKS:
                 raise
-            self._links = False  # a file system without hard links: the locked path from now on
-            with self._locks.hold(key):
-                self._check_condition(key, self.root / key, None, True)
-                os.replace(tmp, name, dst_dir_fd=folder)
-            return st
+            self._links = False  # the locked path from now on
+            return None
         finally:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)  # the record keeps its name; only the temp name goes
