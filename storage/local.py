@@ -12,9 +12,7 @@ import errno
 import hashlib
 import os
 import stat
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -29,9 +27,9 @@ from storage.errors import (
     TransientStorageError,
     WriteConflict,
 )
+from storage.etags import EtagCache, md5_file, signature
 
 TEMP_DIR_NAME = ".labeler-tmp"  # reserved top-level folder for in-flight writes; never listed
-ETAG_CACHE_ENTRIES = 100_000  # ~10 MB; a bigger tree re-hashes only what falls out
 _MAX_NAME_BYTES = 255  # NAME_MAX of ext4 and most filesystems: longer is ENAMETOOLONG
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO must not block the reader
@@ -51,7 +49,7 @@ class LocalStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.uri = self.root.as_uri()
         self._tmp = self.root / TEMP_DIR_NAME
-        self._etags = _EtagCache(ETAG_CACHE_ENTRIES)
+        self._etags = EtagCache()
         self._locks = StripeLocks(self._tmp / "locks")
         self._links = True  # create-if-absent by link(); False once the file system refuses
 
@@ -102,7 +100,7 @@ class LocalStore:
             finally:
                 os.close(folder)
         etag = hashlib.md5(data).hexdigest()  # noqa: S324 - MD5 is S3's ETag, not a security hash
-        self._etags.put(_signature(st), etag)
+        self._etags.put(signature(st), etag)
         return ObjectInfo(key, len(data), etag, st.st_mtime)
 
     def sync(self) -> None:
@@ -273,15 +271,12 @@ class LocalStore:
     def _info(self, key: str, path: Path, st: os.stat_result) -> ObjectInfo:
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(f"no object at {key!r} in {self.uri}")
-        etag = self._etags.get(_signature(st))
+        etag = self._etags.get(signature(st))
         if etag is None:
             with _os_errors(key):
-                etag = _md5_file(path)
-            self._etags.put(_signature(st), etag)
+                etag = md5_file(path)
+            self._etags.put(signature(st), etag)
         return ObjectInfo(key, st.st_size, etag, st.st_mtime)
-
-
-_Signature = tuple[int, int, int]
 
 
 class LocalFiles:
@@ -293,20 +288,20 @@ class LocalFiles:
 
     def __init__(self) -> None:
         self.uri = "file:"
-        self._etags = _EtagCache(ETAG_CACHE_ENTRIES)
+        self._etags = EtagCache()
 
     def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
         return _read_file(Path(key), key, max_bytes, self._etags)
 
 
-def _read_file(path: Path, key: str, max_bytes: int | None, etags: _EtagCache) -> Blob:
+def _read_file(path: Path, key: str, max_bytes: int | None, etags: EtagCache) -> Blob:
     """The file's bytes and info; ``ObjectTooLarge`` before reading when over ``max_bytes``."""
     with _os_errors(key):
         fd = os.open(path, _READ_FLAGS)
     return _read_fd(fd, key, max_bytes, etags)
 
 
-def _read_fd(fd: int, key: str, max_bytes: int | None, etags: _EtagCache) -> Blob:
+def _read_fd(fd: int, key: str, max_bytes: int | None, etags: EtagCache) -> Blob:
     """Read an open file to its end and close it. A FIFO or a device is not an object: the file
     was opened non-blocking, so it is refused here instead of hanging the reader."""
     try:
@@ -324,39 +319,11 @@ def _read_fd(fd: int, key: str, max_bytes: int | None, etags: _EtagCache) -> Blo
     finally:
         os.close(fd)
     # Unchanged while we read (same inode, size, mtime): a cached hash still describes it.
-    etag = etags.get(_signature(after)) if _signature(before) == _signature(after) else None
+    etag = etags.get(signature(after)) if signature(before) == signature(after) else None
     if etag is None or len(data) != after.st_size:
         etag = hashlib.md5(data).hexdigest()  # noqa: S324 - MD5 is S3's ETag, not a security hash
-        etags.put(_signature(after), etag)
+        etags.put(signature(after), etag)
     return Blob(ObjectInfo(key, len(data), etag, after.st_mtime), data)
-
-
-def _signature(st: os.stat_result) -> _Signature:
-    """What identifies one version of a file without reading it."""
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-class _EtagCache:
-    """A bounded, thread-safe LRU of file signature -> MD5."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._entries: OrderedDict[_Signature, str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, signature: _Signature) -> str | None:
-        with self._lock:
-            etag = self._entries.get(signature)
-            if etag is not None:
-                self._entries.move_to_end(signature)
-            return etag
-
-    def put(self, signature: _Signature, etag: str) -> None:
-        with self._lock:
-            self._entries[signature] = etag
-            self._entries.move_to_end(signature)
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
 
 
 def _sorted_files(
@@ -393,14 +360,6 @@ def _sorted_files(
             yield from _sorted_files(directory / key[len(base) : -1], key, prefix, start_after)
         elif key.startswith(prefix) and (start_after is None or key > start_after):
             yield key, directory / key[len(base) :]
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()  # noqa: S324
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextmanager
